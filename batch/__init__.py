@@ -1,0 +1,1 @@
+"""Batch endpoints and jobs (mini-batches over data references). Built in a later issue."""

@@ -1,0 +1,322 @@
+"""The `servegate` command. It reaches a running gateway only through its
+management API (`--url` / SERVEGATE_URL, `--token` / SERVEGATE_TOKEN), except
+`serve`, which starts the gateway."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import yaml
+
+from deploy.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
+from deploy.errors import SpecError
+from deploy.specs import EndpointSpec, OnlineDeploymentSpec, load_spec
+
+
+def _default_home() -> Path:
+    from gateway.settings import default_home
+
+    return default_home()
+
+
+def _print(doc: Any) -> None:
+    if doc is not None:
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+class Ctx:
+    """Connection options shared by the subcommands, resolved lazily."""
+
+    def __init__(self, url: str, token: str | None, home: Path) -> None:
+        self.url, self.token, self.home = url, token, home
+        self._client: AdminClient | None = None
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(self.url, find_admin_token(self.token, self.home))
+        return self._client
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+class ServegateGroup(click.Group):
+    """Turns our errors into a message on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ClientError, SpecError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=ServegateGroup)
+@click.option("--url", envvar="SERVEGATE_URL", default=DEFAULT_URL, show_default=True,
+              help="The gateway's URL.")
+@click.option("--token", envvar="SERVEGATE_TOKEN", default=None,
+              help="Admin token (default: read from $SERVEGATE_HOME/admin_token).")
+@click.option("--home", envvar="SERVEGATE_HOME", type=click.Path(path_type=Path), default=None,
+              help="servegate's home folder (default ~/.servegate).")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> None:
+    """servegate: model serving gateway for real-time and batch inference."""
+    ctx.obj = Ctx(url, token, home or _default_home())
+
+
+# -- serve ------------------------------------------------------------------------
+@main.command()
+@click.option("--host", envvar="SERVEGATE_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="SERVEGATE_PORT", type=int, default=8000, show_default=True)
+@click.option("--demo", is_flag=True, envvar="SERVEGATE_DEMO",
+              help="Create the demo endpoint (blue 100%, green 0%) and print a curl command.")
+@click.option("--max-request-body-bytes", envvar="SERVEGATE_MAX_REQUEST_BODY_BYTES", type=int,
+              default=100 * 1024 * 1024, show_default=True)
+@click.option("--graceful-shutdown-s", envvar="SERVEGATE_GRACEFUL_SHUTDOWN_S", type=float,
+              default=30.0, show_default=True)
+@click.option("--log-level", envvar="SERVEGATE_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@pass_ctx
+def serve(ctx: Ctx, host: str, port: int, demo: bool, max_request_body_bytes: int,
+          graceful_shutdown_s: float, log_level: str) -> None:
+    """Run the gateway."""
+    from gateway.app import serve as run
+    from gateway.settings import GatewaySettings
+
+    run(GatewaySettings(home=ctx.home, host=host, port=port, demo=demo,
+                        max_request_body_bytes=max_request_body_bytes,
+                        graceful_shutdown_s=graceful_shutdown_s), log_level)
+
+
+# -- models -----------------------------------------------------------------------
+@main.group()
+def model() -> None:
+    """Register and inspect models."""
+
+
+@model.command("register")
+@click.option("--name", "-n", required=True)
+@click.option("--version", "-v", type=click.IntRange(min=1), default=None,
+              help="Default: the next version.")
+@click.option("--path", "-p", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--runtime", default=None, help="Default: from the file suffix.")
+@click.option("--description", default="")
+@pass_ctx
+def model_register(ctx: Ctx, name: str, version: int | None, path: Path, runtime: str | None,
+                   description: str) -> None:
+    """Register a model file; its signature is read from the file."""
+    _print(ctx.client.register_model(name, path, version, runtime, description))
+
+
+@model.command("list")
+@click.option("--name", "-n", default=None)
+@pass_ctx
+def model_list(ctx: Ctx, name: str | None) -> None:
+    """List registered models with their signatures."""
+    _print(ctx.client.list_models(name))
+
+
+@model.command("show")
+@click.option("--name", "-n", required=True)
+@click.option("--version", "-v", type=click.IntRange(min=1), default=None,
+              help="Default: the latest.")
+@pass_ctx
+def model_show(ctx: Ctx, name: str, version: int | None) -> None:
+    """Show one model version and its signature."""
+    _print(ctx.client.show_model(name, version))
+
+
+# -- endpoints --------------------------------------------------------------------
+def _percentages(text: str, option: str) -> dict[str, int]:
+    """'blue=90,green=10' or 'blue=90 green=10' (Azure's form) -> {blue: 90, green: 10}."""
+    result: dict[str, int] = {}
+    for part in filter(None, re.split(r"[,\s]+", text.strip())):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise click.BadParameter(f"'{part}' is not NAME=PERCENT", param_hint=option)
+        result[name.strip()] = int(value)
+    return result
+
+
+@main.group()
+def endpoint() -> None:
+    """Create, inspect, update, invoke and delete online endpoints."""
+
+
+@endpoint.command("create")
+@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--name", "-n", default=None, help="Override the file's name.")
+@pass_ctx
+def endpoint_create(ctx: Ctx, file: Path, name: str | None) -> None:
+    """Create an endpoint from endpoint.yml."""
+    overrides = {"name": name} if name else None
+    spec = load_spec(EndpointSpec, file, overrides)
+    _print(ctx.client.create_endpoint(spec.model_dump(by_alias=True, exclude={"schema_url"})))
+
+
+@endpoint.command("show")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def endpoint_show(ctx: Ctx, name: str) -> None:
+    _print(ctx.client.show_endpoint(name))
+
+
+@endpoint.command("list")
+@pass_ctx
+def endpoint_list(ctx: Ctx) -> None:
+    _print(ctx.client.list_endpoints())
+
+
+@endpoint.command("update")
+@click.option("--name", "-n", required=True)
+@click.option("--traffic", default=None, help="e.g. 'blue=90,green=10'; sums to 0 or 100.")
+@click.option("--mirror-traffic", default=None, help="e.g. 'green=10'; at most 50.")
+@click.option("--description", default=None)
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@pass_ctx
+def endpoint_update(ctx: Ctx, name: str, traffic: str | None, mirror_traffic: str | None,
+                    description: str | None, reason: str) -> None:
+    """Change traffic, mirror traffic or description (atomically)."""
+    changes: dict[str, Any] = {"reason": reason}
+    if traffic is not None:
+        changes["traffic"] = _percentages(traffic, "--traffic")
+    if mirror_traffic is not None:
+        changes["mirror_traffic"] = _percentages(mirror_traffic, "--mirror-traffic")
+    if description is not None:
+        changes["description"] = description
+    _print(ctx.client.update_endpoint(name, changes))
+
+
+@endpoint.command("delete")
+@click.option("--name", "-n", required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@pass_ctx
+def endpoint_delete(ctx: Ctx, name: str, yes: bool) -> None:
+    """Delete an endpoint and all its deployments."""
+    if not yes:
+        click.confirm(f"Delete endpoint '{name}' and all its deployments?", abort=True)
+    ctx.client.delete_endpoint(name)
+    click.echo(f"deleted endpoint '{name}'")
+
+
+@endpoint.command("get-credentials")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def endpoint_credentials(ctx: Ctx, name: str) -> None:
+    """Print {primaryKey, secondaryKey} (or {accessToken, ...} for token auth)."""
+    _print(ctx.client.credentials(name))
+
+
+@endpoint.command("regenerate-keys")
+@click.option("--name", "-n", required=True)
+@click.option("--key-type", required=True, type=click.Choice(["primary", "secondary"]))
+@pass_ctx
+def endpoint_regenerate(ctx: Ctx, name: str, key_type: str) -> None:
+    """Replace one key; the old one stops working at once."""
+    _print(ctx.client.regenerate_key(name, key_type))
+
+
+@endpoint.command("invoke")
+@click.option("--name", "-n", required=True)
+@click.option("--request-file", "-r", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--deployment", "--deployment-name", "-d", default=None,
+              help="Target one deployment, whatever its traffic.")
+@pass_ctx
+def endpoint_invoke(ctx: Ctx, name: str, request_file: Path, deployment: str | None) -> None:
+    """Score a request file: {"input_data": ...} (/score) or {"inputs": [...]} (v2)."""
+    body = request_file.read_bytes()
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"{request_file} is not JSON: {exc}", param_hint="--request-file")
+    creds = ctx.client.credentials(name)
+    key = creds.get("primaryKey") or creds.get("accessToken")
+    v2 = isinstance(doc, dict) and "inputs" in doc
+    _print(ctx.client.invoke(name, body, key, deployment, v2))
+
+
+# -- deployments ------------------------------------------------------------------
+@main.group()
+def deployment() -> None:
+    """Create, list and delete online deployments."""
+
+
+def _deployment_body(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None) -> dict[str, Any]:
+    overrides = {k: v for k, v in (("name", name), ("endpoint_name", endpoint_name)) if v}
+    spec = load_spec(OnlineDeploymentSpec, file, overrides)
+    raw = yaml.safe_load(file.read_text()) | overrides
+    if spec.model.path is not None:
+        # A local model file is uploaded first, as Azure ML registers anonymous models.
+        model_path = (file.parent / spec.model.path).resolve()
+        if not model_path.is_file():
+            raise SpecError(f"{file}: field 'model.path': no file at {model_path}")
+        record = ctx.client.register_model(
+            f"{spec.endpoint_name}-{spec.name}", model_path, None, spec.runtime, ""
+        )
+        raw["model"] = {"name": record["name"], "version": record["version"]}
+        raw["runtime"] = spec.runtime
+    raw.pop("$schema", None)
+    return raw
+
+
+@deployment.command("create")
+@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--name", "-n", default=None, help="Override the file's name.")
+@click.option("--endpoint-name", "-e", default=None, help="Override the file's endpoint_name.")
+@click.option("--all-traffic", is_flag=True, help="Send 100% of live traffic to it.")
+@pass_ctx
+def deployment_create(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None,
+                      all_traffic: bool) -> None:
+    """Create (or replace) a deployment from deployment.yml; the model loads before it counts."""
+    body = _deployment_body(ctx, file, name, endpoint_name)
+    _print(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))
+
+
+@deployment.command("list")
+@click.option("--endpoint-name", "-e", required=True)
+@pass_ctx
+def deployment_list(ctx: Ctx, endpoint_name: str) -> None:
+    _print(ctx.client.list_deployments(endpoint_name))
+
+
+@deployment.command("show")
+@click.option("--name", "-n", required=True)
+@click.option("--endpoint-name", "-e", required=True)
+@pass_ctx
+def deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
+    _print(ctx.client.show_deployment(endpoint_name, name))
+
+
+@deployment.command("delete")
+@click.option("--name", "-n", required=True)
+@click.option("--endpoint-name", "-e", required=True)
+@pass_ctx
+def deployment_delete(ctx: Ctx, name: str, endpoint_name: str) -> None:
+    """Delete a deployment that takes no traffic; in-flight requests finish first."""
+    ctx.client.delete_deployment(endpoint_name, name)
+    click.echo(f"deleted deployment '{name}' of endpoint '{endpoint_name}'")
+
+
+# -- audit ------------------------------------------------------------------------
+@main.group()
+def audit() -> None:
+    """The audit log of control-plane changes."""
+
+
+@audit.command("list")
+@click.option("--target", default=None, help="e.g. endpoints/demo (its deployments included).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@pass_ctx
+def audit_list(ctx: Ctx, target: str | None, limit: int) -> None:
+    """Who changed what, when, with the spec before and after; newest first."""
+    _print(ctx.client.audit(target, limit))
+
+
+if __name__ == "__main__":
+    main()

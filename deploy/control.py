@@ -1,0 +1,266 @@
+"""Control-plane operations: each validates, writes the store and its audit entry.
+
+Used by the gateway's management API (and at startup for the demo). Knows no
+HTTP. Every change is one store transaction with the audit entry that records
+who made it, when, and the spec before and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.artifacts import Artifact, ArtifactStore
+from deploy.credentials import KEY_TYPES, Credentials, expiry_text, hash_key
+from deploy.errors import Conflict, NotFound, SpecError
+from deploy.specs import (
+    EndpointSpec,
+    ModelRef,
+    OnlineDeploymentSpec,
+    parse_spec,
+)
+from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
+from runtimes.registry import read_signature, runtime_for_path
+
+
+class ControlPlane:
+    def __init__(self, store: Store, artifacts: ArtifactStore, credentials: Credentials) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.credentials = credentials
+
+    # -- models ------------------------------------------------------------
+    def register_model(
+        self,
+        name: str,
+        filename: str,
+        source: Path,
+        actor: str,
+        version: int | None = None,
+        runtime: str | None = None,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> ModelRecord:
+        """Copy the file at `source` into the store, read its signature, register
+        it as `name:version` (the next version when None). `filename` is the
+        model's own file name, which picks the runtime by its suffix."""
+        ref = parse_spec(ModelRef, {"name": name, "version": version}, "model")
+        runtime = runtime or runtime_for_path(filename)
+        if runtime is None:
+            raise SpecError(
+                f"model '{name}': cannot infer the runtime from the file name '{filename}'; "
+                "give --runtime"
+            )
+        artifact = self.artifacts.put_file(source, Path(filename).suffix)
+        return self._register(ref, filename, artifact, runtime, actor, description, tags or {})
+
+    def _register(
+        self,
+        ref: ModelRef,
+        filename: str,
+        artifact: Artifact,
+        runtime: str,
+        actor: str,
+        description: str,
+        tags: dict[str, str],
+    ) -> ModelRecord:
+        assert ref.name is not None
+        signature = read_signature(runtime, self.artifacts.path_of(artifact.relative_path))
+        with self.store.transaction():
+            if ref.version is not None and self.store.get_model(ref.name, ref.version):
+                raise Conflict(f"model '{ref.name}' version {ref.version} already exists")
+            version = ref.version or self.store.latest_model_version(ref.name) + 1
+            record = ModelRecord(
+                name=ref.name, version=version, runtime=runtime, sha256=artifact.sha256,
+                artifact=artifact.relative_path, filename=Path(filename).name,
+                size_bytes=artifact.size_bytes, signature=signature.to_dict(),
+                description=description, tags=tags, created_at=utc_now(),
+            )
+            self.store.add_model(
+                record,
+                AuditEntry(actor, "model.register", f"models/{ref.name}/{version}", None,
+                           record.to_dict()),
+            )
+        return record
+
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord:
+        record = self.store.get_model(name, version)
+        if record is None:
+            which = f"version {version}" if version else "any version"
+            raise NotFound(f"model '{name}' ({which}) is not registered")
+        return record
+
+    def model_path(self, record: ModelRecord) -> Path:
+        return self.artifacts.path_of(record.artifact)
+
+    # -- endpoints ---------------------------------------------------------
+    def get_endpoint(self, name: str) -> dict[str, Any]:
+        spec = self.store.get_endpoint(name)
+        if spec is None:
+            raise NotFound(f"endpoint '{name}' does not exist")
+        return spec
+
+    def create_endpoint(self, spec: EndpointSpec, actor: str) -> dict[str, Any]:
+        data = spec.model_dump(exclude={"schema_url"})
+        with self.store.transaction():
+            if self.store.get_endpoint(spec.name) is not None:
+                raise Conflict(f"endpoint '{spec.name}' already exists")
+            # No deployment exists yet, so traffic may name none (Azure ML sets it later).
+            self._check_known(spec.name, {**spec.traffic, **spec.mirror_traffic}, set())
+            self.store.put_endpoint(
+                spec.name, data, AuditEntry(actor, "endpoint.create", f"endpoints/{spec.name}",
+                                            None, data)
+            )
+            for key_type in KEY_TYPES:
+                self._new_key(spec.name, key_type, None)
+        return data
+
+    def update_endpoint(
+        self, name: str, changes: dict[str, Any], actor: str, reason: str = ""
+    ) -> dict[str, Any]:
+        """Apply `changes` (traffic, mirror_traffic, description, tags, auth_mode)."""
+        with self.store.transaction():
+            before = self.get_endpoint(name)
+            merged = parse_spec(EndpointSpec, {**before, **changes}, "endpoint update")
+            deployments = {d["name"] for d in self.store.list_deployments(name)}
+            self._check_known(name, {**merged.traffic, **merged.mirror_traffic}, deployments)
+            after = merged.model_dump(exclude={"schema_url"})
+            self.store.put_endpoint(
+                name, after, AuditEntry(actor, "endpoint.update", f"endpoints/{name}", before,
+                                        after, reason)
+            )
+        return after
+
+    def delete_endpoint(self, name: str, actor: str) -> None:
+        with self.store.transaction():
+            before = self.get_endpoint(name)
+            before["deployments"] = self.store.list_deployments(name)
+            self.store.delete_endpoint(
+                name, AuditEntry(actor, "endpoint.delete", f"endpoints/{name}", before, None)
+            )
+
+    @staticmethod
+    def _check_known(endpoint: str, named: dict[str, int], deployments: set[str]) -> None:
+        for deployment, percent in named.items():
+            if percent and deployment not in deployments:
+                raise SpecError(
+                    f"endpoint '{endpoint}': traffic names deployment '{deployment}', "
+                    "which does not exist"
+                )
+
+    # -- keys and tokens -----------------------------------------------------
+    def _new_key(self, endpoint: str, key_type: str, audit: AuditEntry | None) -> None:
+        nonce = self.credentials.new_nonce()
+        key = self.credentials.derive_key(endpoint, key_type, nonce)
+        self.store.put_key(KeyRecord(endpoint, key_type, hash_key(key), nonce, utc_now()), audit)
+
+    def list_keys(self, endpoint: str) -> dict[str, str]:
+        """Azure's `get-credentials` shape for key auth."""
+        self.get_endpoint(endpoint)
+        keys = self.store.get_keys(endpoint)
+        return {
+            f"{key_type}Key": self.credentials.derive_key(endpoint, key_type, keys[key_type].nonce)
+            for key_type in KEY_TYPES
+        }
+
+    def regenerate_key(self, endpoint: str, key_type: str, actor: str) -> dict[str, str]:
+        if key_type not in KEY_TYPES:
+            raise SpecError(f"field 'keyType': must be primary or secondary, got '{key_type}'")
+        with self.store.transaction():
+            self.get_endpoint(endpoint)
+            before = {"key_type": key_type, "key_hash": self.store.get_keys(endpoint)[key_type].key_hash}
+            nonce = self.credentials.new_nonce()
+            key = self.credentials.derive_key(endpoint, key_type, nonce)
+            after = {"key_type": key_type, "key_hash": hash_key(key)}
+            self.store.put_key(
+                KeyRecord(endpoint, key_type, after["key_hash"], nonce, utc_now()),
+                AuditEntry(actor, "endpoint.regenerate_key", f"endpoints/{endpoint}", before,
+                           after),
+            )
+        return self.list_keys(endpoint)
+
+    def issue_token(self, endpoint: str) -> dict[str, Any]:
+        """Azure's `get-credentials` shape for token auth."""
+        spec = self.get_endpoint(endpoint)
+        if spec["auth_mode"] != "token":
+            raise SpecError(
+                f"endpoint '{endpoint}' uses auth_mode '{spec['auth_mode']}', not token"
+            )
+        token, expiry = self.credentials.issue_token(endpoint)
+        return {"accessToken": token, "tokenType": "Bearer", "expiryTimeUtc": expiry_text(expiry)}
+
+    def credentials_of(self, endpoint: str) -> dict[str, Any]:
+        spec = self.get_endpoint(endpoint)
+        return self.issue_token(endpoint) if spec["auth_mode"] == "token" else self.list_keys(endpoint)
+
+    # -- deployments -------------------------------------------------------
+    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
+        spec = self.store.get_deployment(endpoint, name)
+        if spec is None:
+            raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
+        return spec
+
+    def resolve_deployment(self, spec: OnlineDeploymentSpec, actor: str) -> dict[str, Any]:
+        """Pin the deployment's model to a registered `name:version`.
+
+        A `model.path` (a file on the gateway's host) is registered as model
+        `<endpoint>-<deployment>` first, as Azure ML registers anonymous models.
+        """
+        self.get_endpoint(spec.endpoint_name)
+        ref = spec.model
+        if ref.path is not None:
+            path = Path(ref.path)
+            if not path.is_file():
+                raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
+            name = f"{spec.endpoint_name}-{spec.name}"
+            record = self.register_model(name, path.name, path, actor, runtime=spec.runtime)
+        else:
+            assert ref.name is not None
+            record = self.get_model(ref.name, ref.version)
+        runtime = spec.runtime or record.runtime
+        data = spec.model_dump(exclude={"schema_url"})
+        data.update(model={"name": record.name, "version": record.version}, runtime=runtime)
+        return data
+
+    def put_deployment(
+        self, resolved: dict[str, Any], actor: str, all_traffic: bool = False
+    ) -> dict[str, Any]:
+        """Store a resolved deployment; with `all_traffic`, send it 100% of live traffic."""
+        endpoint, name = resolved["endpoint_name"], resolved["name"]
+        with self.store.transaction():
+            before = self.store.get_deployment(endpoint, name)
+            action = "deployment.create" if before is None else "deployment.update"
+            self.store.put_deployment(
+                endpoint, name, resolved,
+                AuditEntry(actor, action, f"endpoints/{endpoint}/deployments/{name}", before,
+                           resolved),
+            )
+            if all_traffic:
+                spec = self.get_endpoint(endpoint)
+                traffic = {d: 0 for d in spec["traffic"]} | {name: 100}
+                self.update_endpoint(endpoint, {"traffic": traffic}, actor, reason="--all-traffic")
+        return resolved
+
+    def delete_deployment(self, endpoint: str, name: str, actor: str) -> None:
+        with self.store.transaction():
+            before = self.get_deployment(endpoint, name)
+            spec = self.get_endpoint(endpoint)
+            live, mirrored = spec["traffic"].get(name, 0), spec["mirror_traffic"].get(name, 0)
+            if live or mirrored:
+                raise Conflict(
+                    f"deployment '{name}' still takes {live}% of traffic and {mirrored}% of "
+                    f"mirror traffic of endpoint '{endpoint}'; move its traffic to 0 first "
+                    "(servegate endpoint update --traffic ...)"
+                )
+            self.store.delete_deployment(
+                endpoint, name,
+                AuditEntry(actor, "deployment.delete", f"endpoints/{endpoint}/deployments/{name}",
+                           before, None),
+            )
+            # Drop zero entries so the endpoint no longer names the deployment.
+            cleaned = {
+                "traffic": {d: p for d, p in spec["traffic"].items() if d != name},
+                "mirror_traffic": {d: p for d, p in spec["mirror_traffic"].items() if d != name},
+            }
+            if cleaned["traffic"] != spec["traffic"] or cleaned["mirror_traffic"] != spec["mirror_traffic"]:
+                self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")

@@ -1,0 +1,249 @@
+"""Typed models of the YAML files, with Azure ML's field names.
+
+Every spec rejects unknown fields, wrong types and out-of-range values with a
+`SpecError` that names the source file, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from deploy.errors import SpecError
+from runtimes.registry import RUNTIMES, runtime_for_path
+
+_AZURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def _azure_name(value: str) -> str:
+    # Azure ML's rule for endpoint and deployment names.
+    if not _AZURE_NAME.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid name: use 3-32 letters, digits or dashes, "
+            "starting with a letter and not ending with a dash"
+        )
+    return value
+
+
+def _model_name(value: str) -> str:
+    if not _MODEL_NAME.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid model name: use letters, digits, '.', '_' or '-' "
+            "(at most 255), starting with a letter or digit"
+        )
+    return value
+
+
+def _device(value: str) -> str:
+    if not re.match(r"^(cpu|cuda(:\d+)?)$", value):
+        raise ValueError(f"'{value}' is not a device: use cpu, cuda or cuda:N")
+    return value
+
+
+EndpointName = Annotated[str, AfterValidator(_azure_name)]
+DeploymentName = EndpointName
+ModelName = Annotated[str, AfterValidator(_model_name)]
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+_SHORT_MODEL = re.compile(r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>\d+))?$")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelRef(Spec):
+    """`model:` of a deployment: a file (`path`) or a registered `name` + `version`.
+
+    The short form `model: fraud:3` (or `azureml:fraud:3`) is accepted; a
+    missing version means the latest registered one.
+    """
+
+    path: str | None = None
+    name: ModelName | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _SHORT_MODEL.match(value)
+            if not match:
+                raise ValueError(
+                    f"'{value}' is not a model reference; use 'name:version', "
+                    "or a mapping with 'path' or 'name' and 'version'"
+                )
+            version = match["version"]
+            return {"name": match["name"], "version": int(version) if version else None}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give either 'path' or 'name' (with an optional 'version')")
+        if self.path is not None and self.version is not None:
+            raise ValueError("'version' goes with 'name', not with 'path'")
+        return self
+
+
+class RequestSettings(Spec):
+    """Azure ML's `request_settings`, with its defaults and limits."""
+
+    request_timeout_ms: Annotated[int, Field(ge=1, le=180_000)] = 5000
+    max_concurrent_requests_per_instance: Annotated[int, Field(ge=1, le=10_000)] = 1
+    max_queue_wait_ms: Annotated[int, Field(ge=0, le=180_000)] = 500
+
+
+class EndpointSpec(Spec):
+    """An online endpoint (`endpoint.yml`)."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    name: EndpointName
+    description: str = ""
+    auth_mode: Literal["key", "token", "none"] = "key"
+    traffic: dict[DeploymentName, Percent] = Field(default_factory=dict)
+    mirror_traffic: dict[DeploymentName, Annotated[int, Field(ge=0, le=50)]] = Field(
+        default_factory=dict
+    )
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("auth_mode", mode="before")
+    @classmethod
+    def _azure_auth_names(cls, value: Any) -> Any:
+        # Azure ML spells token auth `aml_token`; accept it as ours.
+        return "token" if value == "aml_token" else value
+
+    @field_validator("traffic")
+    @classmethod
+    def _traffic_sum(cls, value: dict[str, int]) -> dict[str, int]:
+        check_traffic_sum(value)
+        return value
+
+    @field_validator("mirror_traffic")
+    @classmethod
+    def _one_mirror(cls, value: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        check_mirror(info.data.get("traffic", {}), value)
+        return value
+
+
+def check_traffic_sum(traffic: dict[str, int]) -> None:
+    """Azure ML's rule: the traffic percentages sum to 0 or 100."""
+    total = sum(traffic.values())
+    if total not in (0, 100):
+        raise ValueError(f"the percentages must sum to 0 or 100, they sum to {total}")
+
+
+def check_mirror(traffic: dict[str, int], mirror_traffic: dict[str, int]) -> None:
+    """Azure ML's rule: one mirror target, at most 50%, that takes no live traffic."""
+    mirrored = [name for name, pct in mirror_traffic.items() if pct]
+    if len(mirrored) > 1:
+        raise ValueError("may name one deployment only")
+    for name in mirrored:
+        if traffic.get(name, 0) > 0:
+            raise ValueError(f"deployment '{name}' already takes live traffic")
+
+
+class OnlineDeploymentSpec(Spec):
+    """An online deployment (`deployment.yml`)."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    name: DeploymentName
+    endpoint_name: EndpointName
+    description: str = ""
+    model: ModelRef
+    runtime: str | None = None
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
+    instance_type: str | None = None
+    instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+    device: Annotated[str, AfterValidator(_device)] = "cpu"
+    request_settings: RequestSettings = Field(default_factory=RequestSettings)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str | None) -> str | None:
+        if value is not None and value not in RUNTIMES:
+            raise ValueError(f"unknown runtime '{value}'; allowed: {', '.join(sorted(RUNTIMES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_from_suffix(self) -> OnlineDeploymentSpec:
+        if self.runtime is None and self.model.path is not None:
+            inferred = runtime_for_path(self.model.path)
+            if inferred is None:
+                raise ValueError(
+                    f"'runtime' is not set and cannot be inferred from the model file "
+                    f"'{self.model.path}'; set it to one of {', '.join(sorted(RUNTIMES))}"
+                )
+            return self.model_copy(update={"runtime": inferred})
+        return self
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def parse_spec(kind: type[SpecT], data: Any, source: str, overrides: dict[str, Any] | None = None) -> SpecT:
+    """Validate `data` as `kind`; `source` (a file name, "request body") prefixes errors."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    merged = {**data, **(overrides or {})}
+    try:
+        return kind.model_validate(merged)
+    except ValidationError as exc:
+        raise SpecError(_describe(exc, kind, source)) from None
+
+
+def load_spec(kind: type[SpecT], path: str | Path, overrides: dict[str, Any] | None = None) -> SpecT:
+    """Read and validate a YAML file as `kind`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(kind, data, str(path), overrides)
+
+
+def _describe(exc: ValidationError, kind: type[Spec], source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"] if part != "[key]")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            allowed = _fields_at(kind, error["loc"][:-1])
+            message = f"unknown field; allowed fields: {', '.join(allowed)}"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in error and error["type"] not in ("value_error",):
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"{source}: field '{loc}': {message}" if loc else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def _fields_at(kind: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model: Any = kind
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [f.alias or name for name, f in model.model_fields.items()]

@@ -1,0 +1,122 @@
+"""The store interface and its records. Specs are stored as their JSON dicts."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with milliseconds, as stored everywhere."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered model version; `artifact` is relative to the store's home."""
+
+    name: str
+    version: int
+    runtime: str
+    sha256: str
+    artifact: str
+    filename: str
+    size_bytes: int
+    signature: dict[str, Any]
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "runtime": self.runtime,
+            "sha256": self.sha256,
+            "filename": self.filename,
+            "size_bytes": self.size_bytes,
+            "signature": self.signature,
+            "description": self.description,
+            "tags": self.tags,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One endpoint key: its hash (for checking) and nonce (to re-derive it)."""
+
+    endpoint: str
+    key_type: str  # "primary" | "secondary"
+    key_hash: str
+    nonce: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One control-plane change: who, when, what, and the spec before and after."""
+
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str = ""
+    at: str = field(default_factory=utc_now)
+    id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+        }
+
+
+class Store(Protocol):
+    """Everything the control plane persists. Mutations take the audit entry that
+    explains them and write both in one transaction."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group several calls atomically (re-entrant)."""
+        ...
+
+    # models
+    def add_model(self, record: ModelRecord, audit: AuditEntry) -> None: ...
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord | None: ...
+    def list_models(self, name: str | None = None) -> list[ModelRecord]: ...
+    def latest_model_version(self, name: str) -> int: ...
+
+    # endpoints
+    def put_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None: ...
+    def get_endpoint(self, name: str) -> dict[str, Any] | None: ...
+    def list_endpoints(self) -> list[dict[str, Any]]: ...
+    def delete_endpoint(self, name: str, audit: AuditEntry) -> None: ...
+
+    # deployments
+    def put_deployment(
+        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
+    ) -> None: ...
+    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None: ...
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]: ...
+    def delete_deployment(self, endpoint: str, name: str, audit: AuditEntry) -> None: ...
+
+    # keys
+    def put_key(self, record: KeyRecord, audit: AuditEntry | None) -> None: ...
+    def get_keys(self, endpoint: str) -> dict[str, KeyRecord]: ...
+
+    # audit
+    def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
+    def last_change_id(self) -> int:
+        """The newest audit id: replicas poll it to notice control-plane changes."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,264 @@
+"""The default store: one SQLite file under $SERVEGATE_HOME, with migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from deploy.store.base import AuditEntry, KeyRecord, ModelRecord, utc_now
+
+# Each entry upgrades the schema by one version; never edit a released one,
+# append a new one. The applied version is kept in schema_migrations.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE models (
+        name TEXT NOT NULL, version INTEGER NOT NULL, runtime TEXT NOT NULL,
+        sha256 TEXT NOT NULL, artifact TEXT NOT NULL, filename TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL, signature TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '', tags TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL, PRIMARY KEY (name, version));
+    CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY, spec TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE deployments (
+        endpoint TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+        name TEXT NOT NULL, spec TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (endpoint, name));
+    CREATE TABLE endpoint_keys (
+        endpoint TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+        key_type TEXT NOT NULL, key_hash TEXT NOT NULL, nonce TEXT NOT NULL,
+        created_at TEXT NOT NULL, PRIMARY KEY (endpoint, key_type));
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, target TEXT NOT NULL, before TEXT, after TEXT,
+        reason TEXT NOT NULL DEFAULT '');
+    CREATE INDEX audit_log_target ON audit_log(target);
+    """,
+]
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+class SqliteStore:
+    """`Store` on SQLite. Thread-safe: one connection behind a re-entrant lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            current = row[0] or 0
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)", (version, utc_now())
+                )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outermost = self._depth == 0
+            if outermost:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outermost:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outermost:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit_log (at, actor, action, target, before, after, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (entry.at, entry.actor, entry.action, entry.target,
+             _dumps(entry.before), _dumps(entry.after), entry.reason),
+        )
+
+    # -- models ------------------------------------------------------------
+    def add_model(self, record: ModelRecord, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.name, record.version, record.runtime, record.sha256, record.artifact,
+                 record.filename, record.size_bytes, _dumps(record.signature),
+                 record.description, _dumps(record.tags), record.created_at or utc_now()),
+            )
+            self._audit(audit)
+
+    @staticmethod
+    def _model(row: sqlite3.Row) -> ModelRecord:
+        return ModelRecord(
+            name=row["name"], version=row["version"], runtime=row["runtime"],
+            sha256=row["sha256"], artifact=row["artifact"], filename=row["filename"],
+            size_bytes=row["size_bytes"], signature=_loads(row["signature"]),
+            description=row["description"], tags=_loads(row["tags"]),
+            created_at=row["created_at"],
+        )
+
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:
+        if version is None:
+            rows = self._query(
+                "SELECT * FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM models WHERE name = ? AND version = ?", (name, version)
+            )
+        return self._model(rows[0]) if rows else None
+
+    def list_models(self, name: str | None = None) -> list[ModelRecord]:
+        if name is None:
+            rows = self._query("SELECT * FROM models ORDER BY name, version")
+        else:
+            rows = self._query("SELECT * FROM models WHERE name = ? ORDER BY version", (name,))
+        return [self._model(r) for r in rows]
+
+    def latest_model_version(self, name: str) -> int:
+        rows = self._query("SELECT MAX(version) FROM models WHERE name = ?", (name,))
+        return int(rows[0][0] or 0)
+
+    # -- endpoints ---------------------------------------------------------
+    def put_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO endpoints VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, _dumps(spec), now, now),
+            )
+            self._audit(audit)
+
+    def get_endpoint(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT spec FROM endpoints WHERE name = ?", (name,))
+        return _loads(rows[0]["spec"]) if rows else None
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return [_loads(r["spec"]) for r in self._query("SELECT spec FROM endpoints ORDER BY name")]
+
+    def delete_endpoint(self, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+            self._audit(audit)
+
+    # -- deployments -------------------------------------------------------
+    def put_deployment(
+        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
+    ) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?) ON CONFLICT(endpoint, name) "
+                "DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (endpoint, name, _dumps(spec), now, now),
+            )
+            self._audit(audit)
+
+    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT spec FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+        )
+        return _loads(rows[0]["spec"]) if rows else None
+
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        if endpoint is None:
+            rows = self._query("SELECT spec FROM deployments ORDER BY endpoint, name")
+        else:
+            rows = self._query(
+                "SELECT spec FROM deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
+            )
+        return [_loads(r["spec"]) for r in rows]
+
+    def delete_deployment(self, endpoint: str, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+            )
+            self._audit(audit)
+
+    # -- keys --------------------------------------------------------------
+    def put_key(self, record: KeyRecord, audit: AuditEntry | None) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO endpoint_keys VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(endpoint, key_type) DO UPDATE SET key_hash = excluded.key_hash, "
+                "nonce = excluded.nonce, created_at = excluded.created_at",
+                (record.endpoint, record.key_type, record.key_hash, record.nonce,
+                 record.created_at),
+            )
+            if audit is not None:
+                self._audit(audit)
+
+    def get_keys(self, endpoint: str) -> dict[str, KeyRecord]:
+        rows = self._query("SELECT * FROM endpoint_keys WHERE endpoint = ?", (endpoint,))
+        return {
+            r["key_type"]: KeyRecord(r["endpoint"], r["key_type"], r["key_hash"], r["nonce"],
+                                     r["created_at"])
+            for r in rows
+        }
+
+    # -- audit -------------------------------------------------------------
+    def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        if target is None:
+            rows = self._query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM audit_log WHERE target = ? OR target LIKE ? ORDER BY id DESC LIMIT ?",
+                (target, f"{target}/%", limit),
+            )
+        return [
+            AuditEntry(
+                id=r["id"], at=r["at"], actor=r["actor"], action=r["action"],
+                target=r["target"], before=_loads(r["before"]), after=_loads(r["after"]),
+                reason=r["reason"],
+            )
+            for r in rows
+        ]
+
+    def last_change_id(self) -> int:
+        return int(self._query("SELECT MAX(id) FROM audit_log")[0][0] or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

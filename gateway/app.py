@@ -1,0 +1,90 @@
+"""The ASGI app: wiring only. `create_app(settings)` for tests and `serve` for the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deploy.errors import ControlPlaneError
+from gateway import demo, management, scoring
+from gateway.errors import GatewayError, error_response
+from gateway.openapi import openapi_document
+from gateway.settings import GatewaySettings
+from gateway.state import GatewayState
+from runtimes.errors import InferenceError
+
+log = logging.getLogger("servegate")
+
+
+async def _known_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    body = {"error": f"{exc.detail}: {request.method} {request.url.path}",
+            "code": codes.get(exc.status_code, "http_error")}
+    return Response(orjson.dumps(body), exc.status_code, headers=exc.headers,
+                    media_type="application/json")
+
+
+async def _openapi(request: Request) -> Response:
+    return Response(orjson.dumps(openapi_document()), media_type="application/json")
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = GatewayState.open(settings)
+        app.state.gateway = state
+        if settings.demo:
+            await run_in_threadpool(demo.ensure_demo, state.control)
+        await state.hosts.sync()
+        state.ready = True
+        if settings.demo:
+            keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
+            print("servegate demo endpoint is ready. Score it with:\n\n  "
+                  + demo.curl_command(settings.host, settings.port, keys["primaryKey"]) + "\n",
+                  flush=True)
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.hosts.close()
+            state.control.store.close()
+
+    return Starlette(
+        routes=[*scoring.ROUTES, *management.ROUTES, Route("/openapi.json", _openapi)],
+        exception_handlers={
+            HTTPException: _http_error,
+            GatewayError: _known_error,
+            InferenceError: _known_error,
+            ControlPlaneError: _known_error,
+            Exception: _known_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def serve(settings: GatewaySettings, log_level: str = "info") -> None:
+    """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        access_log=False,
+    )

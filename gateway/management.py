@@ -1,0 +1,297 @@
+"""The management REST API (admin bearer token): models, endpoints, deployments,
+keys and the audit log. Every change runs under the hosts' lock, then the
+routing snapshot is rebuilt and swapped."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deploy.errors import SpecError
+from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
+from gateway.auth import authenticate_admin
+from gateway.errors import MalformedRequest, PayloadTooLarge
+from gateway.state import GatewayState
+
+ACTOR_HEADER = "x-servegate-actor"
+PREFIX = "/management"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status, media_type="application/json")
+
+
+def admin(handler: Callable[[Request, GatewayState], Awaitable[Response]]) -> Endpoint:
+    """Wrap a handler: check the admin token, hand it the gateway state."""
+
+    async def wrapped(request: Request) -> Response:
+        state: GatewayState = request.app.state.gateway
+        authenticate_admin(request.headers.get("authorization"), state.admin_token)
+        return await handler(request, state)
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def _actor(request: Request) -> str:
+    return request.headers.get(ACTOR_HEADER) or "admin"
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    return doc
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "false").lower() in ("1", "true", "yes")
+
+
+# -- models ---------------------------------------------------------------------
+async def _upload(request: Request, state: GatewayState) -> Path:
+    """Stream the body into a temporary file under the store's home."""
+    limit = state.settings.max_model_bytes
+    incoming = state.settings.home / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=incoming)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"model file exceeds max_model_bytes={limit}")
+                out.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+@admin
+async def register_model(request: Request, state: GatewayState) -> Response:
+    """POST /management/models/{name}/versions?filename=&version=&runtime=&description="""
+    query = request.query_params
+    filename = query.get("filename") or ""
+    if not filename:
+        raise SpecError("query parameter 'filename' is required (the model file's name)")
+    raw_version = query.get("version")
+    if raw_version is not None and not raw_version.isdigit():
+        raise SpecError(f"query parameter 'version': must be a positive integer, got '{raw_version}'")
+    upload = await _upload(request, state)
+    try:
+        async with state.hosts.lock:
+            record = await run_in_threadpool(
+                state.control.register_model,
+                request.path_params["name"], filename, upload, _actor(request),
+                int(raw_version) if raw_version else None, query.get("runtime"),
+                query.get("description", ""),
+            )
+    finally:
+        upload.unlink(missing_ok=True)
+    return _json(record.to_dict(), 201)
+
+
+@admin
+async def list_models(request: Request, state: GatewayState) -> Response:
+    """GET /management/models[?name=]"""
+    records = await run_in_threadpool(state.control.store.list_models, request.query_params.get("name"))
+    return _json([r.to_dict() for r in records])
+
+
+@admin
+async def show_model(request: Request, state: GatewayState) -> Response:
+    """GET /management/models/{name}/versions/{version} ('latest' for the newest)"""
+    raw = request.path_params["version"]
+    if raw != "latest" and not raw.isdigit():
+        raise SpecError(f"model version must be a positive integer or 'latest', got '{raw}'")
+    record = await run_in_threadpool(
+        state.control.get_model, request.path_params["name"], None if raw == "latest" else int(raw)
+    )
+    return _json(record.to_dict())
+
+
+# -- endpoints ------------------------------------------------------------------
+async def _apply(state: GatewayState, change: Callable[[], Any]) -> Any:
+    """Run a control-plane change under the lock, then publish a new snapshot."""
+    async with state.hosts.lock:
+        result = await run_in_threadpool(change)
+        await state.hosts.sync()
+    return result
+
+
+def _endpoint_view(state: GatewayState, spec: dict[str, Any]) -> dict[str, Any]:
+    route = state.hosts.snapshot.endpoints.get(spec["name"])
+    settings = state.settings
+    return {
+        **spec,
+        "scoring_uri": f"http://{settings.host}:{settings.port}/endpoints/{spec['name']}/score",
+        "openapi_uri": f"http://{settings.host}:{settings.port}/openapi.json",
+        "deployments": sorted(route.deployments) if route else [],
+        "unavailable_deployments": dict(route.unavailable) if route else {},
+    }
+
+
+@admin
+async def create_endpoint(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints"""
+    spec = parse_spec(EndpointSpec, await _body(request), "request body")
+    data = await _apply(state, lambda: state.control.create_endpoint(spec, _actor(request)))
+    return _json(_endpoint_view(state, data), 201)
+
+
+@admin
+async def list_endpoints(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints"""
+    specs = await run_in_threadpool(state.control.store.list_endpoints)
+    return _json([_endpoint_view(state, s) for s in specs])
+
+
+@admin
+async def show_endpoint(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}"""
+    spec = await run_in_threadpool(state.control.get_endpoint, request.path_params["endpoint"])
+    return _json(_endpoint_view(state, spec))
+
+
+@admin
+async def update_endpoint(request: Request, state: GatewayState) -> Response:
+    """PATCH /management/endpoints/{endpoint} with any of traffic, mirror_traffic,
+    description, tags, auth_mode; `reason` goes to the audit log."""
+    changes = await _body(request)
+    reason = str(changes.pop("reason", ""))
+    name = request.path_params["endpoint"]
+    if "name" in changes and changes["name"] != name:
+        raise SpecError("field 'name': an endpoint cannot be renamed")
+    data = await _apply(
+        state, lambda: state.control.update_endpoint(name, changes, _actor(request), reason)
+    )
+    return _json(_endpoint_view(state, data))
+
+
+@admin
+async def delete_endpoint(request: Request, state: GatewayState) -> Response:
+    """DELETE /management/endpoints/{endpoint} (with its deployments)"""
+    name = request.path_params["endpoint"]
+    await _apply(state, lambda: state.control.delete_endpoint(name, _actor(request)))
+    return Response(status_code=204)
+
+
+@admin
+async def list_keys(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints/{endpoint}/listKeys (Azure's name): keys or a token"""
+    creds = await run_in_threadpool(state.control.credentials_of, request.path_params["endpoint"])
+    return _json(creds)
+
+
+@admin
+async def regenerate_keys(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints/{endpoint}/regenerateKeys {"keyType": "primary"|"secondary"}"""
+    key_type = str((await _body(request)).get("keyType", "")).lower()
+    name = request.path_params["endpoint"]
+    creds = await _apply(
+        state, lambda: state.control.regenerate_key(name, key_type, _actor(request))
+    )
+    return _json(creds)
+
+
+# -- deployments ----------------------------------------------------------------
+@admin
+async def create_deployment(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints/{endpoint}/deployments[?all_traffic=true]
+
+    Creates or updates: the model is loaded and warmed before anything is
+    stored, so a deployment that cannot load leaves no trace.
+    """
+    endpoint = request.path_params["endpoint"]
+    spec = parse_spec(
+        OnlineDeploymentSpec, await _body(request), "request body", {"endpoint_name": endpoint}
+    )
+    actor, all_traffic = _actor(request), _flag(request, "all_traffic")
+    async with state.hosts.lock:
+        resolved = await run_in_threadpool(state.control.resolve_deployment, spec, actor)
+        pool = await state.hosts.load(resolved)
+        try:
+            await run_in_threadpool(state.control.put_deployment, resolved, actor, all_traffic)
+        except BaseException:
+            pool.close()
+            raise
+        state.hosts.adopt(resolved, pool)
+        await state.hosts.sync()
+    return _json(resolved, 201)
+
+
+@admin
+async def list_deployments(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}/deployments"""
+    endpoint = request.path_params["endpoint"]
+    await run_in_threadpool(state.control.get_endpoint, endpoint)
+    return _json(await run_in_threadpool(state.control.store.list_deployments, endpoint))
+
+
+@admin
+async def show_deployment(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}/deployments/{deployment}"""
+    spec = await run_in_threadpool(
+        state.control.get_deployment, request.path_params["endpoint"],
+        request.path_params["deployment"],
+    )
+    return _json(spec)
+
+
+@admin
+async def delete_deployment(request: Request, state: GatewayState) -> Response:
+    """DELETE /management/endpoints/{endpoint}/deployments/{deployment}; refused while it
+    takes traffic; in-flight requests finish before its instances close."""
+    endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
+    await _apply(state, lambda: state.control.delete_deployment(endpoint, name, _actor(request)))
+    return Response(status_code=204)
+
+
+# -- audit ------------------------------------------------------------------------
+@admin
+async def list_audit(request: Request, state: GatewayState) -> Response:
+    """GET /management/audit[?target=endpoints/e&limit=100]"""
+    raw_limit = request.query_params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+        raise SpecError(f"query parameter 'limit': must be 1-10000, got '{raw_limit}'")
+    entries = await run_in_threadpool(
+        state.control.store.list_audit, request.query_params.get("target"), int(raw_limit)
+    )
+    return _json([e.to_dict() for e in entries])
+
+
+ROUTES = [
+    Route(f"{PREFIX}/models", list_models, methods=["GET"]),
+    Route(f"{PREFIX}/models/{{name}}/versions", register_model, methods=["POST"]),
+    Route(f"{PREFIX}/models/{{name}}/versions/{{version}}", show_model, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints", list_endpoints, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints", create_endpoint, methods=["POST"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}", show_endpoint, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}", update_endpoint, methods=["PATCH"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}", delete_endpoint, methods=["DELETE"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/listKeys", list_keys, methods=["POST"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/regenerateKeys", regenerate_keys, methods=["POST"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", list_deployments, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", create_deployment, methods=["POST"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}", show_deployment,
+          methods=["GET"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}", delete_deployment,
+          methods=["DELETE"]),
+    Route(f"{PREFIX}/audit", list_audit, methods=["GET"]),
+]

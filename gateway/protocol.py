@@ -1,0 +1,385 @@
+"""Wire formats: Open Inference Protocol v2 (JSON and the binary tensor data
+extension) and Azure ML's `/score` JSON. Bytes in, our types out, and back.
+
+Nothing outside this module parses a request body or renders a response body.
+Every decoding error is `MalformedRequest` or `InvalidInput`, naming the field.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.errors import MalformedRequest, PayloadTooLarge
+from runtimes.errors import InvalidInput
+from runtimes.types import DATATYPE_TO_NUMPY, Signature, datatype_of
+
+HEADER_LENGTH = "inference-header-content-length"
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    """A decoded inference request: tensors by input name and what to send back."""
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: None = every output of the model, each binary iff `binary_output`.
+    outputs: list[RequestedOutput] | None = None
+    binary_output: bool = False
+
+
+# -- bodies ------------------------------------------------------------------
+def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo `Content-Encoding: gzip|deflate`, refusing to inflate past `limit` bytes."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise MalformedRequest(
+            f"header 'Content-Encoding': '{content_encoding}' is not supported (use gzip or deflate)"
+        )
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedRequest(f"body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+    return data
+
+
+def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """Compress an answer if the client asked for gzip or deflate (gzip preferred)."""
+    accepted = {part.split(";")[0].strip() for part in (accept_encoding or "").lower().split(",")}
+    if "gzip" in accepted:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return deflater.compress(body) + deflater.flush(), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 6), "deflate"
+    return body, None
+
+
+def _json(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"{what} is not valid JSON: {exc}") from None
+
+
+# -- tensors -----------------------------------------------------------------
+def _numpy_dtype(name: str, datatype: Any) -> np.dtype[Any]:
+    if datatype == "BF16":
+        raise InvalidInput(f"input '{name}': datatype BF16 is not supported; send FP32 or FP16")
+    try:
+        return DATATYPE_TO_NUMPY[datatype]
+    except (KeyError, TypeError):
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {datatype!r}; allowed: "
+            f"{', '.join(DATATYPE_TO_NUMPY)}"
+        ) from None
+
+
+def array_from_json(name: str, data: Any, datatype: str) -> np.ndarray:
+    """A JSON value (nested or flat list, or a scalar) as an array of `datatype`."""
+    dtype = _numpy_dtype(name, datatype)
+    if datatype == "BYTES":
+        try:
+            raw = np.asarray(data, dtype=object)
+        except ValueError as exc:
+            raise InvalidInput(f"input '{name}': data is not a regular array: {exc}") from None
+        encode = np.vectorize(
+            lambda v: v.encode("utf-8") if isinstance(v, str) else _not_text(name, v),
+            otypes=[object],
+        )
+        return encode(raw) if raw.size else raw
+    try:
+        array = np.asarray(data)
+    except ValueError as exc:
+        raise InvalidInput(f"input '{name}': data is not a regular array: {exc}") from None
+    kind = array.dtype.kind
+    if kind in ("U", "S", "O"):
+        raise InvalidInput(f"input '{name}': expected numbers for datatype {datatype}")
+    if dtype.kind in ("i", "u") and kind == "f":
+        raise InvalidInput(f"input '{name}': expected integers for datatype {datatype}")
+    if dtype.kind == "b" and kind != "b":
+        raise InvalidInput(f"input '{name}': expected true/false for datatype BOOL")
+    return array.astype(dtype, copy=False)
+
+
+def _not_text(name: str, value: Any) -> bytes:
+    raise InvalidInput(f"input '{name}': BYTES elements must be strings, got {type(value).__name__}")
+
+
+def _reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    expected = int(np.prod(shape)) if shape else 1
+    if array.size != expected:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {expected} elements, data has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _bytes_elements(name: str, raw: memoryview) -> np.ndarray:
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"input '{name}': truncated BYTES length prefix")
+        (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"input '{name}': BYTES element runs past its binary data")
+        items.append(bytes(raw[offset : offset + length]))
+        offset += length
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def array_from_binary(name: str, raw: memoryview, datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """Binary tensor data (little-endian, row-major) as an array; no per-element copies."""
+    dtype = _numpy_dtype(name, datatype)
+    if datatype == "BYTES":
+        return _reshape(name, _bytes_elements(name, raw), shape)
+    if len(raw) % dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}': {len(raw)} bytes is not a whole number of {datatype} elements"
+        )
+    return _reshape(name, np.frombuffer(raw, dtype=dtype.newbyteorder("<")), shape)
+
+
+def _shape(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidInput(f"input '{name}': field 'shape' must be a list of non-negative integers")
+    return value
+
+
+# -- Open Inference Protocol v2 requests --------------------------------------
+def parse_v2_request(body: bytes, header_length: str | None, signature: Signature) -> InferRequest:
+    """Decode a `/v2/.../infer` body: JSON, JSON + binary tensors, or raw binary."""
+    if header_length is None:
+        json_part, binary = body, memoryview(b"")
+    else:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise MalformedRequest(
+                f"header 'Inference-Header-Content-Length': '{header_length}' is not an integer"
+            ) from None
+        if split == 0:
+            return _raw_binary_request(body, signature)
+        if not 0 < split <= len(body):
+            raise MalformedRequest(
+                f"header 'Inference-Header-Content-Length': {split} is outside the body "
+                f"({len(body)} bytes)"
+            )
+        json_part, binary = body[:split], memoryview(body)[split:]
+    doc = _json(json_part, "request body")
+    if not isinstance(doc, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise MalformedRequest("field 'inputs' must be a non-empty list")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest("field 'parameters' must be an object")
+    request = InferRequest(
+        inputs={},
+        id=str(doc["id"]) if doc.get("id") is not None else None,
+        parameters=parameters,
+        binary_output=bool(parameters.get("binary_data_output", False)),
+    )
+    offset = 0
+    for position, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise MalformedRequest(f"field 'inputs[{position}].name' must be a string")
+        name = item["name"]
+        if name in request.inputs:
+            raise InvalidInput(f"input '{name}' is given twice")
+        shape = _shape(name, item.get("shape"))
+        datatype = item.get("datatype")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': parameters.binary_data_size {size!r} does not fit the "
+                    f"{len(binary) - offset} binary bytes left"
+                )
+            array = array_from_binary(name, binary[offset : offset + size], datatype, shape)
+            offset += size
+        elif "data" in item:
+            array = _reshape(name, array_from_json(name, item["data"], datatype), shape)
+        else:
+            raise InvalidInput(f"input '{name}': needs 'data' or parameters.binary_data_size")
+        request.inputs[name] = array
+    if offset != len(binary):
+        raise MalformedRequest(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
+    request.outputs = _requested_outputs(doc.get("outputs"), request.binary_output)
+    return request
+
+
+def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutput] | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise MalformedRequest("field 'outputs' must be a list")
+    requested = []
+    for position, item in enumerate(outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise MalformedRequest(f"field 'outputs[{position}].name' must be a string")
+        params = item.get("parameters") or {}
+        if params.get("classification"):
+            raise InvalidInput(
+                f"output '{item['name']}': the classification extension is not supported"
+            )
+        requested.append(RequestedOutput(item["name"], bool(params.get("binary_data", binary_default))))
+    return requested
+
+
+def _raw_binary_request(body: bytes, signature: Signature) -> InferRequest:
+    # Inference-Header-Content-Length: 0 means the body is one input's bytes, batch 1.
+    if len(signature.inputs) != 1:
+        raise InvalidInput(
+            "a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
+            f"input; this one has {len(signature.inputs)}"
+        )
+    spec = signature.inputs[0]
+    array = array_from_binary(spec.name, memoryview(body), spec.datatype, [-1])
+    dims = [1 if i == 0 and d < 0 else d for i, d in enumerate(spec.shape)]
+    if dims.count(-1) > 1:
+        raise InvalidInput(f"input '{spec.name}': a raw binary request cannot infer its shape")
+    request = InferRequest(inputs={spec.name: array.reshape(dims) if dims else array},
+                           binary_output=True)
+    return request
+
+
+# -- Open Inference Protocol v2 responses -------------------------------------
+def _binary(array: np.ndarray) -> bytes:
+    if array.dtype == object:
+        return b"".join(_LENGTH_PREFIX.pack(len(v)) + v for v in map(_as_bytes, array.ravel()))
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _json_data(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [_as_bytes(v).decode("utf-8", "replace") for v in array.ravel()]
+    return np.ascontiguousarray(array).ravel()
+
+
+def select_outputs(request: InferRequest, signature: Signature) -> list[RequestedOutput]:
+    """The outputs to compute and return; raise InvalidInput for an unknown name."""
+    if request.outputs is None:
+        return [RequestedOutput(name, request.binary_output) for name in signature.output_names]
+    known = set(signature.output_names)
+    for output in request.outputs:
+        if output.name not in known:
+            raise InvalidInput(
+                f"unknown output '{output.name}'; the model's outputs are: "
+                f"{', '.join(signature.output_names)}"
+            )
+    return request.outputs
+
+
+def encode_v2_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    results: Mapping[str, np.ndarray],
+    outputs: Sequence[RequestedOutput],
+) -> tuple[bytes, dict[str, str]]:
+    """Render an inference response; binary outputs follow the JSON header."""
+    rendered: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for output in outputs:
+        array = results[output.name]
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if output.binary:
+            chunk = _binary(array)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = _json_data(array)
+        rendered.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
+                           "outputs": rendered}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return b"".join([header, *chunks]), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+# -- Azure ML /score -----------------------------------------------------------
+def parse_score_request(body: bytes, signature: Signature) -> dict[str, np.ndarray]:
+    """`{"input_data": [[...]]}` (single-input model) or `{"input_data": {name: [...]}}`."""
+    doc = _json(body, "request body")
+    if not isinstance(doc, dict) or "input_data" not in doc:
+        raise MalformedRequest("field 'input_data' is required")
+    data = doc["input_data"]
+    names = [t.name for t in signature.inputs]
+    if isinstance(data, dict):
+        by_name = data
+    elif isinstance(data, list):
+        if len(names) != 1:
+            raise InvalidInput(
+                f"field 'input_data': the model has {len(names)} inputs ({', '.join(names)}); "
+                "give input_data as an object keyed by input name"
+            )
+        by_name = {names[0]: data}
+    else:
+        raise MalformedRequest("field 'input_data' must be a list or an object keyed by input name")
+    inputs = {}
+    for name, value in by_name.items():
+        spec = signature.input(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {', '.join(names)}")
+        inputs[name] = array_from_json(name, value, spec.datatype)
+    return inputs
+
+
+def encode_score_response(results: Mapping[str, np.ndarray]) -> bytes:
+    """A JSON object keyed by output name, each value nested like the tensor."""
+    doc = {
+        name: (array.tolist() if array.dtype == object else np.ascontiguousarray(array))
+        for name, array in results.items()
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError

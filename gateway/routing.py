@@ -1,0 +1,109 @@
+"""The routing table: an immutable snapshot, rebuilt and swapped on every
+control-plane change, so the hot path reads it without locks or a database.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from gateway.errors import DeploymentUnavailable, EndpointNotFound
+from runtimes.instances import InstancePool
+from runtimes.types import Signature
+
+
+@dataclass(frozen=True)
+class DeploymentRoute:
+    endpoint: str
+    name: str
+    pool: InstancePool
+    model_name: str
+    model_version: int
+    runtime: str
+    request_timeout_s: float
+
+    @property
+    def signature(self) -> Signature:
+        return self.pool.signature
+
+
+@dataclass(frozen=True)
+class EndpointRoute:
+    name: str
+    auth_mode: str
+    #: SHA-256 hex digests of the primary and secondary keys.
+    key_hashes: tuple[str, ...]
+    deployments: Mapping[str, DeploymentRoute]
+    #: Deployments that exist but failed to load: name -> reason.
+    unavailable: Mapping[str, str]
+    #: Live traffic as parallel tuples: names and cumulative percentages.
+    traffic_names: tuple[str, ...] = ()
+    traffic_cumulative: tuple[int, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        auth_mode: str,
+        key_hashes: tuple[str, ...],
+        traffic: Mapping[str, int],
+        deployments: Mapping[str, DeploymentRoute],
+        unavailable: Mapping[str, str],
+    ) -> EndpointRoute:
+        names, cumulative, total = [], [], 0
+        for deployment, percent in sorted(traffic.items()):
+            if percent > 0:
+                total += percent
+                names.append(deployment)
+                cumulative.append(total)
+        return cls(name, auth_mode, key_hashes, MappingProxyType(dict(deployments)),
+                   MappingProxyType(dict(unavailable)), tuple(names), tuple(cumulative))
+
+    def deployment(self, name: str) -> DeploymentRoute:
+        """The named deployment (header override or versions path), any traffic share."""
+        route = self.deployments.get(name)
+        if route is not None:
+            return route
+        if name in self.unavailable:
+            raise DeploymentUnavailable(
+                f"deployment '{name}' of endpoint '{self.name}' is not available: "
+                f"{self.unavailable[name]}"
+            )
+        raise EndpointNotFound(f"deployment '{name}' does not exist in endpoint '{self.name}'")
+
+    def pick(self, rng: random.Random) -> DeploymentRoute:
+        """A deployment drawn by the traffic weights."""
+        if not self.traffic_names:
+            # Azure ML's wording for the same case.
+            raise EndpointNotFound(
+                f"endpoint '{self.name}' doesn't have any valid deployment with positive weight"
+            )
+        draw = rng.random() * self.traffic_cumulative[-1]
+        return self.deployment(self.traffic_names[bisect.bisect_right(self.traffic_cumulative, draw)])
+
+    def default(self) -> DeploymentRoute | None:
+        """The deployment with the largest traffic share (for metadata), else any loaded one."""
+        shares = {
+            name: total - (self.traffic_cumulative[i - 1] if i else 0)
+            for i, (name, total) in enumerate(zip(self.traffic_names, self.traffic_cumulative, strict=True))
+            if name in self.deployments
+        }
+        if shares:
+            return self.deployments[max(shares, key=lambda name: shares[name])]
+        return next(iter(self.deployments.values()), None)
+
+
+@dataclass(frozen=True)
+class RoutingSnapshot:
+    endpoints: Mapping[str, EndpointRoute] = field(default_factory=dict)
+    #: The store's change id this snapshot reflects.
+    change_id: int = 0
+
+    def endpoint(self, name: str) -> EndpointRoute:
+        route = self.endpoints.get(name)
+        if route is None:
+            raise EndpointNotFound(f"endpoint '{name}' does not exist")
+        return route

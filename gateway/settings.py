@@ -1,0 +1,39 @@
+"""The gateway's own settings: small, immutable, built once from flags/env.
+
+One name end to end: `max_request_body_bytes` <-> `--max-request-body-bytes`
+<-> `SERVEGATE_MAX_REQUEST_BODY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8000
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SERVEGATE_HOME") or Path.home() / ".servegate").expanduser()
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: Scoring bodies above this (after decompression, too) are answered 413.
+    max_request_body_bytes: int = 100 * 1024 * 1024
+    #: Model uploads through the management API may be larger.
+    max_model_bytes: int = 4 * 1024 * 1024 * 1024
+    #: On SIGTERM, in-flight requests get this long to finish.
+    graceful_shutdown_s: float = 30.0
+    demo: bool = False
+
+    @property
+    def store_path(self) -> Path:
+        return self.home / "store.db"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.home / "admin_token"

@@ -1,0 +1,43 @@
+"""Everything one running gateway holds, built at startup and put on app.state."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from deploy.artifacts import ArtifactStore
+from deploy.control import ControlPlane
+from deploy.credentials import Credentials, read_or_create_secret
+from deploy.store import SqliteStore
+from gateway.deployments import DeploymentHosts
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    control: ControlPlane
+    hosts: DeploymentHosts
+    admin_token: str
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    rng: random.Random = field(default_factory=random.Random)
+    ready: bool = False
+
+    @classmethod
+    def open(cls, settings: GatewaySettings) -> GatewayState:
+        home = settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        control = ControlPlane(
+            SqliteStore(settings.store_path), ArtifactStore(home), Credentials.from_home(home)
+        )
+        return cls(
+            settings=settings,
+            control=control,
+            hosts=DeploymentHosts(control),
+            admin_token=read_or_create_secret(settings.admin_token_path),
+        )
+
+    @property
+    def credentials(self) -> Credentials:
+        return self.control.credentials

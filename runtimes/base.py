@@ -1,0 +1,45 @@
+"""The seam every model runtime implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtimes.types import Signature
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What a runtime needs to load one instance of a model.
+
+    `device` is `cpu`, `cuda` or `cuda:N`. `options` are runtime-specific
+    (for onnxruntime: `intra_op_num_threads`, `inter_op_num_threads`,
+    `graph_optimization_level`, `providers`).
+    """
+
+    model_path: Path
+    device: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    """One loaded model instance.
+
+    `infer` is blocking and thread-safe to call from one thread at a time per
+    instance; the gateway calls it off the event loop.
+    """
+
+    @property
+    def signature(self) -> Signature: ...
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model. Raises InvalidInput or InferenceFailed."""
+        ...
+
+    def close(self) -> None: ...
