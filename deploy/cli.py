@@ -42,6 +42,10 @@ class Ctx:
             self._client = AdminClient(self.url, find_admin_token(self.token, self.home))
         return self._client
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -58,40 +62,89 @@ class ServegateGroup(click.Group):
 
 
 @click.group(cls=ServegateGroup)
-@click.option("--url", envvar="SERVEGATE_URL", default=DEFAULT_URL, show_default=True,
-              help="The gateway's URL.")
-@click.option("--token", envvar="SERVEGATE_TOKEN", default=None,
-              help="Admin token (default: read from $SERVEGATE_HOME/admin_token).")
-@click.option("--home", envvar="SERVEGATE_HOME", type=click.Path(path_type=Path), default=None,
-              help="servegate's home folder (default ~/.servegate).")
+@click.option(
+    "--url",
+    envvar="SERVEGATE_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="The gateway's URL.",
+)
+@click.option(
+    "--token",
+    envvar="SERVEGATE_TOKEN",
+    default=None,
+    help="Admin token (default: read from $SERVEGATE_HOME/admin_token).",
+)
+@click.option(
+    "--home",
+    envvar="SERVEGATE_HOME",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="servegate's home folder (default ~/.servegate).",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> None:
     """servegate: model serving gateway for real-time and batch inference."""
     ctx.obj = Ctx(url, token, home or _default_home())
+    ctx.call_on_close(ctx.obj.close)
 
 
 # -- serve ------------------------------------------------------------------------
 @main.command()
 @click.option("--host", envvar="SERVEGATE_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="SERVEGATE_PORT", type=int, default=8000, show_default=True)
-@click.option("--demo", is_flag=True, envvar="SERVEGATE_DEMO",
-              help="Create the demo endpoint (blue 100%, green 0%) and print a curl command.")
-@click.option("--max-request-body-bytes", envvar="SERVEGATE_MAX_REQUEST_BODY_BYTES", type=int,
-              default=100 * 1024 * 1024, show_default=True)
-@click.option("--graceful-shutdown-s", envvar="SERVEGATE_GRACEFUL_SHUTDOWN_S", type=float,
-              default=30.0, show_default=True)
-@click.option("--log-level", envvar="SERVEGATE_LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--demo",
+    is_flag=True,
+    envvar="SERVEGATE_DEMO",
+    help="Create the demo endpoint (blue 100%, green 0%) and print a curl command.",
+)
+@click.option(
+    "--max-request-body-bytes",
+    envvar="SERVEGATE_MAX_REQUEST_BODY_BYTES",
+    type=int,
+    default=100 * 1024 * 1024,
+    show_default=True,
+)
+@click.option(
+    "--graceful-shutdown-s",
+    envvar="SERVEGATE_GRACEFUL_SHUTDOWN_S",
+    type=float,
+    default=30.0,
+    show_default=True,
+)
+@click.option(
+    "--log-level",
+    envvar="SERVEGATE_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 @pass_ctx
-def serve(ctx: Ctx, host: str, port: int, demo: bool, max_request_body_bytes: int,
-          graceful_shutdown_s: float, log_level: str) -> None:
+def serve(
+    ctx: Ctx,
+    host: str,
+    port: int,
+    demo: bool,
+    max_request_body_bytes: int,
+    graceful_shutdown_s: float,
+    log_level: str,
+) -> None:
     """Run the gateway."""
     from gateway.app import serve as run
     from gateway.settings import GatewaySettings
 
-    run(GatewaySettings(home=ctx.home, host=host, port=port, demo=demo,
-                        max_request_body_bytes=max_request_body_bytes,
-                        graceful_shutdown_s=graceful_shutdown_s), log_level)
+    run(
+        GatewaySettings(
+            home=ctx.home,
+            host=host,
+            port=port,
+            demo=demo,
+            max_request_body_bytes=max_request_body_bytes,
+            graceful_shutdown_s=graceful_shutdown_s,
+        ),
+        log_level,
+    )
 
 
 # -- models -----------------------------------------------------------------------
@@ -102,14 +155,18 @@ def model() -> None:
 
 @model.command("register")
 @click.option("--name", "-n", required=True)
-@click.option("--version", "-v", type=click.IntRange(min=1), default=None,
-              help="Default: the next version.")
-@click.option("--path", "-p", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the next version."
+)
+@click.option(
+    "--path", "-p", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--runtime", default=None, help="Default: from the file suffix.")
 @click.option("--description", default="")
 @pass_ctx
-def model_register(ctx: Ctx, name: str, version: int | None, path: Path, runtime: str | None,
-                   description: str) -> None:
+def model_register(
+    ctx: Ctx, name: str, version: int | None, path: Path, runtime: str | None, description: str
+) -> None:
     """Register a model file; its signature is read from the file."""
     _print(ctx.client.register_model(name, path, version, runtime, description))
 
@@ -124,8 +181,9 @@ def model_list(ctx: Ctx, name: str | None) -> None:
 
 @model.command("show")
 @click.option("--name", "-n", required=True)
-@click.option("--version", "-v", type=click.IntRange(min=1), default=None,
-              help="Default: the latest.")
+@click.option(
+    "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the latest."
+)
 @pass_ctx
 def model_show(ctx: Ctx, name: str, version: int | None) -> None:
     """Show one model version and its signature."""
@@ -180,8 +238,14 @@ def endpoint_list(ctx: Ctx) -> None:
 @click.option("--description", default=None)
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @pass_ctx
-def endpoint_update(ctx: Ctx, name: str, traffic: str | None, mirror_traffic: str | None,
-                    description: str | None, reason: str) -> None:
+def endpoint_update(
+    ctx: Ctx,
+    name: str,
+    traffic: str | None,
+    mirror_traffic: str | None,
+    description: str | None,
+    reason: str,
+) -> None:
     """Change traffic, mirror traffic or description (atomically)."""
     changes: dict[str, Any] = {"reason": reason}
     if traffic is not None:
@@ -225,8 +289,13 @@ def endpoint_regenerate(ctx: Ctx, name: str, key_type: str) -> None:
 @endpoint.command("invoke")
 @click.option("--name", "-n", required=True)
 @click.option("--request-file", "-r", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--deployment", "--deployment-name", "-d", default=None,
-              help="Target one deployment, whatever its traffic.")
+@click.option(
+    "--deployment",
+    "--deployment-name",
+    "-d",
+    default=None,
+    help="Target one deployment, whatever its traffic.",
+)
 @pass_ctx
 def endpoint_invoke(ctx: Ctx, name: str, request_file: Path, deployment: str | None) -> None:
     """Score a request file: {"input_data": ...} (/score) or {"inputs": [...]} (v2)."""
@@ -234,7 +303,9 @@ def endpoint_invoke(ctx: Ctx, name: str, request_file: Path, deployment: str | N
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"{request_file} is not JSON: {exc}", param_hint="--request-file")
+        raise click.BadParameter(
+            f"{request_file} is not JSON: {exc}", param_hint="--request-file"
+        ) from None
     creds = ctx.client.credentials(name)
     key = creds.get("primaryKey") or creds.get("accessToken")
     v2 = isinstance(doc, dict) and "inputs" in doc
@@ -247,7 +318,9 @@ def deployment() -> None:
     """Create, list and delete online deployments."""
 
 
-def _deployment_body(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None) -> dict[str, Any]:
+def _deployment_body(
+    ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None
+) -> dict[str, Any]:
     overrides = {k: v for k, v in (("name", name), ("endpoint_name", endpoint_name)) if v}
     spec = load_spec(OnlineDeploymentSpec, file, overrides)
     raw = yaml.safe_load(file.read_text()) | overrides
@@ -271,8 +344,9 @@ def _deployment_body(ctx: Ctx, file: Path, name: str | None, endpoint_name: str 
 @click.option("--endpoint-name", "-e", default=None, help="Override the file's endpoint_name.")
 @click.option("--all-traffic", is_flag=True, help="Send 100% of live traffic to it.")
 @pass_ctx
-def deployment_create(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None,
-                      all_traffic: bool) -> None:
+def deployment_create(
+    ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None, all_traffic: bool
+) -> None:
     """Create (or replace) a deployment from deployment.yml; the model loads before it counts."""
     body = _deployment_body(ctx, file, name, endpoint_name)
     _print(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))

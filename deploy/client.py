@@ -29,8 +29,9 @@ def find_admin_token(explicit: str | None, home: Path) -> str:
     path = home / "admin_token"
     if not path.exists():
         raise ClientError(
-            0, f"no admin token: pass --token, set SERVEGATE_TOKEN, or start the gateway with "
-               f"--home {home} so it creates {path}"
+            0,
+            f"no admin token: pass --token, set SERVEGATE_TOKEN, or start the gateway with "
+            f"--home {home} so it creates {path}",
         )
     return path.read_text().strip()
 
@@ -50,6 +51,9 @@ class AdminClient:
             headers={"Authorization": f"Bearer {token}", "x-servegate-actor": _actor()},
             timeout=timeout_s,
         )
+
+    def close(self) -> None:
+        self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -74,8 +78,9 @@ class AdminClient:
         if runtime:
             params["runtime"] = runtime
         with path.open("rb") as f:
-            return self.request("POST", f"/management/models/{name}/versions", params=params,
-                                content=f)
+            return self.request(
+                "POST", f"/management/models/{name}/versions", params=params, content=f
+            )
 
     def list_models(self, name: str | None = None) -> Any:
         return self.request("GET", "/management/models", params={"name": name} if name else None)
@@ -103,13 +108,18 @@ class AdminClient:
         return self.request("POST", f"/management/endpoints/{name}/listKeys")
 
     def regenerate_key(self, name: str, key_type: str) -> Any:
-        return self.request("POST", f"/management/endpoints/{name}/regenerateKeys",
-                            json={"keyType": key_type})
+        return self.request(
+            "POST", f"/management/endpoints/{name}/regenerateKeys", json={"keyType": key_type}
+        )
 
     # deployments
     def create_deployment(self, endpoint: str, spec: dict[str, Any], all_traffic: bool) -> Any:
-        return self.request("POST", f"/management/endpoints/{endpoint}/deployments", json=spec,
-                            params={"all_traffic": str(all_traffic).lower()})
+        return self.request(
+            "POST",
+            f"/management/endpoints/{endpoint}/deployments",
+            json=spec,
+            params={"all_traffic": str(all_traffic).lower()},
+        )
 
     def list_deployments(self, endpoint: str) -> Any:
         return self.request("GET", f"/management/endpoints/{endpoint}/deployments")
@@ -128,8 +138,9 @@ class AdminClient:
         return self.request("GET", "/management/audit", params=params)
 
     # data plane
-    def invoke(self, endpoint: str, body: bytes, key: str | None, deployment: str | None,
-               v2: bool) -> Any:
+    def invoke(
+        self, endpoint: str, body: bytes, key: str | None, deployment: str | None, v2: bool
+    ) -> Any:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy.artifacts import Artifact, ArtifactStore
+from deploy.artifacts import ArtifactStore
 from deploy.credentials import KEY_TYPES, Credentials, expiry_text, hash_key
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.specs import (
@@ -51,35 +51,32 @@ class ControlPlane:
                 f"model '{name}': cannot infer the runtime from the file name '{filename}'; "
                 "give --runtime"
             )
+        # Read the signature first: a file that is no model never enters the store.
+        signature = read_signature(runtime, source)
         artifact = self.artifacts.put_file(source, Path(filename).suffix)
-        return self._register(ref, filename, artifact, runtime, actor, description, tags or {})
-
-    def _register(
-        self,
-        ref: ModelRef,
-        filename: str,
-        artifact: Artifact,
-        runtime: str,
-        actor: str,
-        description: str,
-        tags: dict[str, str],
-    ) -> ModelRecord:
         assert ref.name is not None
-        signature = read_signature(runtime, self.artifacts.path_of(artifact.relative_path))
         with self.store.transaction():
             if ref.version is not None and self.store.get_model(ref.name, ref.version):
                 raise Conflict(f"model '{ref.name}' version {ref.version} already exists")
             version = ref.version or self.store.latest_model_version(ref.name) + 1
             record = ModelRecord(
-                name=ref.name, version=version, runtime=runtime, sha256=artifact.sha256,
-                artifact=artifact.relative_path, filename=Path(filename).name,
-                size_bytes=artifact.size_bytes, signature=signature.to_dict(),
-                description=description, tags=tags, created_at=utc_now(),
+                name=ref.name,
+                version=version,
+                runtime=runtime,
+                sha256=artifact.sha256,
+                artifact=artifact.relative_path,
+                filename=Path(filename).name,
+                size_bytes=artifact.size_bytes,
+                signature=signature.to_dict(),
+                description=description,
+                tags=tags or {},
+                created_at=utc_now(),
             )
             self.store.add_model(
                 record,
-                AuditEntry(actor, "model.register", f"models/{ref.name}/{version}", None,
-                           record.to_dict()),
+                AuditEntry(
+                    actor, "model.register", f"models/{ref.name}/{version}", None, record.to_dict()
+                ),
             )
         return record
 
@@ -108,8 +105,9 @@ class ControlPlane:
             # No deployment exists yet, so traffic may name none (Azure ML sets it later).
             self._check_known(spec.name, {**spec.traffic, **spec.mirror_traffic}, set())
             self.store.put_endpoint(
-                spec.name, data, AuditEntry(actor, "endpoint.create", f"endpoints/{spec.name}",
-                                            None, data)
+                spec.name,
+                data,
+                AuditEntry(actor, "endpoint.create", f"endpoints/{spec.name}", None, data),
             )
             for key_type in KEY_TYPES:
                 self._new_key(spec.name, key_type, None)
@@ -126,8 +124,9 @@ class ControlPlane:
             self._check_known(name, {**merged.traffic, **merged.mirror_traffic}, deployments)
             after = merged.model_dump(exclude={"schema_url"})
             self.store.put_endpoint(
-                name, after, AuditEntry(actor, "endpoint.update", f"endpoints/{name}", before,
-                                        after, reason)
+                name,
+                after,
+                AuditEntry(actor, "endpoint.update", f"endpoints/{name}", before, after, reason),
             )
         return after
 
@@ -141,8 +140,9 @@ class ControlPlane:
 
     @staticmethod
     def _check_known(endpoint: str, named: dict[str, int], deployments: set[str]) -> None:
-        for deployment, percent in named.items():
-            if percent and deployment not in deployments:
+        """traffic and mirror_traffic may name existing deployments only."""
+        for deployment in named:
+            if deployment not in deployments:
                 raise SpecError(
                     f"endpoint '{endpoint}': traffic names deployment '{deployment}', "
                     "which does not exist"
@@ -168,14 +168,18 @@ class ControlPlane:
             raise SpecError(f"field 'keyType': must be primary or secondary, got '{key_type}'")
         with self.store.transaction():
             self.get_endpoint(endpoint)
-            before = {"key_type": key_type, "key_hash": self.store.get_keys(endpoint)[key_type].key_hash}
+            before = {
+                "key_type": key_type,
+                "key_hash": self.store.get_keys(endpoint)[key_type].key_hash,
+            }
             nonce = self.credentials.new_nonce()
             key = self.credentials.derive_key(endpoint, key_type, nonce)
             after = {"key_type": key_type, "key_hash": hash_key(key)}
             self.store.put_key(
                 KeyRecord(endpoint, key_type, after["key_hash"], nonce, utc_now()),
-                AuditEntry(actor, "endpoint.regenerate_key", f"endpoints/{endpoint}", before,
-                           after),
+                AuditEntry(
+                    actor, "endpoint.regenerate_key", f"endpoints/{endpoint}", before, after
+                ),
             )
         return self.list_keys(endpoint)
 
@@ -191,7 +195,9 @@ class ControlPlane:
 
     def credentials_of(self, endpoint: str) -> dict[str, Any]:
         spec = self.get_endpoint(endpoint)
-        return self.issue_token(endpoint) if spec["auth_mode"] == "token" else self.list_keys(endpoint)
+        return (
+            self.issue_token(endpoint) if spec["auth_mode"] == "token" else self.list_keys(endpoint)
+        )
 
     # -- deployments -------------------------------------------------------
     def get_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
@@ -211,7 +217,9 @@ class ControlPlane:
         if ref.path is not None:
             path = Path(ref.path)
             if not path.is_file():
-                raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
+                raise SpecError(
+                    f"field 'model.path': no model file at '{path}' on the gateway host"
+                )
             name = f"{spec.endpoint_name}-{spec.name}"
             record = self.register_model(name, path.name, path, actor, runtime=spec.runtime)
         else:
@@ -231,14 +239,21 @@ class ControlPlane:
             before = self.store.get_deployment(endpoint, name)
             action = "deployment.create" if before is None else "deployment.update"
             self.store.put_deployment(
-                endpoint, name, resolved,
-                AuditEntry(actor, action, f"endpoints/{endpoint}/deployments/{name}", before,
-                           resolved),
+                endpoint,
+                name,
+                resolved,
+                AuditEntry(
+                    actor, action, f"endpoints/{endpoint}/deployments/{name}", before, resolved
+                ),
             )
-            if all_traffic:
-                spec = self.get_endpoint(endpoint)
-                traffic = {d: 0 for d in spec["traffic"]} | {name: 100}
-                self.update_endpoint(endpoint, {"traffic": traffic}, actor, reason="--all-traffic")
+            # As in Azure ML, the traffic map lists every deployment; a new one starts at 0.
+            traffic = self.get_endpoint(endpoint)["traffic"]
+            wanted = (
+                ({d: 0 for d in traffic} | {name: 100}) if all_traffic else ({name: 0} | traffic)
+            )
+            if wanted != traffic:
+                reason = "--all-traffic" if all_traffic else f"deployment {name} created"
+                self.update_endpoint(endpoint, {"traffic": wanted}, actor, reason=reason)
         return resolved
 
     def delete_deployment(self, endpoint: str, name: str, actor: str) -> None:
@@ -253,14 +268,23 @@ class ControlPlane:
                     "(servegate endpoint update --traffic ...)"
                 )
             self.store.delete_deployment(
-                endpoint, name,
-                AuditEntry(actor, "deployment.delete", f"endpoints/{endpoint}/deployments/{name}",
-                           before, None),
+                endpoint,
+                name,
+                AuditEntry(
+                    actor,
+                    "deployment.delete",
+                    f"endpoints/{endpoint}/deployments/{name}",
+                    before,
+                    None,
+                ),
             )
             # Drop zero entries so the endpoint no longer names the deployment.
             cleaned = {
                 "traffic": {d: p for d, p in spec["traffic"].items() if d != name},
                 "mirror_traffic": {d: p for d, p in spec["mirror_traffic"].items() if d != name},
             }
-            if cleaned["traffic"] != spec["traffic"] or cleaned["mirror_traffic"] != spec["mirror_traffic"]:
+            if (
+                cleaned["traffic"] != spec["traffic"]
+                or cleaned["mirror_traffic"] != spec["mirror_traffic"]
+            ):
                 self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")

@@ -1,9 +1,9 @@
 """The control-plane error tree. No HTTP here; the gateway maps these to statuses.
 
-    ControlPlaneError
-    ├── SpecError      a YAML/JSON spec or a request field is invalid
-    ├── NotFound       a named model, endpoint or deployment does not exist
-    └── Conflict       the change clashes with current state (exists, in use)
+ControlPlaneError
+├── SpecError      a YAML/JSON spec or a request field is invalid
+├── NotFound       a named model, endpoint or deployment does not exist
+└── Conflict       the change clashes with current state (exists, in use)
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ DeploymentName = EndpointName
 ModelName = Annotated[str, AfterValidator(_model_name)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 
-_SHORT_MODEL = re.compile(r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>\d+))?$")
+_SHORT_MODEL = re.compile(
+    r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>\d+))?$"
+)
 
 
 class Spec(BaseModel):
@@ -197,7 +199,9 @@ class OnlineDeploymentSpec(Spec):
 SpecT = TypeVar("SpecT", bound=Spec)
 
 
-def parse_spec(kind: type[SpecT], data: Any, source: str, overrides: dict[str, Any] | None = None) -> SpecT:
+def parse_spec(
+    kind: type[SpecT], data: Any, source: str, overrides: dict[str, Any] | None = None
+) -> SpecT:
     """Validate `data` as `kind`; `source` (a file name, "request body") prefixes errors."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
@@ -208,7 +212,9 @@ def parse_spec(kind: type[SpecT], data: Any, source: str, overrides: dict[str, A
         raise SpecError(_describe(exc, kind, source)) from None
 
 
-def load_spec(kind: type[SpecT], path: str | Path, overrides: dict[str, Any] | None = None) -> SpecT:
+def load_spec(
+    kind: type[SpecT], path: str | Path, overrides: dict[str, Any] | None = None
+) -> SpecT:
     """Read and validate a YAML file as `kind`."""
     path = Path(path)
     try:

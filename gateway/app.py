@@ -33,10 +33,13 @@ async def _known_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    body = {"error": f"{exc.detail}: {request.method} {request.url.path}",
-            "code": codes.get(exc.status_code, "http_error")}
-    return Response(orjson.dumps(body), exc.status_code, headers=exc.headers,
-                    media_type="application/json")
+    body = {
+        "error": f"{exc.detail}: {request.method} {request.url.path}",
+        "code": codes.get(exc.status_code, "http_error"),
+    }
+    return Response(
+        orjson.dumps(body), exc.status_code, headers=exc.headers, media_type="application/json"
+    )
 
 
 async def _openapi(request: Request) -> Response:
@@ -54,9 +57,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         state.ready = True
         if settings.demo:
             keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
-            print("servegate demo endpoint is ready. Score it with:\n\n  "
-                  + demo.curl_command(settings.host, settings.port, keys["primaryKey"]) + "\n",
-                  flush=True)
+            print(
+                "servegate demo endpoint is ready. Score it with:\n\n  "
+                + demo.curl_command(settings.host, settings.port, keys["primaryKey"])
+                + "\n",
+                flush=True,
+            )
         try:
             yield
         finally:
@@ -79,7 +85,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
 def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

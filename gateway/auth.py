@@ -27,7 +27,9 @@ def authenticate(route: EndpointRoute, authorization: str | None, credentials: C
     if route.auth_mode == "token":
         token = bearer(authorization, "token")
         if not credentials.verify_token(route.name, token):
-            raise Unauthorized(f"header 'Authorization': invalid or expired token for endpoint '{route.name}'")
+            raise Unauthorized(
+                f"header 'Authorization': invalid or expired token for endpoint '{route.name}'"
+            )
         return
     digest = hash_key(bearer(authorization, "key"))
     matched = False

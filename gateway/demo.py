@@ -22,7 +22,9 @@ DEMO_ACTOR = "servegate-demo"
 DEMO_INPUT = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
-def build_classifier(seed: int, n_features: int = 4, n_hidden: int = 8, n_classes: int = 3) -> bytes:
+def build_classifier(
+    seed: int, n_features: int = 4, n_hidden: int = 8, n_classes: int = 3
+) -> bytes:
     """A two-layer MLP classifier as ONNX bytes: `input` FP32 [-1, n_features] ->
     `probabilities` FP32 [-1, n_classes] and `label` INT64 [-1]. Deterministic per seed."""
     rng = np.random.default_rng(seed)
@@ -72,10 +74,15 @@ def ensure_demo(control: ControlPlane) -> None:
     )
     for name, version, all_traffic in (("blue", 1, True), ("green", 2, False)):
         spec = OnlineDeploymentSpec.model_validate(
-            {"name": name, "endpoint_name": DEMO_ENDPOINT,
-             "model": {"name": DEMO_MODEL, "version": version}}
+            {
+                "name": name,
+                "endpoint_name": DEMO_ENDPOINT,
+                "model": {"name": DEMO_MODEL, "version": version},
+            }
         )
-        control.put_deployment(control.resolve_deployment(spec, DEMO_ACTOR), DEMO_ACTOR, all_traffic)
+        control.put_deployment(
+            control.resolve_deployment(spec, DEMO_ACTOR), DEMO_ACTOR, all_traffic
+        )
     log.info("created demo endpoint '%s' (blue 100%%, green 0%%)", DEMO_ENDPOINT)
 
 

@@ -126,7 +126,9 @@ class DeploymentHosts:
     def _retire(self, pool: InstancePool) -> None:
         async def drain_and_close() -> None:
             if not await pool.drain(DRAIN_TIMEOUT_S):
-                log.warning("deployment %s still busy after %ss; closing", pool.name, DRAIN_TIMEOUT_S)
+                log.warning(
+                    "deployment %s still busy after %ss; closing", pool.name, DRAIN_TIMEOUT_S
+                )
             await run_in_threadpool(pool.close)
 
         task = asyncio.get_running_loop().create_task(drain_and_close())

@@ -92,14 +92,20 @@ async def register_model(request: Request, state: GatewayState) -> Response:
         raise SpecError("query parameter 'filename' is required (the model file's name)")
     raw_version = query.get("version")
     if raw_version is not None and not raw_version.isdigit():
-        raise SpecError(f"query parameter 'version': must be a positive integer, got '{raw_version}'")
+        raise SpecError(
+            f"query parameter 'version': must be a positive integer, got '{raw_version}'"
+        )
     upload = await _upload(request, state)
     try:
         async with state.hosts.lock:
             record = await run_in_threadpool(
                 state.control.register_model,
-                request.path_params["name"], filename, upload, _actor(request),
-                int(raw_version) if raw_version else None, query.get("runtime"),
+                request.path_params["name"],
+                filename,
+                upload,
+                _actor(request),
+                int(raw_version) if raw_version else None,
+                query.get("runtime"),
                 query.get("description", ""),
             )
     finally:
@@ -110,7 +116,9 @@ async def register_model(request: Request, state: GatewayState) -> Response:
 @admin
 async def list_models(request: Request, state: GatewayState) -> Response:
     """GET /management/models[?name=]"""
-    records = await run_in_threadpool(state.control.store.list_models, request.query_params.get("name"))
+    records = await run_in_threadpool(
+        state.control.store.list_models, request.query_params.get("name")
+    )
     return _json([r.to_dict() for r in records])
 
 
@@ -215,8 +223,8 @@ async def regenerate_keys(request: Request, state: GatewayState) -> Response:
 async def create_deployment(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/deployments[?all_traffic=true]
 
-    Creates or updates: the model is loaded and warmed before anything is
-    stored, so a deployment that cannot load leaves no trace.
+    Creates or updates: the model is loaded and warmed before the deployment
+    is stored, so one that cannot load is never stored or routed to.
     """
     endpoint = request.path_params["endpoint"]
     spec = parse_spec(
@@ -248,7 +256,8 @@ async def list_deployments(request: Request, state: GatewayState) -> Response:
 async def show_deployment(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments/{deployment}"""
     spec = await run_in_threadpool(
-        state.control.get_deployment, request.path_params["endpoint"],
+        state.control.get_deployment,
+        request.path_params["endpoint"],
         request.path_params["deployment"],
     )
     return _json(spec)
@@ -289,9 +298,15 @@ ROUTES = [
     Route(f"{PREFIX}/endpoints/{{endpoint}}/regenerateKeys", regenerate_keys, methods=["POST"]),
     Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", list_deployments, methods=["GET"]),
     Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", create_deployment, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}", show_deployment,
-          methods=["GET"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}", delete_deployment,
-          methods=["DELETE"]),
+    Route(
+        f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}",
+        show_deployment,
+        methods=["GET"],
+    ),
+    Route(
+        f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}",
+        delete_deployment,
+        methods=["DELETE"],
+    ),
     Route(f"{PREFIX}/audit", list_audit, methods=["GET"]),
 ]

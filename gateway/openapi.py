@@ -11,17 +11,26 @@ _JSON_OBJECT = {"type": "object"}
 
 def _responses(ok: dict[str, Any] | None, *errors: int, ok_status: str = "200") -> dict[str, Any]:
     out: dict[str, Any] = {
-        ok_status: {"description": "OK"} if ok is None else {
-            "description": "OK", "content": {"application/json": {"schema": ok}}}
+        ok_status: {"description": "OK"}
+        if ok is None
+        else {"description": "OK", "content": {"application/json": {"schema": ok}}}
     }
     for status in errors:
-        out[str(status)] = {"description": "error",
-                            "content": {"application/json": {"schema": _ERROR}}}
+        out[str(status)] = {
+            "description": "error",
+            "content": {"application/json": {"schema": _ERROR}},
+        }
     return out
 
 
-def _op(summary: str, tag: str, responses: dict[str, Any], body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, secured: str | None = "endpointKey") -> dict[str, Any]:
+def _op(
+    summary: str,
+    tag: str,
+    responses: dict[str, Any],
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    secured: str | None = "endpointKey",
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": True, "content": body}
@@ -37,8 +46,13 @@ def _path(name: str) -> dict[str, Any]:
 
 
 def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 _V2_BODY = {
@@ -48,134 +62,295 @@ _V2_BODY = {
         "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensors",
     },
 }
-_DEPLOYMENT_HEADER = {"name": "azureml-model-deployment", "in": "header", "required": False,
-                      "schema": {"type": "string"},
-                      "description": "target this deployment, whatever its traffic share"}
+_DEPLOYMENT_HEADER = {
+    "name": "azureml-model-deployment",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "target this deployment, whatever its traffic share",
+}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
     ep, dep = _path("endpoint"), _path("deployment")
-    infer = _op("Run inference (Open Inference Protocol v2, JSON or binary tensor data)", "v2",
-                _responses({"$ref": "#/components/schemas/InferenceResponse"},
-                           400, 401, 404, 408, 413, 424, 503),
-                _V2_BODY, [ep, _DEPLOYMENT_HEADER])
+    infer = _op(
+        "Run inference (Open Inference Protocol v2, JSON or binary tensor data)",
+        "v2",
+        _responses(
+            {"$ref": "#/components/schemas/InferenceResponse"}, 400, 401, 404, 408, 413, 424, 503
+        ),
+        _V2_BODY,
+        [ep, _DEPLOYMENT_HEADER],
+    )
     infer_version = {**infer, "parameters": [ep, dep]}
-    metadata = _op("Model metadata: the endpoint's signature", "v2",
-                   _responses(_JSON_OBJECT, 401, 404), params=[ep])
+    metadata = _op(
+        "Model metadata: the endpoint's signature",
+        "v2",
+        _responses(_JSON_OBJECT, 401, 404),
+        params=[ep],
+    )
     ready = _op("Model readiness", "v2", _responses(_JSON_OBJECT, 401, 404, 503), params=[ep])
     admin = "adminToken"
     paths: dict[str, Any] = {
-        "/endpoints/{endpoint}/score": {"post": _op(
-            "Score (Azure ML style): {\"input_data\": [[...]]} or {\"input_data\": {name: [...]}}",
-            "scoring",
-            _responses({"type": "object", "additionalProperties": {"type": "array"}},
-                       400, 401, 404, 408, 413, 424, 503),
-            {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
-            [ep, _DEPLOYMENT_HEADER])},
+        "/endpoints/{endpoint}/score": {
+            "post": _op(
+                'Score (Azure ML style): {"input_data": [[...]]} or {"input_data": {name: [...]}}',
+                "scoring",
+                _responses(
+                    {"type": "object", "additionalProperties": {"type": "array"}},
+                    400,
+                    401,
+                    404,
+                    408,
+                    413,
+                    424,
+                    503,
+                ),
+                {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+                [ep, _DEPLOYMENT_HEADER],
+            )
+        },
         "/v2": {"get": _op("Server metadata", "v2", _responses(_JSON_OBJECT), secured=None)},
         "/v2/health/live": {"get": _op("Liveness", "v2", _responses(None), secured=None)},
         "/v2/health/ready": {"get": _op("Readiness", "v2", _responses(None, 503), secured=None)},
         "/v2/models/{endpoint}": {"get": metadata},
         "/v2/models/{endpoint}/ready": {"get": ready},
         "/v2/models/{endpoint}/infer": {"post": infer},
-        "/v2/models/{endpoint}/versions/{deployment}": {"get": {**metadata, "parameters": [ep, dep]}},
-        "/v2/models/{endpoint}/versions/{deployment}/ready": {"get": {**ready, "parameters": [ep, dep]}},
+        "/v2/models/{endpoint}/versions/{deployment}": {
+            "get": {**metadata, "parameters": [ep, dep]}
+        },
+        "/v2/models/{endpoint}/versions/{deployment}/ready": {
+            "get": {**ready, "parameters": [ep, dep]}
+        },
         "/v2/models/{endpoint}/versions/{deployment}/infer": {"post": infer_version},
-        "/metrics": {"get": _op("Prometheus metrics", "operations",
-                                {"200": {"description": "text exposition format"}}, secured=None)},
-        "/openapi.json": {"get": _op("This document", "operations", _responses(_JSON_OBJECT),
-                                     secured=None)},
-        "/management/models": {"get": _op(
-            "List registered models", "management", _responses({"type": "array"}, 401),
-            params=[_query("name", {"type": "string"})], secured=admin)},
-        "/management/models/{name}/versions": {"post": _op(
-            "Register a model version; the body is the model file", "management",
-            _responses(_JSON_OBJECT, 400, 401, 409, 413, ok_status="201"),
-            {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            [_path("name"), _query("filename", {"type": "string"}, "required"),
-             _query("version", {"type": "integer", "minimum": 1}, "default: next version"),
-             _query("runtime", {"type": "string"}), _query("description", {"type": "string"})],
-            secured=admin)},
-        "/management/models/{name}/versions/{version}": {"get": _op(
-            "Show a model version and its signature ('latest' for the newest)", "management",
-            _responses(_JSON_OBJECT, 401, 404), params=[_path("name"), _path("version")],
-            secured=admin)},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                "operations",
+                {"200": {"description": "text exposition format"}},
+                secured=None,
+            )
+        },
+        "/openapi.json": {
+            "get": _op("This document", "operations", _responses(_JSON_OBJECT), secured=None)
+        },
+        "/management/models": {
+            "get": _op(
+                "List registered models",
+                "management",
+                _responses({"type": "array"}, 401),
+                params=[_query("name", {"type": "string"})],
+                secured=admin,
+            )
+        },
+        "/management/models/{name}/versions": {
+            "post": _op(
+                "Register a model version; the body is the model file",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 409, 413, ok_status="201"),
+                {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                [
+                    _path("name"),
+                    _query("filename", {"type": "string"}, "required"),
+                    _query("version", {"type": "integer", "minimum": 1}, "default: next version"),
+                    _query("runtime", {"type": "string"}),
+                    _query("description", {"type": "string"}),
+                ],
+                secured=admin,
+            )
+        },
+        "/management/models/{name}/versions/{version}": {
+            "get": _op(
+                "Show a model version and its signature ('latest' for the newest)",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[_path("name"), _path("version")],
+                secured=admin,
+            )
+        },
         "/management/endpoints": {
-            "get": _op("List endpoints", "management", _responses({"type": "array"}, 401),
-                       secured=admin),
-            "post": _op("Create an endpoint from its spec (endpoint.yml as JSON)", "management",
-                        _responses(_JSON_OBJECT, 400, 401, 409, ok_status="201"),
-                        {"application/json": {"schema": _JSON_OBJECT}}, secured=admin),
+            "get": _op(
+                "List endpoints", "management", _responses({"type": "array"}, 401), secured=admin
+            ),
+            "post": _op(
+                "Create an endpoint from its spec (endpoint.yml as JSON)",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 409, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                secured=admin,
+            ),
         },
         "/management/endpoints/{endpoint}": {
-            "get": _op("Show an endpoint", "management", _responses(_JSON_OBJECT, 401, 404),
-                       params=[ep], secured=admin),
-            "patch": _op("Update traffic, mirror_traffic, description, tags or auth_mode",
-                         "management", _responses(_JSON_OBJECT, 400, 401, 404),
-                         {"application/json": {"schema": _JSON_OBJECT}}, [ep], secured=admin),
-            "delete": _op("Delete an endpoint and its deployments", "management",
-                          {"204": {"description": "deleted"}, "404": {"description": "error"}},
-                          params=[ep], secured=admin),
+            "get": _op(
+                "Show an endpoint",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[ep],
+                secured=admin,
+            ),
+            "patch": _op(
+                "Update traffic, mirror_traffic, description, tags or auth_mode",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 404),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                [ep],
+                secured=admin,
+            ),
+            "delete": _op(
+                "Delete an endpoint and its deployments",
+                "management",
+                {"204": {"description": "deleted"}, "404": {"description": "error"}},
+                params=[ep],
+                secured=admin,
+            ),
         },
-        "/management/endpoints/{endpoint}/listKeys": {"post": _op(
-            "Credentials: {primaryKey, secondaryKey} or {accessToken, expiryTimeUtc}",
-            "management", _responses(_JSON_OBJECT, 401, 404), params=[ep], secured=admin)},
-        "/management/endpoints/{endpoint}/regenerateKeys": {"post": _op(
-            "Regenerate the primary or secondary key", "management",
-            _responses(_JSON_OBJECT, 400, 401, 404),
-            {"application/json": {"schema": {"type": "object", "properties": {
-                "keyType": {"enum": ["primary", "secondary"]}}}}}, [ep], secured=admin)},
+        "/management/endpoints/{endpoint}/listKeys": {
+            "post": _op(
+                "Credentials: {primaryKey, secondaryKey} or {accessToken, expiryTimeUtc}",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[ep],
+                secured=admin,
+            )
+        },
+        "/management/endpoints/{endpoint}/regenerateKeys": {
+            "post": _op(
+                "Regenerate the primary or secondary key",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 404),
+                {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"keyType": {"enum": ["primary", "secondary"]}},
+                        }
+                    }
+                },
+                [ep],
+                secured=admin,
+            )
+        },
         "/management/endpoints/{endpoint}/deployments": {
-            "get": _op("List an endpoint's deployments", "management",
-                       _responses({"type": "array"}, 401, 404), params=[ep], secured=admin),
-            "post": _op("Create or update a deployment (deployment.yml as JSON)", "management",
-                        _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
-                        {"application/json": {"schema": _JSON_OBJECT}},
-                        [ep, _query("all_traffic", {"type": "boolean"})], secured=admin),
+            "get": _op(
+                "List an endpoint's deployments",
+                "management",
+                _responses({"type": "array"}, 401, 404),
+                params=[ep],
+                secured=admin,
+            ),
+            "post": _op(
+                "Create or update a deployment (deployment.yml as JSON)",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                [ep, _query("all_traffic", {"type": "boolean"})],
+                secured=admin,
+            ),
         },
         "/management/endpoints/{endpoint}/deployments/{deployment}": {
-            "get": _op("Show a deployment", "management", _responses(_JSON_OBJECT, 401, 404),
-                       params=[ep, dep], secured=admin),
-            "delete": _op("Delete a deployment that takes no traffic", "management",
-                          {"204": {"description": "deleted"}, "409": {"description": "in use"}},
-                          params=[ep, dep], secured=admin),
+            "get": _op(
+                "Show a deployment",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[ep, dep],
+                secured=admin,
+            ),
+            "delete": _op(
+                "Delete a deployment that takes no traffic",
+                "management",
+                {"204": {"description": "deleted"}, "409": {"description": "in use"}},
+                params=[ep, dep],
+                secured=admin,
+            ),
         },
-        "/management/audit": {"get": _op(
-            "The audit log, newest first", "management", _responses({"type": "array"}, 401),
-            params=[_query("target", {"type": "string"}),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
-            secured=admin)},
+        "/management/audit": {
+            "get": _op(
+                "The audit log, newest first",
+                "management",
+                _responses({"type": "array"}, 401),
+                params=[
+                    _query("target", {"type": "string"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                ],
+                secured=admin,
+            )
+        },
     }
-    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {"type": "string"}, "parameters": _JSON_OBJECT, "data": {}}}
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": {"type": "string"},
+            "parameters": _JSON_OBJECT,
+            "data": {},
+        },
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "servegate", "version": "1",
-                 "description": "Model serving gateway: Azure ML style scoring, the Open "
-                                "Inference Protocol v2, and the management API."},
+        "info": {
+            "title": "servegate",
+            "version": "1",
+            "description": "Model serving gateway: Azure ML style scoring, the Open "
+            "Inference Protocol v2, and the management API.",
+        },
         "paths": paths,
         "components": {
             "securitySchemes": {
-                "endpointKey": {"type": "http", "scheme": "bearer",
-                                "description": "endpoint key or token"},
-                "adminToken": {"type": "http", "scheme": "bearer",
-                               "description": "the admin token in $SERVEGATE_HOME/admin_token"},
+                "endpointKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "endpoint key or token",
+                },
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token in $SERVEGATE_HOME/admin_token",
+                },
             },
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {
-                    "error": {"type": "string"}, "code": {"type": "string"}}},
-                "ScoreRequest": {"type": "object", "required": ["input_data"], "properties": {
-                    "input_data": {"oneOf": [{"type": "array"}, {"type": "object"}]}}},
-                "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
-                    "id": {"type": "string"}, "parameters": _JSON_OBJECT,
-                    "inputs": {"type": "array", "items": tensor},
-                    "outputs": {"type": "array", "items": {"type": "object", "properties": {
-                        "name": {"type": "string"}, "parameters": _JSON_OBJECT}}}}},
-                "InferenceResponse": {"type": "object", "properties": {
-                    "model_name": {"type": "string"}, "model_version": {"type": "string"},
-                    "id": {"type": "string"}, "outputs": {"type": "array", "items": tensor}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+                },
+                "ScoreRequest": {
+                    "type": "object",
+                    "required": ["input_data"],
+                    "properties": {
+                        "input_data": {"oneOf": [{"type": "array"}, {"type": "object"}]}
+                    },
+                },
+                "InferenceRequest": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": _JSON_OBJECT,
+                        "inputs": {"type": "array", "items": tensor},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "parameters": _JSON_OBJECT,
+                                },
+                            },
+                        },
+                    },
+                },
+                "InferenceResponse": {
+                    "type": "object",
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "id": {"type": "string"},
+                        "outputs": {"type": "array", "items": tensor},
+                    },
+                },
             },
         },
     }

@@ -54,7 +54,8 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         inflater = zlib.decompressobj()
     else:
         raise MalformedRequest(
-            f"header 'Content-Encoding': '{content_encoding}' is not supported (use gzip or deflate)"
+            f"header 'Content-Encoding': '{content_encoding}' is not supported "
+            "(use gzip or deflate)"
         )
     try:
         data = inflater.decompress(body, limit + 1)
@@ -124,10 +125,14 @@ def array_from_json(name: str, data: Any, datatype: str) -> np.ndarray:
 
 
 def _not_text(name: str, value: Any) -> bytes:
-    raise InvalidInput(f"input '{name}': BYTES elements must be strings, got {type(value).__name__}")
+    raise InvalidInput(
+        f"input '{name}': BYTES elements must be strings, got {type(value).__name__}"
+    )
 
 
 def _reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    if list(shape) == [-1]:
+        return array
     expected = int(np.prod(shape)) if shape else 1
     if array.size != expected:
         raise InvalidInput(
@@ -153,7 +158,9 @@ def _bytes_elements(name: str, raw: memoryview) -> np.ndarray:
     return out
 
 
-def array_from_binary(name: str, raw: memoryview, datatype: str, shape: Sequence[int]) -> np.ndarray:
+def array_from_binary(
+    name: str, raw: memoryview, datatype: str, shape: Sequence[int]
+) -> np.ndarray:
     """Binary tensor data (little-endian, row-major) as an array; no per-element copies."""
     dtype = _numpy_dtype(name, datatype)
     if datatype == "BYTES":
@@ -217,6 +224,8 @@ def parse_v2_request(body: bytes, header_length: str | None, signature: Signatur
             raise InvalidInput(f"input '{name}' is given twice")
         shape = _shape(name, item.get("shape"))
         datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input '{name}': field 'datatype' must be a string such as FP32")
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -253,7 +262,9 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
             raise InvalidInput(
                 f"output '{item['name']}': the classification extension is not supported"
             )
-        requested.append(RequestedOutput(item["name"], bool(params.get("binary_data", binary_default))))
+        requested.append(
+            RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)))
+        )
     return requested
 
 
@@ -265,13 +276,15 @@ def _raw_binary_request(body: bytes, signature: Signature) -> InferRequest:
             f"input; this one has {len(signature.inputs)}"
         )
     spec = signature.inputs[0]
-    array = array_from_binary(spec.name, memoryview(body), spec.datatype, [-1])
     dims = [1 if i == 0 and d < 0 else d for i, d in enumerate(spec.shape)]
-    if dims.count(-1) > 1:
-        raise InvalidInput(f"input '{spec.name}': a raw binary request cannot infer its shape")
-    request = InferRequest(inputs={spec.name: array.reshape(dims) if dims else array},
-                           binary_output=True)
-    return request
+    flat = array_from_binary(spec.name, memoryview(body), spec.datatype, [-1])
+    try:
+        array = flat.reshape(dims)  # numpy infers at most one remaining -1
+    except ValueError:
+        raise InvalidInput(
+            f"input '{spec.name}': {flat.size} elements do not fit shape {spec.shape} as batch 1"
+        ) from None
+    return InferRequest(inputs={spec.name: array}, binary_output=True)
 
 
 # -- Open Inference Protocol v2 responses -------------------------------------
@@ -329,8 +342,11 @@ def encode_v2_response(
         else:
             entry["data"] = _json_data(array)
         rendered.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
-                           "outputs": rendered}
+    doc: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": rendered,
+    }
     if request_id is not None:
         doc["id"] = request_id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -365,7 +381,9 @@ def parse_score_request(body: bytes, signature: Signature) -> dict[str, np.ndarr
     for name, value in by_name.items():
         spec = signature.input(name)
         if spec is None:
-            raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {', '.join(names)}")
+            raise InvalidInput(
+                f"unknown input '{name}'; the model's inputs are: {', '.join(names)}"
+            )
         inputs[name] = array_from_json(name, value, spec.datatype)
     return inputs
 

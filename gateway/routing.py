@@ -59,8 +59,15 @@ class EndpointRoute:
                 total += percent
                 names.append(deployment)
                 cumulative.append(total)
-        return cls(name, auth_mode, key_hashes, MappingProxyType(dict(deployments)),
-                   MappingProxyType(dict(unavailable)), tuple(names), tuple(cumulative))
+        return cls(
+            name,
+            auth_mode,
+            key_hashes,
+            MappingProxyType(dict(deployments)),
+            MappingProxyType(dict(unavailable)),
+            tuple(names),
+            tuple(cumulative),
+        )
 
     def deployment(self, name: str) -> DeploymentRoute:
         """The named deployment (header override or versions path), any traffic share."""
@@ -82,13 +89,17 @@ class EndpointRoute:
                 f"endpoint '{self.name}' doesn't have any valid deployment with positive weight"
             )
         draw = rng.random() * self.traffic_cumulative[-1]
-        return self.deployment(self.traffic_names[bisect.bisect_right(self.traffic_cumulative, draw)])
+        return self.deployment(
+            self.traffic_names[bisect.bisect_right(self.traffic_cumulative, draw)]
+        )
 
     def default(self) -> DeploymentRoute | None:
         """The deployment with the largest traffic share (for metadata), else any loaded one."""
         shares = {
             name: total - (self.traffic_cumulative[i - 1] if i else 0)
-            for i, (name, total) in enumerate(zip(self.traffic_names, self.traffic_cumulative, strict=True))
+            for i, (name, total) in enumerate(
+                zip(self.traffic_names, self.traffic_cumulative, strict=True)
+            )
             if name in self.deployments
         }
         if shares:

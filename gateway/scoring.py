@@ -41,9 +41,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, decompressed, refusing more than `limit` bytes either way."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {declared} bytes exceeds max_request_body_bytes={limit}"
-        )
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds max_request_body_bytes={limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -92,7 +90,9 @@ async def _scoring(request: Request, protocol_name: str, handler: Handler) -> Re
     return response
 
 
-async def _infer(route: DeploymentRoute, request: Request, inputs: dict, outputs: list[str] | None) -> dict:
+async def _infer(
+    route: DeploymentRoute, request: Request, inputs: dict, outputs: list[str] | None
+) -> dict:
     state = _state(request)
     route.signature.validate(inputs)
     started = time.perf_counter()
@@ -137,8 +137,13 @@ async def v2_infer(request: Request) -> Response:
 
 async def server_metadata(request: Request) -> Response:
     """GET /v2"""
-    return _json({"name": "servegate", "version": SERVER_VERSION,
-                  "extensions": ["binary_tensor_data", "parameters"]})
+    return _json(
+        {
+            "name": "servegate",
+            "version": SERVER_VERSION,
+            "extensions": ["binary_tensor_data", "parameters"],
+        }
+    )
 
 
 async def live(request: Request) -> Response:
@@ -171,18 +176,20 @@ async def model_metadata(request: Request) -> Response:
     endpoint, route = _endpoint_and_route(request)
     versions = [route.name] if "deployment" in request.path_params else sorted(endpoint.deployments)
     signature = route.signature.to_dict()
-    return _json({
-        "name": endpoint.name,
-        "versions": versions,
-        "platform": PLATFORMS.get(route.runtime, route.runtime),
-        "inputs": signature["inputs"],
-        "outputs": signature["outputs"],
-    })
+    return _json(
+        {
+            "name": endpoint.name,
+            "versions": versions,
+            "platform": PLATFORMS.get(route.runtime, route.runtime),
+            "inputs": signature["inputs"],
+            "outputs": signature["outputs"],
+        }
+    )
 
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]/ready"""
-    endpoint, route = _endpoint_and_route(request)
+    endpoint, _ = _endpoint_and_route(request)
     if "deployment" not in request.path_params and not endpoint.traffic_names:
         raise DeploymentUnavailable(
             f"endpoint '{endpoint.name}' doesn't have any valid deployment with positive weight"

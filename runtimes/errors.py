@@ -1,12 +1,12 @@
 """The runtime error tree. Lower layers know no HTTP; the gateway maps these.
 
-    InferenceError
-    ├── InvalidInput          the request does not match the model signature
-    ├── ModelLoadError        the model file cannot be loaded
-    │   ├── DeviceUnavailable the requested device/provider is not present
-    │   └── MissingExtra      an optional dependency is not installed
-    ├── InferenceTimeout      inference did not finish within its deadline
-    └── InferenceFailed       the runtime raised while running the model
+InferenceError
+├── InvalidInput          the request does not match the model signature
+├── ModelLoadError        the model file cannot be loaded
+│   ├── DeviceUnavailable the requested device/provider is not present
+│   └── MissingExtra      an optional dependency is not installed
+├── InferenceTimeout      inference did not finish within its deadline
+└── InferenceFailed       the runtime raised while running the model
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from runtimes.base import RuntimeConfig
 from runtimes.errors import InferenceFailed
 from runtimes.types import Signature, TensorSpec
 
-
 SIGNATURE = Signature((TensorSpec("x", "FP32", (-1, -1)),), (TensorSpec("y", "FP32", (-1, -1)),))
 
 

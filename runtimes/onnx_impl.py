@@ -124,7 +124,8 @@ class OnnxRuntime:
         level = str(options.get("graph_optimization_level", "all"))
         if level not in _OPTIMIZATION_LEVELS:
             raise ModelLoadError(
-                f"graph_optimization_level '{level}' is not one of {', '.join(_OPTIMIZATION_LEVELS)}"
+                f"graph_optimization_level '{level}' is not one of "
+                f"{', '.join(_OPTIMIZATION_LEVELS)}"
             )
         session_options.graph_optimization_level = _OPTIMIZATION_LEVELS[level]
         try:

@@ -71,7 +71,8 @@ class SqliteStore:
     def _migrate(self) -> None:
         with self.transaction():
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
             row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
             current = row[0] or 0
@@ -112,8 +113,15 @@ class SqliteStore:
         self._db.execute(
             "INSERT INTO audit_log (at, actor, action, target, before, after, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (entry.at, entry.actor, entry.action, entry.target,
-             _dumps(entry.before), _dumps(entry.after), entry.reason),
+            (
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.target,
+                _dumps(entry.before),
+                _dumps(entry.after),
+                entry.reason,
+            ),
         )
 
     # -- models ------------------------------------------------------------
@@ -121,19 +129,35 @@ class SqliteStore:
         with self.transaction():
             self._db.execute(
                 "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.name, record.version, record.runtime, record.sha256, record.artifact,
-                 record.filename, record.size_bytes, _dumps(record.signature),
-                 record.description, _dumps(record.tags), record.created_at or utc_now()),
+                (
+                    record.name,
+                    record.version,
+                    record.runtime,
+                    record.sha256,
+                    record.artifact,
+                    record.filename,
+                    record.size_bytes,
+                    _dumps(record.signature),
+                    record.description,
+                    _dumps(record.tags),
+                    record.created_at or utc_now(),
+                ),
             )
             self._audit(audit)
 
     @staticmethod
     def _model(row: sqlite3.Row) -> ModelRecord:
         return ModelRecord(
-            name=row["name"], version=row["version"], runtime=row["runtime"],
-            sha256=row["sha256"], artifact=row["artifact"], filename=row["filename"],
-            size_bytes=row["size_bytes"], signature=_loads(row["signature"]),
-            description=row["description"], tags=_loads(row["tags"]),
+            name=row["name"],
+            version=row["version"],
+            runtime=row["runtime"],
+            sha256=row["sha256"],
+            artifact=row["artifact"],
+            filename=row["filename"],
+            size_bytes=row["size_bytes"],
+            signature=_loads(row["signature"]),
+            description=row["description"],
+            tags=_loads(row["tags"]),
             created_at=row["created_at"],
         )
 
@@ -224,8 +248,13 @@ class SqliteStore:
                 "INSERT INTO endpoint_keys VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(endpoint, key_type) DO UPDATE SET key_hash = excluded.key_hash, "
                 "nonce = excluded.nonce, created_at = excluded.created_at",
-                (record.endpoint, record.key_type, record.key_hash, record.nonce,
-                 record.created_at),
+                (
+                    record.endpoint,
+                    record.key_type,
+                    record.key_hash,
+                    record.nonce,
+                    record.created_at,
+                ),
             )
             if audit is not None:
                 self._audit(audit)
@@ -233,8 +262,9 @@ class SqliteStore:
     def get_keys(self, endpoint: str) -> dict[str, KeyRecord]:
         rows = self._query("SELECT * FROM endpoint_keys WHERE endpoint = ?", (endpoint,))
         return {
-            r["key_type"]: KeyRecord(r["endpoint"], r["key_type"], r["key_hash"], r["nonce"],
-                                     r["created_at"])
+            r["key_type"]: KeyRecord(
+                r["endpoint"], r["key_type"], r["key_hash"], r["nonce"], r["created_at"]
+            )
             for r in rows
         }
 
@@ -244,13 +274,19 @@ class SqliteStore:
             rows = self._query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))
         else:
             rows = self._query(
-                "SELECT * FROM audit_log WHERE target = ? OR target LIKE ? ORDER BY id DESC LIMIT ?",
+                "SELECT * FROM audit_log WHERE target = ? OR target LIKE ? "
+                "ORDER BY id DESC LIMIT ?",
                 (target, f"{target}/%", limit),
             )
         return [
             AuditEntry(
-                id=r["id"], at=r["at"], actor=r["actor"], action=r["action"],
-                target=r["target"], before=_loads(r["before"]), after=_loads(r["after"]),
+                id=r["id"],
+                at=r["at"],
+                actor=r["actor"],
+                action=r["action"],
+                target=r["target"],
+                before=_loads(r["before"]),
+                after=_loads(r["after"]),
                 reason=r["reason"],
             )
             for r in rows

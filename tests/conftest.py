@@ -1,0 +1,142 @@
+"""Shared fixtures: tiny models, a real gateway process on 127.0.0.1, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from tests import models
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    """A `servegate serve` process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    host_port: str
+    home: Path
+    log: Path
+
+    @property
+    def admin_token(self) -> str:
+        return (self.home / "admin_token").read_text().strip()
+
+    def cli(self, *args: str, ok: bool = True) -> tuple[int, str]:
+        """Run `servegate` in-process (click's runner) against this gateway."""
+        from deploy.cli import main
+
+        result = CliRunner().invoke(
+            main, ["--url", self.url, "--home", str(self.home), *args], catch_exceptions=False
+        )
+        output = result.output + (result.stderr if result.stderr_bytes else "")
+        if ok:
+            assert result.exit_code == 0, output
+        return result.exit_code, output
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(home: Path, *extra: str) -> Gateway:
+    port = free_port()
+    log = home.parent / f"gateway-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SERVEGATE_TOKEN", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "--home",
+                str(home),
+                "serve",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return Gateway(process, url, f"127.0.0.1:{port}", home, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"gateway did not become ready:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model files built once per test run."""
+    root = tmp_path_factory.mktemp("models")
+    models.classifier(root / "classifier.onnx", seed=0)
+    models.classifier(root / "classifier-v2.onnx", seed=1)
+    models.two_inputs(root / "two_inputs.onnx")
+    models.text_model(root / "text.onnx")
+    (root / "fake.bin").write_bytes(b"fake runtime: no weights")
+    return root
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One real gateway for the session; tests create endpoints with their own names."""
+    home = tmp_path_factory.mktemp("gw") / "home"
+    gw = start_gateway(home)
+    yield gw
+    assert_clean_exit(gw)
+
+
+def assert_clean_exit(gw: Gateway) -> None:
+    """uvicorn re-raises SIGTERM after a graceful shutdown, so -15 is a clean exit too."""
+    code = gw.stop()
+    log = gw.log.read_text()
+    assert code in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete" in log, log
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """An endpoint name no other test uses (Azure rule: 3-32 chars, starts with a letter)."""
+    return f"ep{os.getpid() % 10000}-{next(_counter)}"
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,226 @@
+"""Keys, tokens, the audit log and CLI failure modes, against a real gateway."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Gateway, write_yaml
+
+
+def _score(gateway: Gateway, name: str, credential: str) -> int:
+    return httpx.post(
+        f"{gateway.url}/endpoints/{name}/score",
+        json={"input_data": [[1, 2, 3, 4]]},
+        headers={"Authorization": f"Bearer {credential}"},
+    ).status_code
+
+
+def _endpoint(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, name: str, auth: str = "key"
+) -> None:
+    gateway.cli(
+        "endpoint",
+        "create",
+        "-f",
+        str(write_yaml(tmp_path / "e.yml", f"name: {name}\nauth_mode: {auth}\n")),
+    )
+    (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
+    gateway.cli(
+        "deployment",
+        "create",
+        "--all-traffic",
+        "-f",
+        str(
+            write_yaml(
+                tmp_path / "d.yml",
+                f"""
+name: blue
+endpoint_name: {name}
+model: {{path: c.onnx}}
+""",
+            )
+        ),
+    )
+
+
+def test_regenerating_a_key_invalidates_it_at_once(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    _endpoint(gateway, tmp_path, model_dir, unique_name)
+    _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
+    before = json.loads(out)
+    assert set(before) == {"primaryKey", "secondaryKey"}
+    assert before["primaryKey"] != before["secondaryKey"]
+    assert _score(gateway, unique_name, before["primaryKey"]) == 200
+    assert _score(gateway, unique_name, before["secondaryKey"]) == 200
+
+    _, out = gateway.cli(
+        "endpoint", "regenerate-keys", "--name", unique_name, "--key-type", "primary"
+    )
+    after = json.loads(out)
+    assert after["primaryKey"] != before["primaryKey"]
+    assert after["secondaryKey"] == before["secondaryKey"]
+    assert _score(gateway, unique_name, before["primaryKey"]) == 401
+    assert _score(gateway, unique_name, after["primaryKey"]) == 200
+    assert _score(gateway, unique_name, before["secondaryKey"]) == 200
+    # get-credentials shows the same keys again (they are derived, not stored).
+    _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
+    assert json.loads(out) == after
+
+    code, out = gateway.cli(
+        "endpoint", "regenerate-keys", "--name", unique_name, "--key-type", "tertiary", ok=False
+    )
+    assert code != 0 and "tertiary" in out
+
+
+def test_keys_are_stored_hashed(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    _endpoint(gateway, tmp_path, model_dir, unique_name)
+    _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
+    keys = json.loads(out)
+    raw = (gateway.home / "store.db").read_bytes() + (gateway.home / "store.db-wal").read_bytes()
+    for key in keys.values():
+        assert key.encode() not in raw
+
+
+def test_token_auth(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str) -> None:
+    _endpoint(gateway, tmp_path, model_dir, unique_name, auth="aml_token")
+    _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
+    creds = json.loads(out)
+    assert creds["tokenType"] == "Bearer"
+    assert datetime.fromisoformat(creds["expiryTimeUtc"]) > datetime.now().astimezone()
+    assert _score(gateway, unique_name, creds["accessToken"]) == 200
+    forged = creds["accessToken"][:-2] + ("AA" if not creds["accessToken"].endswith("AA") else "BB")
+    assert _score(gateway, unique_name, forged) == 401
+
+
+def test_audit_log_records_who_when_what_before_after(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    _endpoint(gateway, tmp_path, model_dir, unique_name)
+    gateway.cli(
+        "endpoint",
+        "update",
+        "-n",
+        unique_name,
+        "--traffic",
+        "blue=0",
+        "--reason",
+        "maintenance window",
+    )
+    gateway.cli("endpoint", "regenerate-keys", "-n", unique_name, "--key-type", "secondary")
+    _, out = gateway.cli("audit", "list", "--target", f"endpoints/{unique_name}")
+    entries = json.loads(out)
+    actions = [e["action"] for e in entries]
+    # Newest first.
+    assert actions == [
+        "endpoint.regenerate_key",
+        "endpoint.update",
+        "endpoint.update",
+        "deployment.create",
+        "endpoint.create",
+    ]
+    for entry in entries:
+        assert entry["actor"] and "@" in entry["actor"]  # user@host from the CLI
+        assert datetime.fromisoformat(entry["at"]).tzinfo is not None
+    traffic_change = entries[1]
+    assert traffic_change["before"]["traffic"] == {"blue": 100}
+    assert traffic_change["after"]["traffic"] == {"blue": 0}
+    assert traffic_change["reason"] == "maintenance window"
+    assert entries[2]["reason"] == "--all-traffic"
+    created = entries[3]
+    assert created["before"] is None and created["after"]["model"]["version"] == 1
+    rotated = entries[0]
+    assert rotated["before"]["key_hash"] != rotated["after"]["key_hash"]
+    assert "secondaryKey" not in json.dumps(rotated)
+
+    gateway.cli("deployment", "delete", "-n", "blue", "-e", unique_name)
+    _, out = gateway.cli("audit", "list", "--target", f"endpoints/{unique_name}", "--limit", "2")
+    cleanup, deleted = json.loads(out)
+    assert deleted["action"] == "deployment.delete"
+    assert deleted["before"]["name"] == "blue" and deleted["after"] is None
+    # The endpoint stops naming the deleted deployment, and says why.
+    assert cleanup["action"] == "endpoint.update" and cleanup["after"]["traffic"] == {}
+    assert cleanup["reason"] == "deployment blue deleted"
+
+
+def test_failed_commands_exit_non_zero_with_the_servers_message(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    spec = write_yaml(tmp_path / "e.yml", f"name: {unique_name}\n")
+    gateway.cli("endpoint", "create", "-f", str(spec))
+    code, out = gateway.cli("endpoint", "create", "-f", str(spec), ok=False)
+    assert code == 1 and f"409: endpoint '{unique_name}' already exists" in out
+    # A real process, as a user would run it: stderr carries the message, exit code 1.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "--url",
+            gateway.url,
+            "--home",
+            str(gateway.home),
+            "endpoint",
+            "show",
+            "--name",
+            "missing-endpoint",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "endpoint 'missing-endpoint' does not exist" in result.stderr
+    # No gateway at that URL.
+    code, out = gateway.cli("--url", "http://127.0.0.1:9", "endpoint", "list", ok=False)
+    assert code == 1 and "cannot reach the gateway" in out
+    # Wrong token.
+    code, out = gateway.cli("--token", "wrong", "endpoint", "list", ok=False)
+    assert code == 1 and "invalid admin token" in out
+
+
+def test_openapi_covers_every_route(gateway: Gateway) -> None:
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    doc = httpx.get(f"{gateway.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    app = create_app(GatewaySettings(home=Path("/nonexistent")))
+    for route in app.routes:
+        methods = {m.lower() for m in (route.methods or ())} - {"head"}
+        for method in methods:
+            assert method in doc["paths"].get(route.path, {}), f"{method} {route.path} undocumented"
+
+
+def test_metrics(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str) -> None:
+    _endpoint(gateway, tmp_path, model_dir, unique_name)
+    _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
+    key = json.loads(out)["primaryKey"]
+    for _ in range(3):
+        assert _score(gateway, unique_name, key) == 200
+    assert _score(gateway, unique_name, "bad") == 401
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert (
+        f'servegate_requests_total{{deployment="blue",endpoint="{unique_name}",'
+        f'protocol="score",status="200"}} 3.0'
+    ) in text
+    assert (
+        f'servegate_requests_total{{deployment="",endpoint="{unique_name}",'
+        f'protocol="score",status="401"}} 1.0'
+    ) in text
+    assert (
+        f'servegate_request_duration_seconds_count{{deployment="blue",'
+        f'endpoint="{unique_name}"}} 3.0'
+    ) in text
+    assert (
+        f"servegate_inference_duration_seconds_count"
+        f'{{deployment="blue",endpoint="{unique_name}"}} 3.0' in text
+    )

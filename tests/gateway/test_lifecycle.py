@@ -1,0 +1,128 @@
+"""A gateway's life: the demo, restarts that keep state, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gateway.demo import DEMO_INPUT, build_classifier
+from tests.conftest import assert_clean_exit, start_gateway, write_yaml
+
+
+def test_demo_prints_a_curl_that_returns_the_prediction(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "home", "--demo")
+    try:
+        lines = [
+            ln.strip() for ln in gw.log.read_text().splitlines() if ln.strip().startswith("curl ")
+        ]
+        assert len(lines) == 1, gw.log.read_text()
+        command = shlex.split(lines[0])
+        if shutil.which("curl") is None:  # the same request without the curl binary
+            pytest.fail("curl is needed to run the printed command")
+        output = subprocess.run(
+            command, capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        session = ort.InferenceSession(build_classifier(0), providers=["CPUExecutionProvider"])
+        probabilities, label = session.run(None, {"input": np.array(DEMO_INPUT[:1], np.float32)})
+        answer = json.loads(output)
+        np.testing.assert_allclose(answer["probabilities"], probabilities, rtol=1e-6)
+        assert answer["label"] == label.tolist()
+        _, out = gw.cli("endpoint", "show", "-n", "demo")
+        assert json.loads(out)["traffic"] == {"blue": 100, "green": 0}
+    finally:
+        assert_clean_exit(gw)
+
+
+def test_restart_keeps_models_endpoints_keys_and_traffic(tmp_path: Path, model_dir: Path) -> None:
+    home = tmp_path / "home"
+    gw = start_gateway(home)
+    gw.cli("endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", "name: durable\n")))
+    (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
+    gw.cli(
+        "deployment",
+        "create",
+        "--all-traffic",
+        "-f",
+        str(
+            write_yaml(
+                tmp_path / "d.yml",
+                """
+name: blue
+endpoint_name: durable
+model: {path: c.onnx}
+""",
+            )
+        ),
+    )
+    _, out = gw.cli("endpoint", "get-credentials", "-n", "durable")
+    key = json.loads(out)["primaryKey"]
+    assert_clean_exit(gw)
+
+    gw = start_gateway(home)  # same home, new process
+    try:
+        r = httpx.post(
+            f"{gw.url}/endpoints/durable/score",
+            json={"input_data": [[1, 2, 3, 4]]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "blue"
+    finally:
+        assert_clean_exit(gw)
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "home")
+    gw.cli(
+        "endpoint",
+        "create",
+        "-f",
+        str(write_yaml(tmp_path / "e.yml", "name: slow\nauth_mode: none\n")),
+    )
+    (tmp_path / "fake.bin").write_bytes(b"x")
+    gw.cli(
+        "deployment",
+        "create",
+        "--all-traffic",
+        "-f",
+        str(
+            write_yaml(
+                tmp_path / "d.yml",
+                """
+name: slow
+endpoint_name: slow
+model: {path: fake.bin}
+runtime: fake
+runtime_options: {delay_s: 1.5}
+""",
+            )
+        ),
+    )
+    results: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(
+                f"{gw.url}/endpoints/slow/score", json={"input_data": [[1.0, 2.0]]}, timeout=30
+            )
+        )
+    )
+    client.start()
+    time.sleep(0.5)  # the request is inside the runtime now
+    gw.process.send_signal(signal.SIGTERM)
+    client.join(30)
+    assert results and results[0].status_code == 200, results
+    assert results[0].json() == {"y": [[2.0, 4.0]]}
+    assert_clean_exit(gw)
+    # After shutdown nothing listens any more.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{gw.url}/v2/health/live", timeout=2)

@@ -1,0 +1,77 @@
+"""Tiny deterministic ONNX models, built at test time (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gateway.demo import build_classifier
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def classifier(path: Path, seed: int = 0) -> Path:
+    """`input` FP32 [-1, 4] -> `probabilities` FP32 [-1, 3], `label` INT64 [-1]."""
+    path.write_bytes(build_classifier(seed))
+    return path
+
+
+def two_inputs(path: Path) -> Path:
+    """`a` FP32 [-1, 3], `b` FP32 [-1, 3] -> `total` = a + b, `scaled` = a * 2 (INT32 `k` too)."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["total"]),
+            helper.make_node("Mul", ["a", "two"], ["scaled"]),
+            helper.make_node("Identity", ["k"], ["k_out"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("k", TensorProto.INT32, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("k_out", TensorProto.INT32, ["batch"]),
+        ],
+        initializer=[two],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def text_model(path: Path) -> Path:
+    """`text` BYTES [-1] -> `echo` BYTES [-1] and `token_id` INT64 [-1] (a vocabulary lookup)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["text"], ["echo"]),
+            helper.make_node(
+                "LabelEncoder",
+                ["text"],
+                ["token_id"],
+                domain="ai.onnx.ml",
+                keys_strings=["cat", "dog", "fish"],
+                values_int64s=[1, 2, 3],
+                default_int64=0,
+            ),
+        ],
+        "text",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+        [
+            helper.make_tensor_value_info("echo", TensorProto.STRING, [None]),
+            helper.make_tensor_value_info("token_id", TensorProto.INT64, [None]),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    return _save(model, path)

@@ -1,0 +1,153 @@
+"""The onnxruntime runtime and the instance pool, on tiny models built here."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from runtimes.base import RuntimeConfig
+from runtimes.errors import DeviceUnavailable, InferenceTimeout, InvalidInput, ModelLoadError
+from runtimes.instances import InstancePool
+from runtimes.onnx_impl import OnnxRuntime, read_signature
+from runtimes.registry import load_runtime
+from runtimes.types import Signature, TensorSpec
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_signature_has_dynamic_dims(model_dir: Path) -> None:
+    signature = read_signature(model_dir / "classifier.onnx")
+    assert signature.inputs == (TensorSpec("input", "FP32", (-1, 4)),)
+    assert signature.outputs == (
+        TensorSpec("probabilities", "FP32", (-1, 3)),
+        TensorSpec("label", "INT64", (-1,)),
+    )
+
+
+def test_infer_matches_a_plain_session_and_selects_outputs(model_dir: Path) -> None:
+    runtime = load_runtime(
+        "onnx", RuntimeConfig(model_dir / "classifier.onnx", options={"intra_op_num_threads": 1})
+    )
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    plain = ort.InferenceSession(
+        str(model_dir / "classifier.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = runtime.infer({"input": x}, ["label"])
+    assert list(got) == ["label"]
+    np.testing.assert_array_equal(got["label"], plain.run(["label"], {"input": x})[0])
+
+
+def test_bytes_tensors_are_bytes_both_ways(model_dir: Path) -> None:
+    runtime = OnnxRuntime(RuntimeConfig(model_dir / "text.onnx"))
+    out = runtime.infer({"text": np.array([b"cat", b"owl"], dtype=object)})
+    assert out["echo"].tolist() == [b"cat", b"owl"] and out["token_id"].tolist() == [1, 0]
+
+
+def test_validation_messages_name_the_input() -> None:
+    signature = Signature((TensorSpec("x", "FP32", (-1, 4)),), ())
+    with pytest.raises(
+        InvalidInput, match=r"input 'x': expected shape \[-1, 4\], received \[2, 3\]"
+    ):
+        signature.validate({"x": np.zeros((2, 3), np.float32)})
+    with pytest.raises(InvalidInput, match="input 'x': expected datatype FP32, received FP64"):
+        signature.validate({"x": np.zeros((2, 4))})
+    with pytest.raises(InvalidInput, match="missing input"):
+        signature.validate({})
+
+
+def test_options_and_bad_files(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="graph_optimization_level 'max'"):
+        OnnxRuntime(
+            RuntimeConfig(
+                model_dir / "classifier.onnx", options={"graph_optimization_level": "max"}
+            )
+        )
+    (tmp_path / "bad.onnx").write_bytes(b"nope")
+    with pytest.raises(ModelLoadError, match="bad.onnx"):
+        OnnxRuntime(RuntimeConfig(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelLoadError, match="unknown runtime 'tf'"):
+        load_runtime("tf", RuntimeConfig(tmp_path / "bad.onnx"))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the error on hosts without CUDA")
+def test_cuda_requested_but_absent_is_a_clear_error(model_dir: Path) -> None:
+    with pytest.raises(
+        DeviceUnavailable, match="device 'cuda:1' needs onnxruntime's CUDAExecutionProvider"
+    ):
+        OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx", device="cuda:1"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
+def test_cuda_provider_runs_the_model(model_dir: Path) -> None:
+    runtime = OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx", device="cuda"))
+    assert runtime.providers[0] == "CUDAExecutionProvider"
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    cpu = OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx"))
+    np.testing.assert_allclose(
+        runtime.infer({"input": x})["probabilities"],
+        cpu.infer({"input": x})["probabilities"],
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+class _Slow:
+    """A Runtime that records its concurrency."""
+
+    signature = Signature((TensorSpec("x", "FP32", (-1,)),), (TensorSpec("x", "FP32", (-1,)),))
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def infer(self, inputs, output_names=None):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+        return dict(inputs)
+
+    def close(self) -> None:
+        pass
+
+
+def test_pool_runs_each_instance_one_call_at_a_time() -> None:
+    instances = [_Slow(), _Slow()]
+    pool = InstancePool("t", instances)
+
+    async def main() -> None:
+        x = {"x": np.zeros(1, np.float32)}
+        await asyncio.gather(*(pool.infer(x, None, 5.0) for _ in range(8)))
+        assert await pool.drain(1.0)
+
+    asyncio.run(main())
+    assert all(i.peak == 1 for i in instances)
+    pool.close()
+
+
+def test_pool_timeout_counts_the_wait_and_frees_the_instance_later() -> None:
+    slow = _Slow()
+    pool = InstancePool("t", [slow])
+
+    async def main() -> None:
+        x = {"x": np.zeros(1, np.float32)}
+        first = asyncio.ensure_future(pool.infer(x, None, 5.0))
+        await asyncio.sleep(0.01)
+        with pytest.raises(InferenceTimeout, match="request_timeout_ms=20"):
+            await pool.infer(x, None, 0.02)  # waits behind the first call
+        await first
+        await pool.infer(x, None, 5.0)  # the instance came back
+
+    asyncio.run(main())
+    assert slow.peak == 1
+    pool.close()
