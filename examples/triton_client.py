@@ -1,7 +1,7 @@
 """Score the `fraud` endpoint with a standard Open Inference Protocol client.
 
-    pip install 'tritonclient[http]'
-    python examples/triton_client.py KEY
+pip install 'tritonclient[http]'
+python examples/triton_client.py KEY
 """
 
 import sys
