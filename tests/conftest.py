@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -50,6 +51,43 @@ class Gateway:
         if ok:
             assert result.exit_code == 0, output
         return result.exit_code, output
+
+    def create_endpoint(self, tmp_path: Path, name: str, extra_yaml: str = "") -> None:
+        self.cli(
+            "endpoint",
+            "create",
+            "-f",
+            str(write_yaml(tmp_path / f"{name}.endpoint.yml", f"name: {name}\n{extra_yaml}")),
+        )
+
+    def deploy(
+        self,
+        tmp_path: Path,
+        endpoint: str,
+        name: str,
+        model: Path,
+        all_traffic: bool = True,
+        extra_yaml: str = "",
+    ) -> None:
+        """Deploy a copy of `model` as `name` through the CLI (`model: {path: ...}`)."""
+        local = tmp_path / f"{endpoint}-{name}{model.suffix}"
+        local.write_bytes(model.read_bytes())
+        spec = write_yaml(
+            tmp_path / f"{endpoint}-{name}.yml",
+            f"""
+name: {name}
+endpoint_name: {endpoint}
+model: {{path: {local.name}}}
+{extra_yaml}""",
+        )
+        self.cli(
+            "deployment", "create", "-f", str(spec), *(["--all-traffic"] if all_traffic else [])
+        )
+
+    def auth(self, endpoint: str, key: str = "primaryKey") -> dict[str, str]:
+        """The Authorization header with the endpoint's key (from get-credentials)."""
+        _, out = self.cli("endpoint", "get-credentials", "--name", endpoint)
+        return {"Authorization": f"Bearer {json.loads(out)[key]}"}
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -24,29 +24,8 @@ def _score(gateway: Gateway, name: str, credential: str) -> int:
 def _endpoint(
     gateway: Gateway, tmp_path: Path, model_dir: Path, name: str, auth: str = "key"
 ) -> None:
-    gateway.cli(
-        "endpoint",
-        "create",
-        "-f",
-        str(write_yaml(tmp_path / "e.yml", f"name: {name}\nauth_mode: {auth}\n")),
-    )
-    (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-    gateway.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                f"""
-name: blue
-endpoint_name: {name}
-model: {{path: c.onnx}}
-""",
-            )
-        ),
-    )
+    gateway.create_endpoint(tmp_path, name, f"auth_mode: {auth}\n")
+    gateway.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx")
 
 
 def test_regenerating_a_key_invalidates_it_at_once(

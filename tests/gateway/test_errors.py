@@ -20,28 +20,9 @@ def scored(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> tuple[str, dict[str, str]]:
     """An endpoint with the classifier as `blue` (100%)."""
-    gateway.cli(
-        "endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", f"name: {unique_name}\n"))
-    )
-    (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-    gateway.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                f"""
-name: blue
-endpoint_name: {unique_name}
-model: {{path: c.onnx}}
-""",
-            )
-        ),
-    )
-    _, out = gateway.cli("endpoint", "get-credentials", "-n", unique_name)
-    return unique_name, {"Authorization": f"Bearer {json.loads(out)['primaryKey']}"}
+    gateway.create_endpoint(tmp_path, unique_name)
+    gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
+    return unique_name, gateway.auth(unique_name)
 
 
 def expect(response: httpx.Response, status: int, *fragments: str) -> None:
@@ -251,34 +232,19 @@ def test_not_found_errors(gateway: Gateway, scored: tuple[str, dict[str, str]]) 
 def test_timeout_and_model_failure(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.cli(
-        "endpoint",
-        "create",
-        "-f",
-        str(write_yaml(tmp_path / "e.yml", f"name: {unique_name}\nauth_mode: none\n")),
-    )
-    (tmp_path / "fake.bin").write_bytes(b"x")
+    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
     for name, options, timeout in (
         ("slow", "{delay_s: 1.0}", 200),
         ("broken", "{fail: true}", 5000),
     ):
-        gateway.cli(
-            "deployment",
-            "create",
-            "-f",
-            str(
-                write_yaml(
-                    tmp_path / f"{name}.yml",
-                    f"""
-name: {name}
-endpoint_name: {unique_name}
-model: {{path: fake.bin}}
-runtime: fake
-runtime_options: {options}
-request_settings: {{request_timeout_ms: {timeout}}}
-""",
-                )
-            ),
+        gateway.deploy(
+            tmp_path,
+            unique_name,
+            name,
+            model_dir / "fake.bin",
+            all_traffic=False,
+            extra_yaml=f"runtime: fake\nruntime_options: {options}\n"
+            f"request_settings: {{request_timeout_ms: {timeout}}}\n",
         )
     url = f"{gateway.url}/endpoints/{unique_name}/score"
     body = {"input_data": [[1.0, 2.0]]}
@@ -293,47 +259,23 @@ request_settings: {{request_timeout_ms: {timeout}}}
 def test_bad_model_and_missing_device_leave_no_trace(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.cli(
-        "endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", f"name: {unique_name}\n"))
-    )
+    gateway.create_endpoint(tmp_path, unique_name)
     (tmp_path / "junk.onnx").write_bytes(b"this is not a model")
-    code, out = gateway.cli(
-        "deployment",
-        "create",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                f"""
-name: junk
-endpoint_name: {unique_name}
-model: {{path: junk.onnx}}
-""",
-            )
-        ),
-        ok=False,
+    spec = write_yaml(
+        tmp_path / "junk.yml",
+        f"name: junk\nendpoint_name: {unique_name}\nmodel: {{path: junk.onnx}}\n",
     )
+    code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=False)
     assert code != 0 and "not a loadable ONNX model" in out
 
     (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-    code, out = gateway.cli(
-        "deployment",
-        "create",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "gpu.yml",
-                f"""
-name: gpu
-endpoint_name: {unique_name}
-model: {{path: c.onnx}}
-device: cuda:0
-""",
-            )
-        ),
-        ok="CUDAExecutionProvider" in ort.get_available_providers(),
+    spec = write_yaml(
+        tmp_path / "gpu.yml",
+        f"name: gpu\nendpoint_name: {unique_name}\nmodel: {{path: c.onnx}}\ndevice: cuda:0\n",
     )
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=has_cuda)
+    if not has_cuda:
         assert code != 0 and "device 'cuda:0'" in out and "CUDAExecutionProvider" in out
         _, out = gateway.cli("deployment", "list", "-e", unique_name)
         assert json.loads(out) == []
@@ -343,26 +285,9 @@ device: cuda:0
 def small_gateway(tmp_path: Path, model_dir: Path) -> Iterator[tuple[Gateway, dict[str, str]]]:
     gw = start_gateway(tmp_path / "home", "--max-request-body-bytes", "2000")
     try:
-        gw.cli("endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", "name: small\n")))
-        (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-        gw.cli(
-            "deployment",
-            "create",
-            "--all-traffic",
-            "-f",
-            str(
-                write_yaml(
-                    tmp_path / "d.yml",
-                    """
-name: blue
-endpoint_name: small
-model: {path: c.onnx}
-""",
-                )
-            ),
-        )
-        _, out = gw.cli("endpoint", "get-credentials", "-n", "small")
-        yield gw, {"Authorization": f"Bearer {json.loads(out)['primaryKey']}"}
+        gw.create_endpoint(tmp_path, "small")
+        gw.deploy(tmp_path, "small", "blue", model_dir / "classifier.onnx")
+        yield gw, gw.auth("small")
     finally:
         assert_clean_exit(gw)
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from gateway.demo import DEMO_INPUT, build_classifier
-from tests.conftest import assert_clean_exit, start_gateway, write_yaml
+from tests.conftest import assert_clean_exit, start_gateway
 
 
 def test_demo_prints_a_curl_that_returns_the_prediction(tmp_path: Path) -> None:
@@ -47,26 +47,9 @@ def test_demo_prints_a_curl_that_returns_the_prediction(tmp_path: Path) -> None:
 def test_restart_keeps_models_endpoints_keys_and_traffic(tmp_path: Path, model_dir: Path) -> None:
     home = tmp_path / "home"
     gw = start_gateway(home)
-    gw.cli("endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", "name: durable\n")))
-    (tmp_path / "c.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-    gw.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                """
-name: blue
-endpoint_name: durable
-model: {path: c.onnx}
-""",
-            )
-        ),
-    )
-    _, out = gw.cli("endpoint", "get-credentials", "-n", "durable")
-    key = json.loads(out)["primaryKey"]
+    gw.create_endpoint(tmp_path, "durable")
+    gw.deploy(tmp_path, "durable", "blue", model_dir / "classifier.onnx")
+    auth = gw.auth("durable")
     assert_clean_exit(gw)
 
     gw = start_gateway(home)  # same home, new process
@@ -74,39 +57,22 @@ model: {path: c.onnx}
         r = httpx.post(
             f"{gw.url}/endpoints/durable/score",
             json={"input_data": [[1, 2, 3, 4]]},
-            headers={"Authorization": f"Bearer {key}"},
+            headers=auth,
         )
         assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "blue"
     finally:
         assert_clean_exit(gw)
 
 
-def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, model_dir: Path) -> None:
     gw = start_gateway(tmp_path / "home")
-    gw.cli(
-        "endpoint",
-        "create",
-        "-f",
-        str(write_yaml(tmp_path / "e.yml", "name: slow\nauth_mode: none\n")),
-    )
-    (tmp_path / "fake.bin").write_bytes(b"x")
-    gw.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                """
-name: slow
-endpoint_name: slow
-model: {path: fake.bin}
-runtime: fake
-runtime_options: {delay_s: 1.5}
-""",
-            )
-        ),
+    gw.create_endpoint(tmp_path, "slow", "auth_mode: none\n")
+    gw.deploy(
+        tmp_path,
+        "slow",
+        "slow",
+        model_dir / "fake.bin",
+        extra_yaml="runtime: fake\nruntime_options: {delay_s: 1.5}\n",
     )
     results: list[httpx.Response] = []
     client = threading.Thread(

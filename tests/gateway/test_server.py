@@ -219,32 +219,16 @@ def test_multi_input_model_and_local_model_path(
     """A deployment YAML with `model: {path: ...}` uploads the file; /score takes named inputs."""
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.onnx").write_bytes((model_dir / "two_inputs.onnx").read_bytes())
+    gateway.create_endpoint(tmp_path, unique_name)
+    spec = f"name: main\nendpoint_name: {unique_name}\nmodel:\n  path: m/model.onnx\n"
     gateway.cli(
-        "endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", f"name: {unique_name}\n"))
-    )
-    gateway.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                f"""
-name: main
-endpoint_name: {unique_name}
-model:
-  path: m/model.onnx
-""",
-            )
-        ),
+        "deployment", "create", "--all-traffic", "-f", str(write_yaml(tmp_path / "d.yml", spec))
     )
     _, out = gateway.cli("deployment", "show", "--name", "main", "--endpoint-name", unique_name)
     shown = json.loads(out)
     assert shown["model"] == {"name": f"{unique_name}-main", "version": 1}
     assert shown["runtime"] == "onnx"
-    _, out = gateway.cli("endpoint", "get-credentials", "-n", unique_name)
-    auth = {"Authorization": f"Bearer {json.loads(out)['secondaryKey']}"}
+    auth = gateway.auth(unique_name, "secondaryKey")
     r = httpx.post(
         f"{gateway.url}/endpoints/{unique_name}/score",
         headers=auth,

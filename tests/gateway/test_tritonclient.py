@@ -3,7 +3,6 @@ gateway, with its defaults (binary tensors) and in JSON mode."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Gateway, write_yaml
+from tests.conftest import Gateway
 from tests.gateway.test_server import in_process
 
 
@@ -24,28 +23,9 @@ def client(gateway: Gateway) -> Iterator[triton.InferenceServerClient]:
 
 
 def deploy(gateway: Gateway, tmp_path: Path, name: str, model: Path) -> dict[str, str]:
-    gateway.cli("endpoint", "create", "-f", str(write_yaml(tmp_path / "e.yml", f"name: {name}\n")))
-    local = tmp_path / model.name
-    local.write_bytes(model.read_bytes())
-    gateway.cli(
-        "deployment",
-        "create",
-        "--all-traffic",
-        "-f",
-        str(
-            write_yaml(
-                tmp_path / "d.yml",
-                f"""
-name: main
-endpoint_name: {name}
-model:
-  path: {model.name}
-""",
-            )
-        ),
-    )
-    _, out = gateway.cli("endpoint", "get-credentials", "-n", name)
-    return {"Authorization": f"Bearer {json.loads(out)['primaryKey']}"}
+    gateway.create_endpoint(tmp_path, name)
+    gateway.deploy(tmp_path, name, "main", model)
+    return gateway.auth(name)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
