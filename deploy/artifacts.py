@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +54,26 @@ class ArtifactStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return Artifact(digest, relative, source.stat().st_size)
+
+    def put_code(self, archive: Path) -> Path:
+        """Unpack a tar.gz of a code folder into `code/<sha256>/` once; return that folder."""
+        hasher = hashlib.sha256()
+        with archive.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                hasher.update(chunk)
+        final = self.home / "code" / hasher.hexdigest()
+        if final.exists():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".incoming-"))
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                # The "data" filter refuses absolute paths, links out of the folder, devices.
+                tar.extractall(staging, filter="data")
+            os.replace(staging, final)
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if final.exists():  # another request unpacked the same archive first
+                return final
+            raise ValueError(f"not a readable tar.gz code archive: {exc}") from exc
+        return final

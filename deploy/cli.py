@@ -324,7 +324,18 @@ def _deployment_body(
     overrides = {k: v for k, v in (("name", name), ("endpoint_name", endpoint_name)) if v}
     spec = load_spec(OnlineDeploymentSpec, file, overrides)
     raw = yaml.safe_load(file.read_text()) | overrides
-    if spec.model.path is not None:
+    if spec.code_configuration is not None:
+        code = (file.parent / spec.code_configuration.code).resolve()
+        if not (code / spec.code_configuration.scoring_script).is_file():
+            raise SpecError(
+                f"{file}: field 'code_configuration': no "
+                f"'{spec.code_configuration.scoring_script}' in {code}"
+            )
+        raw["code_configuration"] = {
+            **raw["code_configuration"],
+            "code": ctx.client.upload_code(code),
+        }
+    if spec.model is not None and spec.model.path is not None:
         # A local model file is uploaded first, as Azure ML registers anonymous models.
         model_path = (file.parent / spec.model.path).resolve()
         if not model_path.is_file():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,18 @@ class AdminClient:
             return self.request(
                 "POST", f"/management/models/{name}/versions", params=params, content=f
             )
+
+    def upload_code(self, folder: Path) -> str:
+        """Pack a scoring-script folder as tar.gz and upload it; the gateway's folder."""
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "code.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                for path in sorted(folder.rglob("*")):
+                    if "__pycache__" not in path.parts:
+                        tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            with archive.open("rb") as f:
+                reply = self.request("POST", "/management/code", content=f)
+        return str(reply["code"])
 
     def list_models(self, name: str | None = None) -> Any:
         return self.request("GET", "/management/models", params={"name": name} if name else None)

@@ -7,6 +7,8 @@ who made it, when, and the spec before and after.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,26 @@ class ControlPlane:
             raise NotFound(f"model '{name}' ({which}) is not registered")
         return record
 
-    def model_path(self, record: ModelRecord) -> Path:
-        return self.artifacts.path_of(record.artifact)
+    def model_dir(self, record: ModelRecord) -> Path:
+        """A folder holding the model's file under its original name (what scoring
+        scripts see as SERVEGATE_MODEL_DIR / AZUREML_MODEL_DIR)."""
+        folder = self.artifacts.home / "models" / record.name / str(record.version)
+        target = folder / record.filename
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            source = self.artifacts.path_of(record.artifact)
+            try:
+                os.link(source, target)
+            except OSError:  # another filesystem: a copy does as well
+                shutil.copyfile(source, target)
+        return folder
+
+    def store_code(self, archive: Path) -> Path:
+        """Unpack a scoring-script folder (tar.gz) into a content-addressed folder."""
+        try:
+            return self.artifacts.put_code(archive)
+        except ValueError as exc:
+            raise SpecError(f"code_configuration.code: {exc}") from None
 
     # -- endpoints ---------------------------------------------------------
     def get_endpoint(self, name: str) -> dict[str, Any]:
@@ -213,7 +233,18 @@ class ControlPlane:
         `<endpoint>-<deployment>` first, as Azure ML registers anonymous models.
         """
         self.get_endpoint(spec.endpoint_name)
+        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
+        if spec.code_configuration is not None:
+            code = Path(spec.code_configuration.code)
+            script = code / spec.code_configuration.scoring_script
+            if not script.is_file():
+                raise SpecError(
+                    f"field 'code_configuration': no scoring script '{script.name}' in "
+                    f"'{code}' on the gateway host"
+                )
         ref = spec.model
+        if ref is None:
+            return data
         if ref.path is not None:
             path = Path(ref.path)
             if not path.is_file():
@@ -225,9 +256,10 @@ class ControlPlane:
         else:
             assert ref.name is not None
             record = self.get_model(ref.name, ref.version)
-        runtime = spec.runtime or record.runtime
-        data = spec.model_dump(exclude={"schema_url"})
-        data.update(model={"name": record.name, "version": record.version}, runtime=runtime)
+        data.update(
+            model={"name": record.name, "version": record.version},
+            runtime=spec.runtime or record.runtime,
+        )
         return data
 
     def put_deployment(

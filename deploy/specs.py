@@ -110,6 +110,54 @@ class RequestSettings(Spec):
     max_queue_wait_ms: Annotated[int, Field(ge=0, le=180_000)] = 500
 
 
+class Batching(Spec):
+    """Dynamic batching (like Triton's `max_queue_delay`): concurrent requests to one
+    instance are concatenated along axis 0 up to `max_batch_size` rows; an idle
+    instance waits at most `max_batch_delay_ms` for a batch to fill (0: run what
+    is queued at once, so batches form only while instances are busy)."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 32
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+
+
+class CodeConfiguration(Spec):
+    """Azure ML's `code_configuration`: a folder and the scoring script in it."""
+
+    code: str
+    scoring_script: str
+
+
+class TensorSpecModel(Spec):
+    name: Annotated[str, Field(min_length=1)]
+    datatype: Literal[
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+    ]
+    shape: list[Annotated[int, Field(ge=-1)]]
+
+
+class SignatureSpec(Spec):
+    """A model signature for files that carry none (TorchScript)."""
+
+    inputs: Annotated[list[TensorSpecModel], Field(min_length=1)]
+    outputs: Annotated[list[TensorSpecModel], Field(min_length=1)]
+
+
+#: Runtimes that need no model file.
+_MODEL_OPTIONAL = ("script", "remote")
+
+
 class EndpointSpec(Spec):
     """An online endpoint (`endpoint.yml`)."""
 
@@ -166,9 +214,14 @@ class OnlineDeploymentSpec(Spec):
     name: DeploymentName
     endpoint_name: EndpointName
     description: str = ""
-    model: ModelRef
+    model: ModelRef | None = None
     runtime: str | None = None
     runtime_options: dict[str, Any] = Field(default_factory=dict)
+    code_configuration: CodeConfiguration | None = None
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    signature: SignatureSpec | None = None
+    host: Literal["thread", "process"] | None = None
+    batching: Batching | None = None
     instance_type: str | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
     device: Annotated[str, AfterValidator(_device)] = "cpu"
@@ -184,16 +237,50 @@ class OnlineDeploymentSpec(Spec):
         return value
 
     @model_validator(mode="after")
-    def _runtime_from_suffix(self) -> OnlineDeploymentSpec:
-        if self.runtime is None and self.model.path is not None:
-            inferred = runtime_for_path(self.model.path)
-            if inferred is None:
-                raise ValueError(
-                    f"'runtime' is not set and cannot be inferred from the model file "
-                    f"'{self.model.path}'; set it to one of {', '.join(sorted(RUNTIMES))}"
-                )
-            return self.model_copy(update={"runtime": inferred})
-        return self
+    def _defaults_and_consistency(self) -> OnlineDeploymentSpec:
+        update: dict[str, Any] = {}
+        runtime = self.runtime
+        if runtime is None:
+            if self.code_configuration is not None:
+                runtime = "script"
+            elif self.url is not None:
+                runtime = "remote"
+            elif self.model is not None and self.model.path is not None:
+                runtime = runtime_for_path(self.model.path)
+                if runtime is None:
+                    raise ValueError(
+                        f"'runtime' is not set and cannot be inferred from the model file "
+                        f"'{self.model.path}'; set it to one of {', '.join(sorted(RUNTIMES))}"
+                    )
+            update["runtime"] = runtime
+        if runtime == "script" and self.code_configuration is None:
+            raise ValueError("runtime 'script' needs 'code_configuration' (code, scoring_script)")
+        if self.code_configuration is not None and runtime != "script":
+            raise ValueError(
+                f"'code_configuration' runs a scoring script; it cannot go with runtime '{runtime}'"
+            )
+        if runtime == "remote" and self.url is None:
+            raise ValueError("runtime 'remote' needs 'url' (an Open Inference Protocol model URL)")
+        if self.url is not None and runtime != "remote":
+            raise ValueError(f"'url' is for runtime 'remote', not '{runtime}'")
+        if self.model is None and runtime not in _MODEL_OPTIONAL:
+            raise ValueError(f"'model' is required for runtime '{runtime or 'onnx'}'")
+        if runtime == "remote" and self.host == "process":
+            raise ValueError("runtime 'remote' runs in the gateway; 'host: process' does not apply")
+        if runtime == "script" and self.batching is not None:
+            raise ValueError("a scoring script gets one raw request at a time; drop 'batching'")
+        if self.host is None:
+            # Scoring scripts run user code: isolate it in worker processes by default.
+            update["host"] = "process" if runtime == "script" else "thread"
+        if (
+            self.batching is not None
+            and "max_concurrent_requests_per_instance" not in self.request_settings.model_fields_set
+        ):
+            # Azure ML's default of 1 concurrent request per instance would keep every batch at 1.
+            update["request_settings"] = self.request_settings.model_copy(
+                update={"max_concurrent_requests_per_instance": self.batching.max_batch_size}
+            )
+        return self.model_copy(update=update) if update else self
 
 
 SpecT = TypeVar("SpecT", bound=Spec)

@@ -1,5 +1,5 @@
-"""Loaded deployments: instance pools kept in step with the store, and the
-routing snapshot built from both.
+"""Loaded deployments: a scheduler over an instance host per deployment, kept
+in step with the store, and the routing snapshot built from both.
 
 A new or changed deployment is loaded (and warmed) before the snapshot that
 routes to it is published; a replaced or deleted one is drained after the
@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
+from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
-from runtimes.instances import InstancePool
+from runtimes.hosts import ThreadHost
 from runtimes.registry import load_runtime
+from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
+from runtimes.types import Signature
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,28 @@ def _fingerprint(resolved: dict[str, Any]) -> bytes:
     return orjson.dumps(resolved, option=orjson.OPT_SORT_KEYS)
 
 
-class DeploymentHosts:
-    """Owns every loaded InstancePool and the current RoutingSnapshot."""
+def scheduler_settings(resolved: dict[str, Any]) -> SchedulerSettings:
+    request = resolved["request_settings"]
+    batching = resolved.get("batching")
+    return SchedulerSettings(
+        max_concurrent_requests_per_instance=request["max_concurrent_requests_per_instance"],
+        instance_count=resolved["instance_count"],
+        max_queue_wait_s=request["max_queue_wait_ms"] / 1000,
+        batching=Batching(batching["max_batch_size"], batching["max_batch_delay_ms"] / 1000)
+        if batching
+        else None,
+    )
 
-    def __init__(self, control: ControlPlane) -> None:
+
+class DeploymentHosts:
+    """Owns every deployment's scheduler (and through it, its instances) and the
+    current RoutingSnapshot."""
+
+    def __init__(self, control: ControlPlane, metrics: GatewayMetrics) -> None:
         self.control = control
+        self.metrics = metrics
         self.snapshot = RoutingSnapshot()
-        self._pools: dict[tuple[str, str], tuple[bytes, InstancePool]] = {}
+        self._schedulers: dict[tuple[str, str], tuple[bytes, Scheduler]] = {}
         self._failed: dict[tuple[str, str], str] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
@@ -49,38 +68,69 @@ class DeploymentHosts:
         """Held by every control-plane change, so changes apply one at a time."""
         return self._lock
 
-    def _runtime_config(self, resolved: dict[str, Any]) -> tuple[str, RuntimeConfig, int]:
-        model = self.control.get_model(resolved["model"]["name"], resolved["model"]["version"])
-        count = int(resolved["instance_count"])
+    def runtime_config(self, resolved: dict[str, Any]) -> RuntimeConfig:
+        """Everything a runtime instance needs, resolved from the store (blocking)."""
+        model_path: Path | None = None
+        if resolved.get("model"):
+            record = self.control.get_model(resolved["model"]["name"], resolved["model"]["version"])
+            model_path = self.control.model_dir(record) / record.filename
         options = dict(resolved.get("runtime_options") or {})
+        threads = max(1, (os.cpu_count() or 1) // int(resolved["instance_count"]))
         # Split the cores between instances unless the deployment says otherwise.
-        options.setdefault("intra_op_num_threads", max(1, (os.cpu_count() or 1) // count))
-        config = RuntimeConfig(self.control.model_path(model), resolved["device"], options)
-        return resolved["runtime"], config, count
-
-    async def load(self, resolved: dict[str, Any]) -> InstancePool:
-        """Load and warm a deployment's instances; raise ModelLoadError on failure."""
-        runtime, config, count = await run_in_threadpool(self._runtime_config, resolved)
-        name = f"{resolved['endpoint_name']}-{resolved['name']}"
-        return await run_in_threadpool(
-            InstancePool.load, name, count, lambda: load_runtime(runtime, config)
+        options.setdefault("intra_op_num_threads", threads)
+        options.setdefault("num_threads", threads)
+        code = resolved.get("code_configuration")
+        signature = resolved.get("signature")
+        return RuntimeConfig(
+            model_path=model_path,
+            device=resolved["device"],
+            options=options,
+            signature=Signature.from_dict(signature) if signature else None,
+            code_dir=Path(code["code"]) if code else None,
+            scoring_script=code["scoring_script"] if code else None,
+            url=resolved.get("url"),
+            environment=resolved.get("environment_variables") or {},
         )
 
-    def adopt(self, resolved: dict[str, Any], pool: InstancePool) -> None:
-        """Take ownership of a pool loaded by `load`, retiring the one it replaces."""
+    async def load(self, resolved: dict[str, Any]) -> Scheduler:
+        """Load and warm a deployment's instances; raise ModelLoadError on failure."""
+        config = await run_in_threadpool(self.runtime_config, resolved)
+        settings = scheduler_settings(resolved)
+        name = f"{resolved['endpoint_name']}/{resolved['name']}"
+        runtime = resolved["runtime"]
+        host: InstanceHost
+        if resolved["host"] == "process":
+            from runtimes.workers import ProcessHost
+
+            workers = settings.instance_count * settings.max_concurrent_requests_per_instance
+            host = await ProcessHost.start(name, runtime, config, workers)
+        else:
+            calls = 1 if settings.batching else settings.max_concurrent_requests_per_instance
+            host = await run_in_threadpool(
+                ThreadHost.load,
+                name,
+                settings.instance_count,
+                calls,
+                lambda: load_runtime(runtime, config),
+            )
+        observer = self.metrics.observer(resolved["endpoint_name"], resolved["name"])
+        return Scheduler(name, host, settings, observer)
+
+    def adopt(self, resolved: dict[str, Any], scheduler: Scheduler) -> None:
+        """Take ownership of a scheduler made by `load`, retiring the one it replaces."""
         key = (resolved["endpoint_name"], resolved["name"])
-        old = self._pools.get(key)
-        self._pools[key] = (_fingerprint(resolved), pool)
+        old = self._schedulers.get(key)
+        self._schedulers[key] = (_fingerprint(resolved), scheduler)
         self._failed.pop(key, None)
-        if old is not None and old[1] is not pool:
+        if old is not None and old[1] is not scheduler:
             self._retire(old[1])
 
     async def sync(self) -> RoutingSnapshot:
-        """Bring pools in line with the store, then publish a new snapshot."""
+        """Bring schedulers in line with the store, then publish a new snapshot."""
         stored = await run_in_threadpool(self.control.store.list_deployments)
         wanted = {(d["endpoint_name"], d["name"]): d for d in stored}
         for key, resolved in wanted.items():
-            current = self._pools.get(key)
+            current = self._schedulers.get(key)
             if current is not None and current[0] == _fingerprint(resolved):
                 continue
             try:
@@ -89,8 +139,8 @@ class DeploymentHosts:
                 log.error("deployment %s/%s failed to load: %s", *key, exc)
                 self._failed[key] = str(exc)
         self.snapshot = await run_in_threadpool(self._build, wanted)
-        for key in [k for k in self._pools if k not in wanted]:
-            self._retire(self._pools.pop(key)[1])
+        for key in [k for k in self._schedulers if k not in wanted]:
+            self._retire(self._schedulers.pop(key)[1])
         for key in [k for k in self._failed if k not in wanted]:
             del self._failed[key]
         return self.snapshot
@@ -105,13 +155,14 @@ class DeploymentHosts:
             for (endpoint, deployment), resolved in wanted.items():
                 if endpoint != name:
                     continue
-                if (endpoint, deployment) in self._pools:
+                if (endpoint, deployment) in self._schedulers:
+                    model = resolved.get("model") or {}
                     routes[deployment] = DeploymentRoute(
                         endpoint=endpoint,
                         name=deployment,
-                        pool=self._pools[(endpoint, deployment)][1],
-                        model_name=resolved["model"]["name"],
-                        model_version=resolved["model"]["version"],
+                        scheduler=self._schedulers[(endpoint, deployment)][1],
+                        model_name=model.get("name", ""),
+                        model_version=model.get("version", 0),
                         runtime=resolved["runtime"],
                         request_timeout_s=resolved["request_settings"]["request_timeout_ms"] / 1000,
                     )
@@ -123,13 +174,17 @@ class DeploymentHosts:
             )
         return RoutingSnapshot(endpoints, change_id)
 
-    def _retire(self, pool: InstancePool) -> None:
+    @property
+    def schedulers(self) -> list[Scheduler]:
+        return [scheduler for _, scheduler in self._schedulers.values()]
+
+    def _retire(self, scheduler: Scheduler) -> None:
         async def drain_and_close() -> None:
-            if not await pool.drain(DRAIN_TIMEOUT_S):
+            if not await scheduler.drain(DRAIN_TIMEOUT_S):
                 log.warning(
-                    "deployment %s still busy after %ss; closing", pool.name, DRAIN_TIMEOUT_S
+                    "deployment %s still busy after %ss; closing", scheduler.name, DRAIN_TIMEOUT_S
                 )
-            await run_in_threadpool(pool.close)
+            await scheduler.close()
 
         task = asyncio.get_running_loop().create_task(drain_and_close())
         self._retiring.add(task)
@@ -137,8 +192,8 @@ class DeploymentHosts:
 
     async def close(self) -> None:
         """Drain and close everything (graceful shutdown)."""
-        for _, pool in self._pools.values():
-            self._retire(pool)
-        self._pools.clear()
+        for _, scheduler in self._schedulers.values():
+            self._retire(scheduler)
+        self._schedulers.clear()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -26,9 +26,11 @@ from runtimes.errors import (
     InferenceError,
     InferenceFailed,
     InferenceTimeout,
+    InstanceFailed,
     InvalidInput,
     MissingExtra,
     ModelLoadError,
+    Overloaded,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class DeploymentUnavailable(GatewayError):
 #: Lower-layer exception class -> (status, code). Looked up along the MRO.
 STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidInput: (400, "invalid_input"),
+    Overloaded: (429, "too_many_requests"),
+    InstanceFailed: (503, "instance_failed"),
     InferenceTimeout: (408, "request_timeout"),
     # Azure ML answers 424 when the model itself fails on a request.
     InferenceFailed: (424, "model_error"),

@@ -134,6 +134,17 @@ async def show_model(request: Request, state: GatewayState) -> Response:
     return _json(record.to_dict())
 
 
+@admin
+async def upload_code(request: Request, state: GatewayState) -> Response:
+    """POST /management/code: a tar.gz of a scoring-script folder -> {"code": <folder>}"""
+    upload = await _upload(request, state)
+    try:
+        folder = await run_in_threadpool(state.control.store_code, upload)
+    finally:
+        upload.unlink(missing_ok=True)
+    return _json({"code": str(folder)}, 201)
+
+
 # -- endpoints ------------------------------------------------------------------
 async def _apply(state: GatewayState, change: Callable[[], Any]) -> Any:
     """Run a control-plane change under the lock, then publish a new snapshot."""
@@ -289,6 +300,7 @@ ROUTES = [
     Route(f"{PREFIX}/models", list_models, methods=["GET"]),
     Route(f"{PREFIX}/models/{{name}}/versions", register_model, methods=["POST"]),
     Route(f"{PREFIX}/models/{{name}}/versions/{{version}}", show_model, methods=["GET"]),
+    Route(f"{PREFIX}/code", upload_code, methods=["POST"]),
     Route(f"{PREFIX}/endpoints", list_endpoints, methods=["GET"]),
     Route(f"{PREFIX}/endpoints", create_endpoint, methods=["POST"]),
     Route(f"{PREFIX}/endpoints/{{endpoint}}", show_endpoint, methods=["GET"]),

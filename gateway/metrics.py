@@ -3,11 +3,20 @@ apps in one process, as in tests, do not collide)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from runtimes.scheduler import Scheduler
 
 # Scoring latencies run from sub-millisecond to the 180 s request_timeout_ms cap.
 LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
     0.0005,
     0.001,
     0.0025,
@@ -26,6 +35,49 @@ LATENCY_BUCKETS_S = (
     60.0,
     180.0,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _SchedulerGauges(Collector):
+    """In-flight and queued requests, read from the schedulers at scrape time
+    (nothing to update on the hot path)."""
+
+    def __init__(self, schedulers: Callable[[], Iterable[Scheduler]]) -> None:
+        self._schedulers = schedulers
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "servegate_in_flight_requests",
+            "Requests admitted and not yet answered.",
+            labels=["endpoint", "deployment"],
+        )
+        queued = GaugeMetricFamily(
+            "servegate_queued_requests",
+            "Requests waiting for an instance.",
+            labels=["endpoint", "deployment"],
+        )
+        for scheduler in self._schedulers():
+            endpoint, _, deployment = scheduler.name.partition("/")
+            in_flight.add_metric([endpoint, deployment], scheduler.in_flight)
+            queued.add_metric([endpoint, deployment], scheduler.queued)
+        yield in_flight
+        yield queued
+
+
+@dataclass
+class DeploymentObserver:
+    """What a scheduler reports, bound to its deployment's labels."""
+
+    metrics: GatewayMetrics
+    endpoint: str
+    deployment: str
+
+    def batch(self, requests: int, rows: int, seconds: float) -> None:
+        self.metrics.batch_size.labels(self.endpoint, self.deployment).observe(rows)
+        self.metrics.batch_requests.labels(self.endpoint, self.deployment).observe(requests)
+
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejected.labels(self.endpoint, self.deployment, reason).inc()
 
 
 class GatewayMetrics:
@@ -33,26 +85,52 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        labels = ["endpoint", "deployment"]
+
+        def histogram(
+            name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
         self.requests = Counter(
             "servegate_requests",
             "Scoring requests by endpoint, deployment, protocol and HTTP status.",
             ["endpoint", "deployment", "protocol", "status"],
             registry=self.registry,
         )
-        self.request_duration = Histogram(
-            "servegate_request_duration_seconds",
-            "Time from receiving a scoring request to its answer.",
-            ["endpoint", "deployment"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+        self.request_duration = histogram(
+            "servegate_request_duration_seconds", "Time from receiving a request to its answer."
         )
-        self.inference_duration = Histogram(
+        self.queue_duration = histogram(
+            "servegate_queue_duration_seconds", "Time a request waited for an instance."
+        )
+        self.inference_duration = histogram(
             "servegate_inference_duration_seconds",
-            "Time spent in the runtime (waiting for an instance included).",
-            ["endpoint", "deployment"],
-            buckets=LATENCY_BUCKETS_S,
+            "Time the runtime took for the batch that carried the request.",
+        )
+        self.overhead_duration = histogram(
+            "servegate_gateway_overhead_seconds",
+            "Request time spent in the gateway itself: total minus queue minus inference.",
+        )
+        self.batch_size = histogram(
+            "servegate_batch_size", "Rows per runtime call (dynamic batching).", BATCH_BUCKETS
+        )
+        self.batch_requests = histogram(
+            "servegate_batch_requests", "Requests coalesced into one runtime call.", BATCH_BUCKETS
+        )
+        self.rejected = Counter(
+            "servegate_rejected_requests",
+            "Requests refused by admission control: queue_full and queue_wait (429), "
+            "deadline (408).",
+            [*labels, "reason"],
             registry=self.registry,
         )
+
+    def watch(self, schedulers: Callable[[], Iterable[Scheduler]]) -> None:
+        self.registry.register(_SchedulerGauges(schedulers))
+
+    def observer(self, endpoint: str, deployment: str) -> DeploymentObserver:
+        return DeploymentObserver(self, endpoint, deployment)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -169,6 +169,16 @@ def openapi_document() -> dict[str, Any]:
                 secured=admin,
             )
         },
+        "/management/code": {
+            "post": _op(
+                "Upload a scoring-script folder (tar.gz); answers the folder to name in "
+                "code_configuration.code",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 413, ok_status="201"),
+                {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                secured=admin,
+            )
+        },
         "/management/endpoints": {
             "get": _op(
                 "List endpoints", "management", _responses({"type": "array"}, 401), secured=admin

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gateway.errors import DeploymentUnavailable, EndpointNotFound
-from runtimes.instances import InstancePool
+from runtimes.scheduler import Scheduler
 from runtimes.types import Signature
 
 
@@ -19,7 +19,7 @@ from runtimes.types import Signature
 class DeploymentRoute:
     endpoint: str
     name: str
-    pool: InstancePool
+    scheduler: Scheduler
     model_name: str
     model_version: int
     runtime: str
@@ -27,7 +27,7 @@ class DeploymentRoute:
 
     @property
     def signature(self) -> Signature:
-        return self.pool.signature
+        return self.scheduler.signature
 
 
 @dataclass(frozen=True)

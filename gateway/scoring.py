@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,11 +18,18 @@ from gateway.auth import authenticate
 from gateway.errors import DeploymentUnavailable, PayloadTooLarge, error_response
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
-from runtimes.errors import InferenceFailed
+from runtimes.errors import InferenceFailed, InvalidInput, Overloaded
+from runtimes.scheduler import Timing
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 # tritonclient names its platforms like Triton's backends.
-PLATFORMS = {"onnx": "onnxruntime_onnx", "fake": "servegate_fake"}
+PLATFORMS = {
+    "onnx": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "script": "python",
+    "remote": "remote",
+    "fake": "servegate_fake",
+}
 
 try:
     SERVER_VERSION = version("servegate")
@@ -56,7 +65,7 @@ def _route_for(request: Request, endpoint: EndpointRoute) -> DeploymentRoute:
     return endpoint.deployment(target) if target else endpoint.pick(_state(request).rng)
 
 
-Handler = Callable[[Request, DeploymentRoute, bytes], Awaitable[Response]]
+Handler = Callable[[Request, DeploymentRoute, bytes, Timing], Awaitable[Response]]
 
 
 async def _scoring(request: Request, protocol_name: str, handler: Handler) -> Response:
@@ -67,6 +76,8 @@ async def _scoring(request: Request, protocol_name: str, handler: Handler) -> Re
     deployment_name = ""
     headers: dict[str, str] = {}
     response: Response | None = None
+    timing = Timing()
+    route: DeploymentRoute | None = None
     try:
         endpoint = state.hosts.snapshot.endpoint(endpoint_name)
         authenticate(endpoint, request.headers.get("authorization"), state.credentials)
@@ -74,42 +85,94 @@ async def _scoring(request: Request, protocol_name: str, handler: Handler) -> Re
         deployment_name = route.name
         headers[DEPLOYMENT_HEADER] = route.name
         body = await read_body(request, state.settings.max_request_body_bytes)
-        response = await handler(request, route, body)
+        response = await handler(request, route, body, timing)
         response.headers.update(headers)
     except Exception as exc:
         if isinstance(exc, InferenceFailed):
             # Azure ML's headers for a model that failed on the request.
             headers["ms-azureml-model-error-statuscode"] = "500"
             headers["ms-azureml-model-error-reason"] = "model_error"
+        elif isinstance(exc, Overloaded):
+            headers["retry-after"] = str(exc.retry_after_s)
         response = error_response(exc, headers)
     finally:
         elapsed = time.perf_counter() - started
         status = str(response.status_code) if response is not None else "499"
-        state.metrics.requests.labels(endpoint_name, deployment_name, protocol_name, status).inc()
-        state.metrics.request_duration.labels(endpoint_name, deployment_name).observe(elapsed)
+        metrics = state.metrics
+        metrics.requests.labels(endpoint_name, deployment_name, protocol_name, status).inc()
+        metrics.request_duration.labels(endpoint_name, deployment_name).observe(elapsed)
+        if route is not None and response is not None and response.status_code == 200:
+            overhead = elapsed - timing.queue_s - timing.inference_s
+            metrics.overhead_duration.labels(endpoint_name, deployment_name).observe(overhead)
     return response
 
 
-async def _infer(
-    route: DeploymentRoute, request: Request, inputs: dict, outputs: list[str] | None
-) -> dict:
-    state = _state(request)
-    route.signature.validate(inputs)
-    started = time.perf_counter()
-    try:
-        return await route.pool.infer(inputs, outputs, route.request_timeout_s)
-    finally:
-        state.metrics.inference_duration.labels(route.endpoint, route.name).observe(
-            time.perf_counter() - started
+def _deadline_s(route: DeploymentRoute, parameters: dict[str, Any]) -> tuple[float, str]:
+    """request_timeout_ms, or the request's OIP `timeout` (microseconds) when shorter;
+    with the name of the limit that applies, for messages."""
+    configured = (
+        route.request_timeout_s,
+        f"request_timeout_ms={round(route.request_timeout_s * 1000)}",
+    )
+    timeout_us = parameters.get("timeout")
+    if timeout_us is None:
+        return configured
+    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
+        raise InvalidInput(
+            f"parameter 'timeout' must be a positive integer (microseconds), got {timeout_us!r}"
         )
+    if timeout_us / 1e6 >= route.request_timeout_s:
+        return configured
+    return timeout_us / 1e6, f"the request's timeout parameter, {timeout_us} us"
+
+
+def _priority(parameters: dict[str, Any]) -> int:
+    priority = parameters.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+    return priority
+
+
+def _observe(request: Request, route: DeploymentRoute, timing: Timing) -> None:
+    metrics = _state(request).metrics
+    metrics.queue_duration.labels(route.endpoint, route.name).observe(timing.queue_s)
+    metrics.inference_duration.labels(route.endpoint, route.name).observe(timing.inference_s)
+
+
+async def _infer(
+    request: Request,
+    route: DeploymentRoute,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None,
+    parameters: dict[str, Any],
+    timing: Timing,
+) -> dict[str, np.ndarray]:
+    route.signature.validate(inputs)
+    timeout_s, timeout_name = _deadline_s(route, parameters)
+    try:
+        return await route.scheduler.infer(
+            inputs, outputs, timeout_s, _priority(parameters), timing, timeout_name
+        )
+    finally:
+        _observe(request, route, timing)
 
 
 async def score(request: Request) -> Response:
     """POST /endpoints/{endpoint}/score"""
 
-    async def handle(request: Request, route: DeploymentRoute, body: bytes) -> Response:
+    async def handle(
+        request: Request, route: DeploymentRoute, body: bytes, timing: Timing
+    ) -> Response:
+        if route.runtime == "script":
+            # Azure ML's run(raw_data): the script gets the body as it came.
+            try:
+                timeout_s, timeout_name = _deadline_s(route, {})
+                answer = await route.scheduler.score_raw(body, timeout_s, 0, timing, timeout_name)
+            finally:
+                _observe(request, route, timing)
+            return Response(answer, media_type="application/json")
         inputs = protocol.parse_score_request(body, route.signature)
-        results = await _infer(route, request, inputs, None)
+        results = await _infer(request, route, inputs, None, {}, timing)
         return Response(protocol.encode_score_response(results), media_type="application/json")
 
     return await _scoring(request, "score", handle)
@@ -118,12 +181,21 @@ async def score(request: Request) -> Response:
 async def v2_infer(request: Request) -> Response:
     """POST /v2/models/{endpoint}[/versions/{deployment}]/infer"""
 
-    async def handle(request: Request, route: DeploymentRoute, body: bytes) -> Response:
+    async def handle(
+        request: Request, route: DeploymentRoute, body: bytes, timing: Timing
+    ) -> Response:
+        if route.runtime == "script":
+            raise InvalidInput(
+                f"deployment '{route.name}' runs a scoring script, which takes raw requests: "
+                f"use POST /endpoints/{route.endpoint}/score"
+            )
         parsed = protocol.parse_v2_request(
             body, request.headers.get(protocol.HEADER_LENGTH), route.signature
         )
         outputs = protocol.select_outputs(parsed, route.signature)
-        results = await _infer(route, request, parsed.inputs, [o.name for o in outputs])
+        results = await _infer(
+            request, route, parsed.inputs, [o.name for o in outputs], parsed.parameters, timing
+        )
         payload, headers = protocol.encode_v2_response(
             route.endpoint, route.name, parsed.id, results, outputs
         )

@@ -31,11 +31,15 @@ class GatewayState:
         control = ControlPlane(
             SqliteStore(settings.store_path), ArtifactStore(home), Credentials.from_home(home)
         )
+        metrics = GatewayMetrics()
+        hosts = DeploymentHosts(control, metrics)
+        metrics.watch(lambda: hosts.schedulers)
         return cls(
             settings=settings,
             control=control,
-            hosts=DeploymentHosts(control),
+            hosts=hosts,
             admin_token=read_or_create_secret(settings.admin_token_path),
+            metrics=metrics,
         )
 
     @property

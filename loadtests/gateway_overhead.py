@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,12 +54,16 @@ def raw_runtime(requests: int) -> dict[str, float]:
         session.run(None, {"input": x})
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
-    return {"rps": requests / elapsed, "p50_ms": _percentile(latencies, 50) * 1e3,
-            "p99_ms": _percentile(latencies, 99) * 1e3}
+    return {
+        "rps": requests / elapsed,
+        "p50_ms": _percentile(latencies, 50) * 1e3,
+        "p99_ms": _percentile(latencies, 99) * 1e3,
+    }
 
 
-async def http_case(url: str, headers: dict[str, str], body: bytes, requests: int,
-                    concurrency: int) -> dict[str, float]:
+async def http_case(
+    url: str, headers: dict[str, str], body: bytes, requests: int, concurrency: int
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     remaining = requests
@@ -81,8 +84,12 @@ async def http_case(url: str, headers: dict[str, str], body: bytes, requests: in
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"rps": len(latencies) / elapsed, "p50_ms": _percentile(latencies, 50) * 1e3,
-            "p99_ms": _percentile(latencies, 99) * 1e3, "errors": errors}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 50) * 1e3,
+        "p99_ms": _percentile(latencies, 99) * 1e3,
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -95,9 +102,22 @@ def main() -> None:
     port = _free_port()
     log = open(home / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the gateway
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "--home", str(home / "h"), "serve", "--demo",
-         "--port", str(port), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "--home",
+            str(home / "h"),
+            "serve",
+            "--demo",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,30 +129,54 @@ def main() -> None:
                 pass
             time.sleep(0.1)
         token = (home / "h" / "admin_token").read_text().strip()
-        keys = httpx.post(f"{base}/management/endpoints/demo/listKeys",
-                          headers={"Authorization": f"Bearer {token}"}).json()
+        keys = httpx.post(
+            f"{base}/management/endpoints/demo/listKeys",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
         auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
 
         raw = raw_runtime(args.requests)
         score_body = json.dumps({"input_data": DEMO_INPUT[:1]}).encode()
         tensor = np.array(DEMO_INPUT[:1], dtype="<f4").tobytes()
-        header = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": len(tensor)}}],
-                             "parameters": {"binary_data_output": True}}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 4],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(tensor)},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
         cases = {
             "score_json": (f"{base}/endpoints/demo/score", auth, score_body),
-            "v2_binary": (f"{base}/v2/models/demo/infer",
-                          {**auth, "Inference-Header-Content-Length": str(len(header))},
-                          header + tensor),
+            "v2_binary": (
+                f"{base}/v2/models/demo/infer",
+                {**auth, "Inference-Header-Content-Length": str(len(header))},
+                header + tensor,
+            ),
         }
         results = {"raw_runtime_in_process": raw}
         for name, (url, headers, body) in cases.items():
-            results[name] = asyncio.run(http_case(url, headers, body, args.requests,
-                                                  args.concurrency))
+            results[name] = asyncio.run(
+                http_case(url, headers, body, args.requests, args.concurrency)
+            )
             results[name]["throughput_vs_raw"] = results[name]["rps"] / raw["rps"]
             results[name]["p50_overhead_ms"] = results[name]["p50_ms"] - raw["p50_ms"]
-        print(json.dumps({"cpu_count": os.cpu_count(), "requests": args.requests,
-                          "concurrency": args.concurrency, "results": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "cpu_count": os.cpu_count(),
+                    "requests": args.requests,
+                    "concurrency": args.concurrency,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     finally:
         gateway.terminate()
         gateway.wait(30)

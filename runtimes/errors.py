@@ -38,3 +38,15 @@ class InferenceTimeout(InferenceError):
 
 class InferenceFailed(InferenceError):
     """The runtime raised while running the model."""
+
+
+class Overloaded(InferenceError):
+    """Admission refused the request; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InstanceFailed(InferenceError):
+    """The instance (a worker process) crashed or hung; it is being replaced."""

@@ -129,11 +129,14 @@ class OnnxRuntime:
             )
         session_options.graph_optimization_level = _OPTIMIZATION_LEVELS[level]
         try:
+            model_path = config.require_model()
             self._session = ort.InferenceSession(
-                str(config.model_path), session_options, providers=providers
+                str(model_path), session_options, providers=providers
             )
+        except ModelLoadError:
+            raise
         except Exception as exc:
-            raise ModelLoadError(f"cannot load {config.model_path.name}: {exc}") from exc
+            raise ModelLoadError(f"cannot load {model_path.name}: {exc}") from exc
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if wanted not in self._session.get_providers():
             # onnxruntime silently falls back to CPU when CUDA libraries are missing.

@@ -17,11 +17,20 @@ from runtimes.types import Signature
 #: runtime name -> ("module:Class", extra that provides its dependency)
 RUNTIMES: dict[str, tuple[str, str]] = {
     "onnx": ("runtimes.onnx_impl:OnnxRuntime", "cpu"),
+    "torch": ("runtimes.torch_impl:TorchRuntime", "torch"),
+    "script": ("runtimes.script_impl:ScriptRuntime", ""),
+    "remote": ("runtimes.remote_impl:RemoteRuntime", ""),
     "fake": ("runtimes.fake:FakeRuntime", ""),
 }
 
 #: model file suffix -> runtime name, for deployments that do not say.
-SUFFIX_TO_RUNTIME: dict[str, str] = {".onnx": "onnx", ".ort": "onnx"}
+SUFFIX_TO_RUNTIME: dict[str, str] = {
+    ".onnx": "onnx",
+    ".ort": "onnx",
+    ".pt": "torch",  # TorchScript
+    ".pth": "torch",
+    ".pt2": "torch",  # torch.export
+}
 
 
 def runtime_for_path(path: str | Path) -> str | None:

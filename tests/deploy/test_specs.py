@@ -128,7 +128,11 @@ DEPLOYMENT = "name: blue\nendpoint_name: ep1\nmodel: fraud:1\n"
         ("endpoint", "- just\n- a list\n", ["expected a mapping"]),
         ("endpoint", "name: [unclosed\n", ["not valid YAML"]),
         # deployment
-        ("deployment", "name: blue\nendpoint_name: ep1\n", ["field 'model'", "required"]),
+        (
+            "deployment",
+            "name: blue\nendpoint_name: ep1\n",
+            ["'model' is required for runtime 'onnx'"],
+        ),
         (
             "deployment",
             DEPLOYMENT + "instance_count: 0\n",

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from runtimes.base import RuntimeConfig
-from runtimes.errors import DeviceUnavailable, InferenceTimeout, InvalidInput, ModelLoadError
-from runtimes.instances import InstancePool
+from runtimes.errors import DeviceUnavailable, InvalidInput, ModelLoadError
 from runtimes.onnx_impl import OnnxRuntime, read_signature
 from runtimes.registry import load_runtime
 from runtimes.types import Signature, TensorSpec
@@ -96,58 +92,3 @@ def test_cuda_provider_runs_the_model(model_dir: Path) -> None:
         rtol=1e-4,
         atol=1e-6,
     )
-
-
-class _Slow:
-    """A Runtime that records its concurrency."""
-
-    signature = Signature((TensorSpec("x", "FP32", (-1,)),), (TensorSpec("x", "FP32", (-1,)),))
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.peak = 0
-        self.lock = threading.Lock()
-
-    def infer(self, inputs, output_names=None):  # type: ignore[no-untyped-def]
-        with self.lock:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-        time.sleep(0.05)
-        with self.lock:
-            self.active -= 1
-        return dict(inputs)
-
-    def close(self) -> None:
-        pass
-
-
-def test_pool_runs_each_instance_one_call_at_a_time() -> None:
-    instances = [_Slow(), _Slow()]
-    pool = InstancePool("t", instances)
-
-    async def main() -> None:
-        x = {"x": np.zeros(1, np.float32)}
-        await asyncio.gather(*(pool.infer(x, None, 5.0) for _ in range(8)))
-        assert await pool.drain(1.0)
-
-    asyncio.run(main())
-    assert all(i.peak == 1 for i in instances)
-    pool.close()
-
-
-def test_pool_timeout_counts_the_wait_and_frees_the_instance_later() -> None:
-    slow = _Slow()
-    pool = InstancePool("t", [slow])
-
-    async def main() -> None:
-        x = {"x": np.zeros(1, np.float32)}
-        first = asyncio.ensure_future(pool.infer(x, None, 5.0))
-        await asyncio.sleep(0.01)
-        with pytest.raises(InferenceTimeout, match="request_timeout_ms=20"):
-            await pool.infer(x, None, 0.02)  # waits behind the first call
-        await first
-        await pool.infer(x, None, 5.0)  # the instance came back
-
-    asyncio.run(main())
-    assert slow.peak == 1
-    pool.close()

@@ -1,0 +1,85 @@
+"""Instances in threads of the gateway process (`host: thread`).
+
+onnxruntime and torch release the GIL while they compute, so threads give real
+parallelism without copying tensors. Each instance gets its own executor with
+one thread per concurrent call it accepts; a runtime with `infer_async` (the
+remote runtime) is awaited on the event loop instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from runtimes.base import Runtime
+from runtimes.types import Signature
+
+
+class ThreadHost:
+    def __init__(self, name: str, instances: Sequence[Runtime], calls_per_instance: int) -> None:
+        if not instances:
+            raise ValueError("a host needs at least one instance")
+        self.name = name
+        self._instances = list(instances)
+        self._executors = [
+            ThreadPoolExecutor(calls_per_instance, thread_name_prefix=f"sg-{name}-{i}")
+            for i in range(len(instances))
+        ]
+        self._slots = [i for i in range(len(instances)) for _ in range(calls_per_instance)]
+
+    @classmethod
+    def load(
+        cls, name: str, count: int, calls_per_instance: int, load_one: Callable[[], Runtime]
+    ) -> ThreadHost:
+        """Load `count` instances with `load_one` (blocking); close them all if one fails."""
+        loaded: list[Runtime] = []
+        try:
+            for _ in range(count):
+                loaded.append(load_one())
+        except BaseException:
+            for runtime in loaded:
+                runtime.close()
+            raise
+        return cls(name, loaded, calls_per_instance)
+
+    @property
+    def signature(self) -> Signature:
+        return self._instances[0].signature
+
+    @property
+    def slots(self) -> Sequence[int]:
+        return self._slots
+
+    async def run(
+        self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        runtime = self._instances[instance]
+        infer_async = getattr(runtime, "infer_async", None)
+        if infer_async is not None:
+            result: dict[str, np.ndarray] = await infer_async(inputs, output_names)
+            return result
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executors[instance], runtime.infer, inputs, output_names
+        )
+
+    async def run_raw(self, instance: int, body: bytes) -> bytes:
+        runtime = self._instances[instance]
+        score = getattr(runtime, "score", None)
+        if score is None:
+            raise TypeError(f"runtime of {self.name} does not score raw bodies")
+        loop = asyncio.get_running_loop()
+        result: bytes = await loop.run_in_executor(self._executors[instance], score, body)
+        return result
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for executor in self._executors:
+            await loop.run_in_executor(None, executor.shutdown)
+        for runtime in self._instances:
+            with contextlib.suppress(Exception):
+                runtime.close()

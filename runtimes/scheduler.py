@@ -1,0 +1,469 @@
+"""Per-deployment scheduling: admission, one priority queue with deadlines,
+dynamic batching, and dispatch to free instance slots.
+
+One queue serves all four decisions, so they cannot disagree:
+- admission: at most `2 x max_concurrent_requests_per_instance x instance_count`
+  requests in flight (Azure ML's rule); beyond that `Overloaded` at once;
+- priority: lower `priority` first (Open Inference Protocol schedule policy;
+  1 is highest, 0/absent is the default level), then arrival order;
+- deadlines: a request's deadline (its `timeout` or `request_timeout_ms`) is
+  checked at admission and before it runs: one that can no longer make it
+  (less time left than a recent batch took) is rejected, not run; one that
+  waits longer than `max_queue_wait_ms` is `Overloaded`;
+- batching: compatible requests (same inputs' trailing shapes and dtypes, same
+  outputs) are concatenated along axis 0 up to `max_batch_size` rows; an idle
+  slot waits at most `max_batch_delay_ms` for a batch to fill (0 = run what is
+  queued at once). A failing batch is re-run request by request, so one bad
+  request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtimes.errors import InferenceFailed, InferenceTimeout, Overloaded
+from runtimes.types import Signature
+
+#: The level of requests that name no priority (OIP: 0 means "default").
+DEFAULT_PRIORITY = 1_000_000
+
+
+class InstanceHost(Protocol):
+    """Where a deployment's instances run (threads, worker processes, a remote server)."""
+
+    @property
+    def signature(self) -> Signature: ...
+
+    @property
+    def slots(self) -> Sequence[int]:
+        """One entry per concurrent call the host accepts: the instance it runs on."""
+        ...
+
+    async def run(
+        self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]: ...
+
+    async def run_raw(self, instance: int, body: bytes) -> bytes:
+        """A scoring script's `run(raw_data)`; the answer is JSON bytes."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    max_batch_delay_s: float
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    max_concurrent_requests_per_instance: int
+    instance_count: int
+    max_queue_wait_s: float
+    batching: Batching | None = None
+
+    @property
+    def max_in_flight(self) -> int:
+        return 2 * self.max_concurrent_requests_per_instance * self.instance_count
+
+
+class SchedulerObserver(Protocol):
+    def batch(self, requests: int, rows: int, seconds: float) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+@dataclass
+class Timing:
+    """Where one request's time went inside the scheduler (seconds)."""
+
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
+@dataclass(eq=False)
+class _Job:
+    inputs: Mapping[str, np.ndarray] | None
+    raw: bytes | None
+    output_names: tuple[str, ...] | None
+    rows: int
+    key: tuple[Any, ...] | None  # batching compatibility; None = never batched
+    order: tuple[int, int]  # (priority, sequence)
+    enqueued: float
+    deadline: float
+    started: asyncio.Future[None]
+    done: asyncio.Future[Any]
+    timing: Timing
+    cancelled: bool = False
+
+    def fail(self, exc: BaseException) -> None:
+        for future in (self.started, self.done):
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _ignore_unretrieved(future: asyncio.Future[Any]) -> None:
+    # A caller that timed out no longer reads its result; do not log it as lost.
+    if not future.cancelled():
+        future.exception()
+
+
+def _batch_key(
+    inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] | None
+) -> tuple[Any, ...] | None:
+    rows = {a.shape[0] if a.ndim else None for a in inputs.values()}
+    if len(rows) != 1 or None in rows or any(a.dtype == object for a in inputs.values()):
+        return None
+    return (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())), output_names)
+
+
+class Scheduler:
+    """Admission, queueing, batching and dispatch for one deployment."""
+
+    def __init__(
+        self,
+        name: str,
+        host: InstanceHost,
+        settings: SchedulerSettings,
+        observer: SchedulerObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.settings = settings
+        self._observer = observer
+        self._pending: list[tuple[tuple[int, int], _Job]] = []
+        self._free = list(host.slots)
+        self._slot_count = len(self._free)
+        self._in_flight = 0
+        self._sequence = itertools.count()
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._recent_batch_s = 0.0  # moving average of batch run time
+        batching = settings.batching
+        # The model must have a dynamic first dimension on every input to batch.
+        self._can_batch = batching is not None and all(
+            t.shape and t.shape[0] < 0 for t in host.signature.inputs
+        )
+
+    # -- state for metrics -----------------------------------------------------
+    @property
+    def signature(self) -> Signature:
+        return self.host.signature
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self._can_batch
+
+    # -- submitting ------------------------------------------------------------
+    async def infer(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None,
+        timeout_s: float,
+        priority: int = 0,
+        timing: Timing | None = None,
+        timeout_name: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run a request's tensors; raise Overloaded, InferenceTimeout or InferenceFailed.
+
+        `timeout_name` says in messages where `timeout_s` came from
+        (e.g. "request_timeout_ms=5000")."""
+        names = tuple(output_names) if output_names else None
+        first = next(iter(inputs.values()), None)
+        rows = first.shape[0] if first is not None and first.ndim else 1
+        key = _batch_key(inputs, names) if self._can_batch else None
+        result: dict[str, np.ndarray] = await self._submit(
+            inputs, None, names, rows, key, timeout_s, priority, timing or Timing(), timeout_name
+        )
+        return result
+
+    async def score_raw(
+        self,
+        body: bytes,
+        timeout_s: float,
+        priority: int = 0,
+        timing: Timing | None = None,
+        timeout_name: str = "",
+    ) -> bytes:
+        """Run a scoring script on the raw request body."""
+        result: bytes = await self._submit(
+            None, body, None, 1, None, timeout_s, priority, timing or Timing(), timeout_name
+        )
+        return result
+
+    def _reject(self, reason: str, exc: Exception) -> Exception:
+        if self._observer is not None:
+            self._observer.rejected(reason)
+        return exc
+
+    def _retry_after_s(self) -> int:
+        per_slot = max(self._recent_batch_s, 0.001) * (len(self._pending) + 1) / self._slot_count
+        return max(1, math.ceil(per_slot))
+
+    async def _submit(
+        self,
+        inputs: Mapping[str, np.ndarray] | None,
+        raw: bytes | None,
+        output_names: tuple[str, ...] | None,
+        rows: int,
+        key: tuple[Any, ...] | None,
+        timeout_s: float,
+        priority: int,
+        timing: Timing,
+        timeout_name: str,
+    ) -> Any:
+        limit = timeout_name or f"{timeout_s * 1000:.0f} ms"
+        if self._in_flight >= self.settings.max_in_flight:
+            raise self._reject(
+                "queue_full",
+                Overloaded(
+                    f"deployment '{self.name}' has {self._in_flight} requests in flight, its limit "
+                    f"(2 x max_concurrent_requests_per_instance x instance_count) is "
+                    f"{self.settings.max_in_flight}",
+                    self._retry_after_s(),
+                ),
+            )
+        if timeout_s <= self._recent_batch_s:
+            raise self._reject(
+                "deadline",
+                InferenceTimeout(
+                    f"the request's deadline ({limit}) is shorter than recent inference takes "
+                    f"({self._recent_batch_s * 1000:.1f} ms); rejected without running"
+                ),
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        job = _Job(
+            inputs,
+            raw,
+            output_names,
+            rows,
+            key,
+            (priority if priority > 0 else DEFAULT_PRIORITY, next(self._sequence)),
+            now,
+            now + timeout_s,
+            loop.create_future(),
+            loop.create_future(),
+            timing,
+        )
+        job.started.add_done_callback(_ignore_unretrieved)
+        job.done.add_done_callback(_ignore_unretrieved)
+        bisect.insort(self._pending, (job.order, job), key=lambda item: item[0])
+        self._in_flight += 1
+        self._ensure_dispatcher()
+        self._wake.set()
+        try:
+            queue_limit_s = min(self.settings.max_queue_wait_s, timeout_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(job.started), queue_limit_s)
+            except TimeoutError:
+                if job.started.done():
+                    raise  # pragma: no cover - resolved at the same instant
+                self._withdraw(job)
+                if queue_limit_s < timeout_s:
+                    raise self._reject(
+                        "queue_wait",
+                        Overloaded(
+                            f"request waited longer than max_queue_wait_ms="
+                            f"{round(self.settings.max_queue_wait_s * 1000)} in deployment "
+                            f"'{self.name}'s queue",
+                            self._retry_after_s(),
+                        ),
+                    ) from None
+                raise self._reject(
+                    "deadline",
+                    InferenceTimeout(
+                        f"the request's deadline ({limit}) passed while it was queued"
+                    ),
+                ) from None
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(job.done), job.deadline - time.monotonic()
+                )
+            except TimeoutError:
+                raise self._reject(
+                    "deadline",
+                    InferenceTimeout(
+                        f"inference did not finish within the request's deadline ({limit})"
+                    ),
+                ) from None
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            raise
+        finally:
+            self._in_flight -= 1
+
+    def _withdraw(self, job: _Job) -> None:
+        if not job.started.done():
+            job.cancelled = True
+            index = bisect.bisect_left(self._pending, job.order, key=lambda item: item[0])
+            if index < len(self._pending) and self._pending[index][1] is job:
+                del self._pending[index]
+
+    # -- dispatching -----------------------------------------------------------
+    def _ensure_dispatcher(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._free and self._pending:
+                batch = self._take_batch()
+                if batch is None:
+                    break
+                slot = self._free.pop()
+                task = asyncio.get_running_loop().create_task(self._run(slot, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    def _take_batch(self) -> list[_Job] | None:
+        """The next jobs to run together, or None to wait for the batch to fill."""
+        now = time.monotonic()
+        while self._pending:
+            head = self._pending[0][1]
+            if now + self._recent_batch_s > head.deadline:
+                del self._pending[0]
+                head.fail(
+                    self._reject(
+                        "deadline",
+                        InferenceTimeout(
+                            "the request can no longer finish before its deadline; rejected without running"
+                        ),
+                    )
+                )
+                continue
+            break
+        else:
+            return None
+        batching = self.settings.batching
+        if head.key is None or batching is None:
+            del self._pending[0]
+            return [head]
+        chosen, rows = [0], head.rows
+        for index in range(1, len(self._pending)):
+            job = self._pending[index][1]
+            if job.key == head.key and rows + job.rows <= batching.max_batch_size:
+                chosen.append(index)
+                rows += job.rows
+                if rows == batching.max_batch_size:
+                    break
+        oldest = min(self._pending[i][1].enqueued for i in chosen)
+        fill_by = oldest + batching.max_batch_delay_s
+        if rows < batching.max_batch_size and now < fill_by:
+            # Wait for more requests, at most until the oldest chosen one's delay ends.
+            if self._timer is None or self._timer.when() > fill_by:
+                if self._timer is not None:
+                    self._timer.cancel()
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_at(loop.time() + (fill_by - now), self._fire_timer)
+            return None
+        jobs = [self._pending[i][1] for i in chosen]
+        for i in reversed(chosen):
+            del self._pending[i]
+        return jobs
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _run(self, slot: int, jobs: list[_Job]) -> None:
+        started = time.monotonic()
+        for job in jobs:
+            job.started.set_result(None)
+            job.timing.queue_s = started - job.enqueued
+        try:
+            if len(jobs) == 1:
+                await self._run_one(slot, jobs[0])
+            else:
+                await self._run_batch(slot, jobs)
+        finally:
+            elapsed = time.monotonic() - started
+            for job in jobs:
+                job.timing.inference_s = elapsed
+            self._recent_batch_s = (
+                elapsed
+                if not self._recent_batch_s
+                else (0.8 * self._recent_batch_s + 0.2 * elapsed)
+            )
+            if self._observer is not None:
+                self._observer.batch(len(jobs), sum(j.rows for j in jobs), elapsed)
+            self._free.append(slot)
+            self._wake.set()
+
+    async def _run_one(self, slot: int, job: _Job) -> None:
+        try:
+            if job.raw is not None:
+                result: Any = await self.host.run_raw(slot, job.raw)
+            else:
+                assert job.inputs is not None
+                result = await self.host.run(slot, job.inputs, job.output_names)
+        except Exception as exc:
+            job.fail(exc)
+        else:
+            if not job.done.done():
+                job.done.set_result(result)
+
+    async def _run_batch(self, slot: int, jobs: list[_Job]) -> None:
+        head = jobs[0]
+        assert head.inputs is not None
+        merged = {
+            name: np.concatenate([j.inputs[name] for j in jobs if j.inputs is not None])
+            for name in head.inputs
+        }
+        total = sum(j.rows for j in jobs)
+        try:
+            outputs = await self.host.run(slot, merged, head.output_names)
+            splittable = all(a.ndim and a.shape[0] == total for a in outputs.values())
+        except InferenceFailed:
+            splittable = False
+            outputs = {}
+        if not splittable:
+            # One bad request (or an output without a batch axis): run each on its own.
+            for job in jobs:
+                await self._run_one(slot, job)
+            return
+        offset = 0
+        for job in jobs:
+            part = {name: array[offset : offset + job.rows] for name, array in outputs.items()}
+            offset += job.rows
+            if not job.done.done():
+                job.done.set_result(part)
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or running (True) or `timeout_s` passed (False)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._in_flight or self._running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not (self._in_flight or self._running)
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        for _, job in self._pending:
+            job.fail(InferenceFailed(f"deployment '{self.name}' is shutting down"))
+        self._pending.clear()
+        await self.host.close()
