@@ -103,7 +103,9 @@ class DeploymentHosts:
             from runtimes.workers import ProcessHost
 
             workers = settings.instance_count * settings.max_concurrent_requests_per_instance
-            host = await ProcessHost.start(name, runtime, config, workers)
+            # A worker silent for longer than a request may last is hung: replace it.
+            hang_timeout_s = resolved["request_settings"]["request_timeout_ms"] / 1000 + 1.0
+            host = await ProcessHost.start(name, runtime, config, workers, hang_timeout_s)
         else:
             calls = 1 if settings.batching else settings.max_concurrent_requests_per_instance
             host = await run_in_threadpool(

@@ -63,12 +63,13 @@ def _flag(request: Request, name: str) -> bool:
 
 
 # -- models ---------------------------------------------------------------------
-async def _upload(request: Request, state: GatewayState) -> Path:
-    """Stream the body into a temporary file under the store's home."""
+async def _upload(request: Request, state: GatewayState, suffix: str = "") -> Path:
+    """Stream the body into a temporary file under the store's home (named with
+    `suffix`, which runtimes use to tell file formats apart)."""
     limit = state.settings.max_model_bytes
     incoming = state.settings.home / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=incoming)
+    fd, name = tempfile.mkstemp(dir=incoming, suffix=suffix)
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
@@ -95,7 +96,7 @@ async def register_model(request: Request, state: GatewayState) -> Response:
         raise SpecError(
             f"query parameter 'version': must be a positive integer, got '{raw_version}'"
         )
-    upload = await _upload(request, state)
+    upload = await _upload(request, state, Path(filename).suffix)
     try:
         async with state.hosts.lock:
             record = await run_in_threadpool(
@@ -244,13 +245,13 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     actor, all_traffic = _actor(request), _flag(request, "all_traffic")
     async with state.hosts.lock:
         resolved = await run_in_threadpool(state.control.resolve_deployment, spec, actor)
-        pool = await state.hosts.load(resolved)
+        scheduler = await state.hosts.load(resolved)
         try:
             await run_in_threadpool(state.control.put_deployment, resolved, actor, all_traffic)
         except BaseException:
-            pool.close()
+            await scheduler.close()
             raise
-        state.hosts.adopt(resolved, pool)
+        state.hosts.adopt(resolved, scheduler)
         await state.hosts.sync()
     return _json(resolved, 201)
 

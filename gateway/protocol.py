@@ -7,7 +7,6 @@ Every decoding error is `MalformedRequest` or `InvalidInput`, naming the field.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +17,16 @@ import orjson
 
 from gateway.errors import MalformedRequest, PayloadTooLarge
 from runtimes.errors import InvalidInput
-from runtimes.types import DATATYPE_TO_NUMPY, Signature, datatype_of
+from runtimes.tensor_codec import (
+    array_from_binary,
+    array_from_json,
+    json_data,
+    reshape,
+    tensor_bytes,
+)
+from runtimes.types import Signature, datatype_of
 
 HEADER_LENGTH = "inference-header-content-length"
-_LENGTH_PREFIX = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -85,93 +90,6 @@ def _json(body: bytes, what: str) -> Any:
 
 
 # -- tensors -----------------------------------------------------------------
-def _numpy_dtype(name: str, datatype: Any) -> np.dtype[Any]:
-    if datatype == "BF16":
-        raise InvalidInput(f"input '{name}': datatype BF16 is not supported; send FP32 or FP16")
-    try:
-        return DATATYPE_TO_NUMPY[datatype]
-    except (KeyError, TypeError):
-        raise InvalidInput(
-            f"input '{name}': unknown datatype {datatype!r}; allowed: "
-            f"{', '.join(DATATYPE_TO_NUMPY)}"
-        ) from None
-
-
-def array_from_json(name: str, data: Any, datatype: str) -> np.ndarray:
-    """A JSON value (nested or flat list, or a scalar) as an array of `datatype`."""
-    dtype = _numpy_dtype(name, datatype)
-    if datatype == "BYTES":
-        try:
-            raw = np.asarray(data, dtype=object)
-        except ValueError as exc:
-            raise InvalidInput(f"input '{name}': data is not a regular array: {exc}") from None
-        encode = np.vectorize(
-            lambda v: v.encode("utf-8") if isinstance(v, str) else _not_text(name, v),
-            otypes=[object],
-        )
-        return encode(raw) if raw.size else raw
-    try:
-        array = np.asarray(data)
-    except ValueError as exc:
-        raise InvalidInput(f"input '{name}': data is not a regular array: {exc}") from None
-    kind = array.dtype.kind
-    if kind in ("U", "S", "O"):
-        raise InvalidInput(f"input '{name}': expected numbers for datatype {datatype}")
-    if dtype.kind in ("i", "u") and kind == "f":
-        raise InvalidInput(f"input '{name}': expected integers for datatype {datatype}")
-    if dtype.kind == "b" and kind != "b":
-        raise InvalidInput(f"input '{name}': expected true/false for datatype BOOL")
-    return array.astype(dtype, copy=False)
-
-
-def _not_text(name: str, value: Any) -> bytes:
-    raise InvalidInput(
-        f"input '{name}': BYTES elements must be strings, got {type(value).__name__}"
-    )
-
-
-def _reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    if list(shape) == [-1]:
-        return array
-    expected = int(np.prod(shape)) if shape else 1
-    if array.size != expected:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {expected} elements, data has {array.size}"
-        )
-    return array.reshape(shape)
-
-
-def _bytes_elements(name: str, raw: memoryview) -> np.ndarray:
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input '{name}': truncated BYTES length prefix")
-        (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidInput(f"input '{name}': BYTES element runs past its binary data")
-        items.append(bytes(raw[offset : offset + length]))
-        offset += length
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
-def array_from_binary(
-    name: str, raw: memoryview, datatype: str, shape: Sequence[int]
-) -> np.ndarray:
-    """Binary tensor data (little-endian, row-major) as an array; no per-element copies."""
-    dtype = _numpy_dtype(name, datatype)
-    if datatype == "BYTES":
-        return _reshape(name, _bytes_elements(name, raw), shape)
-    if len(raw) % dtype.itemsize:
-        raise InvalidInput(
-            f"input '{name}': {len(raw)} bytes is not a whole number of {datatype} elements"
-        )
-    return _reshape(name, np.frombuffer(raw, dtype=dtype.newbyteorder("<")), shape)
-
-
 def _shape(name: str, value: Any) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
@@ -236,7 +154,7 @@ def parse_v2_request(body: bytes, header_length: str | None, signature: Signatur
             array = array_from_binary(name, binary[offset : offset + size], datatype, shape)
             offset += size
         elif "data" in item:
-            array = _reshape(name, array_from_json(name, item["data"], datatype), shape)
+            array = reshape(name, array_from_json(name, item["data"], datatype), shape)
         else:
             raise InvalidInput(f"input '{name}': needs 'data' or parameters.binary_data_size")
         request.inputs[name] = array
@@ -288,22 +206,6 @@ def _raw_binary_request(body: bytes, signature: Signature) -> InferRequest:
 
 
 # -- Open Inference Protocol v2 responses -------------------------------------
-def _binary(array: np.ndarray) -> bytes:
-    if array.dtype == object:
-        return b"".join(_LENGTH_PREFIX.pack(len(v)) + v for v in map(_as_bytes, array.ravel()))
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
-
-
-def _json_data(array: np.ndarray) -> Any:
-    if array.dtype == object:
-        return [_as_bytes(v).decode("utf-8", "replace") for v in array.ravel()]
-    return np.ascontiguousarray(array).ravel()
-
-
 def select_outputs(request: InferRequest, signature: Signature) -> list[RequestedOutput]:
     """The outputs to compute and return; raise InvalidInput for an unknown name."""
     if request.outputs is None:
@@ -336,11 +238,11 @@ def encode_v2_response(
             "shape": list(array.shape),
         }
         if output.binary:
-            chunk = _binary(array)
+            chunk = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
-            entry["data"] = _json_data(array)
+            entry["data"] = json_data(array)
         rendered.append(entry)
     doc: dict[str, Any] = {
         "model_name": model_name,

@@ -81,5 +81,8 @@ class ThreadHost:
         for executor in self._executors:
             await loop.run_in_executor(None, executor.shutdown)
         for runtime in self._instances:
+            aclose = getattr(runtime, "aclose", None)
             with contextlib.suppress(Exception):
+                if aclose is not None:
+                    await aclose()
                 runtime.close()

@@ -348,7 +348,8 @@ class Scheduler:
                     self._reject(
                         "deadline",
                         InferenceTimeout(
-                            "the request can no longer finish before its deadline; rejected without running"
+                            "the request can no longer finish before its deadline; "
+                            "rejected without running"
                         ),
                     )
                 )

@@ -75,3 +75,29 @@ def text_model(path: Path) -> Path:
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
     )
     return _save(model, path)
+
+
+def torch_models(folder: Path) -> tuple[Path, Path]:
+    """The same small MLP as TorchScript (`mlp.pt`) and as a torch.export program with a
+    dynamic batch dimension (`mlp.pt2`): `x` FP32 [-1, 4] -> two outputs."""
+    import torch
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            generator = torch.Generator().manual_seed(0)
+            self.w = torch.nn.Parameter(torch.randn(4, 3, generator=generator))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = x @ self.w
+            return torch.softmax(logits, -1), logits.argmax(-1)
+
+    model = Mlp().eval()
+    example = torch.zeros(2, 4)
+    script = folder / "mlp.pt"
+    torch.jit.save(torch.jit.trace(model, example), str(script))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    exported = folder / "mlp.pt2"
+    torch.export.save(program, str(exported))
+    return script, exported

@@ -13,7 +13,8 @@ import pytest
 from gateway import protocol
 from gateway.errors import MalformedRequest, PayloadTooLarge
 from runtimes.errors import InvalidInput
-from runtimes.types import Signature, TensorSpec
+from runtimes.tensor_codec import tensor_bytes
+from runtimes.types import DATATYPE_TO_NUMPY, Signature, TensorSpec
 
 SIG = Signature((TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 2)),))
 
@@ -23,7 +24,7 @@ def _binary_request(
 ) -> tuple[bytes, str]:
     inputs, chunks = [], []
     for name, (datatype, array) in arrays.items():
-        chunk = protocol._binary(array)
+        chunk = tensor_bytes(array)
         inputs.append(
             {
                 "name": name,
@@ -38,7 +39,7 @@ def _binary_request(
 
 
 def test_binary_round_trip_all_numeric_datatypes() -> None:
-    for datatype, dtype in protocol.DATATYPE_TO_NUMPY.items():
+    for datatype, dtype in DATATYPE_TO_NUMPY.items():
         if datatype == "BYTES":
             continue
         array = (np.arange(6) % 2 == 0) if datatype == "BOOL" else np.arange(6).astype(dtype)
@@ -50,7 +51,7 @@ def test_binary_round_trip_all_numeric_datatypes() -> None:
 
 def test_bytes_binary_layout_is_length_prefixed() -> None:
     array = np.array([b"ab", b"", "\u00e9".encode()], dtype=object)
-    encoded = protocol._binary(array)
+    encoded = tensor_bytes(array)
     assert (
         encoded
         == struct.pack("<I", 2)

@@ -92,3 +92,45 @@ def test_cuda_provider_runs_the_model(model_dir: Path) -> None:
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+HAS_TENSORRT = "TensorrtExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
+def test_cuda_io_binding_and_batches_match_cpu(model_dir: Path) -> None:
+    bound = OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx", device="cuda:0"))
+    plain = OnnxRuntime(
+        RuntimeConfig(model_dir / "classifier.onnx", device="cuda:0", options={"io_binding": False})
+    )
+    cpu = OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx"))
+    for rows in (1, 7, 256):
+        x = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
+        want = cpu.infer({"input": x})
+        for runtime in (bound, plain):
+            got = runtime.infer({"input": x})
+            np.testing.assert_allclose(
+                got["probabilities"], want["probabilities"], rtol=1e-4, atol=1e-6
+            )
+            np.testing.assert_array_equal(got["label"], want["label"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TENSORRT, reason="needs onnxruntime-gpu with TensorRT and a GPU")
+def test_tensorrt_provider(model_dir: Path) -> None:
+    runtime = OnnxRuntime(
+        RuntimeConfig(model_dir / "classifier.onnx", device="cuda", options={"tensorrt": True})
+    )
+    assert runtime.providers[0] == "TensorrtExecutionProvider"
+    x = np.ones((3, 4), np.float32)
+    assert runtime.infer({"input": x})["probabilities"].shape == (3, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or HAS_TENSORRT, reason="needs a CUDA host without TensorRT")
+def test_tensorrt_requested_but_absent_is_a_clear_error(model_dir: Path) -> None:
+    with pytest.raises(DeviceUnavailable, match="TensorrtExecutionProvider"):
+        OnnxRuntime(
+            RuntimeConfig(model_dir / "classifier.onnx", device="cuda", options={"tensorrt": True})
+        )

@@ -1,0 +1,155 @@
+"""A remote Open Inference Protocol v2 server as a runtime (`runtime: remote`,
+`url: http://host:port/v2/models/NAME[/versions/V]`): Triton, KServe, MLServer
+or another servegate, fronted by this gateway.
+
+One pooled HTTP client per instance, awaited on the event loop. Tensors stay
+binary both ways (binary tensor data extension). `runtime_options`: `headers`
+(e.g. an Authorization header for the remote), `timeout_s` (default 60).
+A 4xx from the remote is the caller's fault (InvalidInput); anything else is
+InferenceFailed (424, as Azure ML answers for a failing model container).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from runtimes.base import RuntimeConfig
+from runtimes.errors import InferenceFailed, InvalidInput, ModelLoadError
+from runtimes.tensor_codec import array_from_binary, array_from_json, reshape, tensor_bytes
+from runtimes.types import Signature, TensorSpec, datatype_of
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def read_signature(path: Path) -> Signature:  # a remote model has no local file
+    return Signature((), ())
+
+
+def _signature(metadata: Mapping[str, Any]) -> Signature:
+    def specs(items: Any) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t["shape"]))
+            for t in items or ()
+        )
+
+    return Signature(specs(metadata.get("inputs")), specs(metadata.get("outputs")))
+
+
+def _encode(
+    inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+) -> tuple[bytes, int]:
+    descriptions, chunks = [], []
+    for name, array in inputs.items():
+        chunk = tensor_bytes(array)
+        descriptions.append(
+            {
+                "name": name,
+                "datatype": datatype_of(array),
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(chunk)},
+            }
+        )
+        chunks.append(chunk)
+    doc: dict[str, Any] = {"inputs": descriptions, "parameters": {"binary_data_output": True}}
+    if output_names:
+        doc["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in output_names]
+    header = orjson.dumps(doc)
+    return header + b"".join(chunks), len(header)
+
+
+def _decode(response: httpx.Response) -> dict[str, np.ndarray]:
+    body = response.content
+    split = int(response.headers.get(HEADER_LENGTH, len(body)))
+    doc = orjson.loads(body[:split])
+    binary = memoryview(body)[split:]
+    offset, results = 0, {}
+    for item in doc.get("outputs", []):
+        name, shape = item["name"], item["shape"]
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            results[name] = array_from_binary(
+                name, binary[offset : offset + size], item["datatype"], shape
+            )
+            offset += size
+        else:
+            results[name] = reshape(
+                name, array_from_json(name, item["data"], item["datatype"]), shape
+            )
+    return results
+
+
+def _failure(response: httpx.Response, url: str) -> Exception:
+    try:
+        message = orjson.loads(response.content).get("error", response.text)
+    except (orjson.JSONDecodeError, AttributeError):
+        message = response.text
+    text = f"remote {url} answered {response.status_code}: {message}"
+    return InvalidInput(text) if 400 <= response.status_code < 500 else InferenceFailed(text)
+
+
+class RemoteRuntime:
+    def __init__(self, config: RuntimeConfig) -> None:
+        if not config.url:
+            raise ModelLoadError("runtime 'remote' needs a url")
+        self._url = config.url.rstrip("/")
+        options = dict(config.options)
+        headers = {str(k): str(v) for k, v in dict(options.get("headers") or {}).items()}
+        timeout = httpx.Timeout(float(options.get("timeout_s", 60.0)))
+        limits = httpx.Limits(max_keepalive_connections=64, max_connections=256)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+        self._sync = httpx.Client(headers=headers, timeout=timeout)
+        try:
+            response = self._sync.get(self._url)
+        except httpx.HTTPError as exc:
+            raise ModelLoadError(f"remote model {self._url} is unreachable: {exc}") from exc
+        if response.status_code != 200:
+            raise ModelLoadError(f"remote model {self._url}: {_failure(response, self._url)}")
+        self._signature = config.signature or _signature(response.json())
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    async def infer_async(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        body, split = _encode(inputs, output_names)
+        try:
+            response = await self._client.post(
+                f"{self._url}/infer", content=body, headers={HEADER_LENGTH: str(split)}
+            )
+        except httpx.HTTPError as exc:
+            raise InferenceFailed(
+                f"remote {self._url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            raise _failure(response, self._url)
+        return _decode(response)
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        body, split = _encode(inputs, output_names)
+        try:
+            response = self._sync.post(
+                f"{self._url}/infer", content=body, headers={HEADER_LENGTH: str(split)}
+            )
+        except httpx.HTTPError as exc:
+            raise InferenceFailed(
+                f"remote {self._url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            raise _failure(response, self._url)
+        return _decode(response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def close(self) -> None:
+        self._sync.close()

@@ -1,0 +1,333 @@
+"""Instances in worker processes (`host: process`): isolation for scoring
+scripts and for runtimes that hold the GIL.
+
+Each worker is a fresh interpreter (multiprocessing "spawn") that loads one
+runtime instance. Tensors travel through two shared-memory segments per
+worker (inputs, outputs), so large arrays are copied once into shared memory
+and never pickled; only their names, dtypes, shapes and offsets go through the
+worker's pipe. BYTES tensors and raw bodies go through the pipe.
+
+A worker that dies (or hangs past its deadline, and is killed) fails the call
+it was serving with `InstanceFailed` (503) and is replaced in the background;
+the other workers keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from runtimes import errors
+from runtimes.base import RuntimeConfig
+from runtimes.errors import InstanceFailed, ModelLoadError
+from runtimes.types import Signature
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 * 1024 * 1024
+_CONTEXT = multiprocessing.get_context("spawn")
+#: Exceptions a worker may report back by name; anything else is InferenceFailed.
+_KNOWN = {
+    cls.__name__: cls
+    for cls in (
+        errors.InvalidInput,
+        errors.InferenceFailed,
+        errors.ModelLoadError,
+        errors.DeviceUnavailable,
+        errors.MissingExtra,
+    )
+}
+
+# A tensor in a message: (name, dtype, shape, offset, nbytes) in shared memory,
+# or (name, None, array, 0, 0) when it travels pickled (BYTES).
+Wire = tuple[str, str | None, Any, int, int]
+
+
+def _pack(arrays: Mapping[str, np.ndarray], segment: SharedMemory) -> list[Wire] | None:
+    """Copy arrays into `segment`; None if they do not fit."""
+    wire: list[Wire] = []
+    offset = 0
+    for name, array in arrays.items():
+        if array.dtype == object:
+            wire.append((name, None, array, 0, 0))
+            continue
+        data = np.ascontiguousarray(array)
+        if offset + data.nbytes > segment.size:
+            return None
+        np.ndarray(data.shape, data.dtype, segment.buf, offset)[...] = data
+        wire.append((name, data.dtype.str, data.shape, offset, data.nbytes))
+        offset += (data.nbytes + 63) // 64 * 64  # keep each tensor 64-byte aligned
+    return wire
+
+
+def _unpack(wire: list[Wire], segment: SharedMemory | None, copy: bool) -> dict[str, np.ndarray]:
+    out = {}
+    for name, dtype, shape, offset, _ in wire:
+        if dtype is None:
+            out[name] = shape
+        else:
+            assert segment is not None
+            view = np.ndarray(shape, np.dtype(dtype), segment.buf, offset)
+            out[name] = view.copy() if copy else view
+    return out
+
+
+def _error_reply(exc: BaseException) -> tuple[str, str, str]:
+    return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
+
+
+def _attach(name: str) -> SharedMemory:
+    # Spawned workers share the parent's resource tracker, so attaching here adds
+    # nothing to clean up: the parent unlinks every segment it created.
+    return SharedMemory(name)
+
+
+def worker_main(
+    conn: Connection, runtime_name: str, config: RuntimeConfig, inputs_name: str, outputs_name: str
+) -> None:
+    """A worker process: load the runtime, then serve requests until the pipe closes."""
+    os.environ.update(config.environment)
+    from runtimes.registry import load_runtime
+
+    try:
+        runtime = load_runtime(runtime_name, config)
+    except BaseException as exc:  # report any load failure, then exit
+        conn.send(_error_reply(exc if isinstance(exc, Exception) else ModelLoadError(repr(exc))))
+        return
+    conn.send(("ready", runtime.signature.to_dict()))
+    segments = {inputs_name: _attach(inputs_name)}
+    out_segment = _attach(outputs_name)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if message[0] == "raw":
+                conn.send(("ok", runtime.score(message[1])))  # type: ignore[attr-defined]
+                continue
+            _, segment_name, wire, output_names = message
+            if segment_name not in segments:  # the parent grew the input segment
+                for old in segments.values():
+                    old.close()
+                segments = {segment_name: _attach(segment_name)}
+            inputs = _unpack(wire, segments[segment_name], copy=False)
+            results = runtime.infer(inputs, output_names)
+            packed = _pack(results, out_segment)
+            # Outputs too large for the segment travel pickled instead.
+            conn.send(("ok", packed) if packed is not None else ("pickled", results))
+        except Exception as exc:
+            log.debug("worker error: %s", traceback.format_exc())
+            conn.send(_error_reply(exc))
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any = None
+    conn: Connection | None = None
+    inputs: SharedMemory | None = None
+    outputs: SharedMemory | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="sg-worker-io")
+    )
+
+
+class ProcessHost:
+    """`InstanceHost` over worker processes, one call at a time per worker."""
+
+    def __init__(
+        self, name: str, runtime_name: str, config: RuntimeConfig, count: int, hang_timeout_s: float
+    ) -> None:
+        self.name = name
+        self._runtime_name = runtime_name
+        self._config = config
+        self._hang_timeout_s = hang_timeout_s
+        self._workers = [_Worker(i) for i in range(count)]
+        self._signature: Signature | None = None
+        self._closed = False
+        self._restarts: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def start(
+        cls,
+        name: str,
+        runtime_name: str,
+        config: RuntimeConfig,
+        count: int,
+        hang_timeout_s: float = 60.0,
+    ) -> ProcessHost:
+        """Start `count` workers and wait until each has loaded its instance."""
+        host = cls(name, runtime_name, config, count, hang_timeout_s)
+        try:
+            await asyncio.gather(*(host._spawn(w) for w in host._workers))
+        except BaseException:
+            await host.close()
+            raise
+        return host
+
+    @property
+    def signature(self) -> Signature:
+        assert self._signature is not None
+        return self._signature
+
+    @property
+    def slots(self) -> Sequence[int]:
+        return list(range(len(self._workers)))
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process is not None]
+
+    async def _spawn(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        worker.ready.clear()
+        worker.inputs = SharedMemory(create=True, size=SEGMENT_BYTES)
+        worker.outputs = SharedMemory(create=True, size=SEGMENT_BYTES)
+        parent, child = _CONTEXT.Pipe()
+        worker.conn = parent
+        worker.process = _CONTEXT.Process(
+            target=worker_main,
+            args=(child, self._runtime_name, self._config, worker.inputs.name, worker.outputs.name),
+            name=f"servegate-{self.name}-{worker.index}",
+            daemon=True,
+        )
+        await loop.run_in_executor(worker.thread, worker.process.start)
+        child.close()
+        reply = await self._receive(worker, timeout_s=600.0)
+        if reply[0] != "ready":
+            raise _exception(reply, self.name)
+        self._signature = Signature.from_dict(reply[1])
+        worker.ready.set()
+
+    async def _receive(self, worker: _Worker, timeout_s: float) -> Any:
+        assert worker.conn is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(worker.thread, worker.conn.recv), timeout_s
+            )
+        except (EOFError, OSError):
+            process = worker.process
+            if process is not None:  # reap it, so its exit code is known
+                await loop.run_in_executor(None, process.join, 1.0)
+            raise InstanceFailed(
+                f"worker process {worker.index} of deployment '{self.name}' exited "
+                f"(exit code {process.exitcode if process else None}); it is being replaced"
+            ) from None
+        except TimeoutError:
+            raise InstanceFailed(
+                f"worker process {worker.index} of deployment '{self.name}' did not answer "
+                f"within {timeout_s:.0f} s; it was killed and is being replaced"
+            ) from None
+
+    async def _call(self, instance: int, message: tuple[Any, ...]) -> Any:
+        worker = self._workers[instance]
+        await worker.ready.wait()
+        if self._closed:
+            raise InstanceFailed(f"deployment '{self.name}' is shutting down")
+        assert worker.conn is not None
+        try:
+            worker.conn.send(message)
+            reply = await self._receive(worker, self._hang_timeout_s)
+        except (InstanceFailed, BrokenPipeError, OSError) as exc:
+            self._replace(worker)
+            if isinstance(exc, InstanceFailed):
+                raise
+            raise InstanceFailed(
+                f"worker process {worker.index} of deployment '{self.name}' is gone; "
+                "it is being replaced"
+            ) from None
+        if reply[0] == "error":
+            raise _exception(reply, self.name)
+        return reply
+
+    async def run(
+        self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        worker = self._workers[instance]
+        await worker.ready.wait()
+        assert worker.inputs is not None
+        wire = _pack(inputs, worker.inputs)
+        if wire is None:
+            # Grow the input segment to fit; the worker attaches the new one by name.
+            needed = sum(a.nbytes + 64 for a in inputs.values())
+            old = worker.inputs
+            worker.inputs = SharedMemory(create=True, size=max(needed, 2 * old.size))
+            old.close()
+            old.unlink()
+            wire = _pack(inputs, worker.inputs)
+            assert wire is not None
+        reply = await self._call(
+            instance,
+            ("infer", worker.inputs.name, wire, tuple(output_names) if output_names else None),
+        )
+        if reply[0] == "pickled":
+            return dict(reply[1])
+        return _unpack(reply[1], worker.outputs, copy=True)
+
+    async def run_raw(self, instance: int, body: bytes) -> bytes:
+        reply = await self._call(instance, ("raw", body))
+        result: bytes = reply[1]
+        return result
+
+    def _replace(self, worker: _Worker) -> None:
+        if self._closed:
+            return
+        worker.ready.clear()
+
+        async def restart() -> None:
+            self._stop(worker)
+            try:
+                await self._spawn(worker)
+                log.warning("replaced worker %d of deployment %s", worker.index, self.name)
+            except Exception:
+                log.exception("could not replace worker %d of %s", worker.index, self.name)
+
+        task = asyncio.get_running_loop().create_task(restart())
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    @staticmethod
+    def _stop(worker: _Worker) -> None:
+        if worker.process is not None and worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
+        if worker.conn is not None:
+            worker.conn.close()
+        for segment in (worker.inputs, worker.outputs):
+            if segment is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    segment.close()
+                    segment.unlink()
+        worker.inputs = worker.outputs = None
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._restarts):
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        for worker in self._workers:
+            await loop.run_in_executor(None, self._stop, worker)
+            worker.thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _exception(reply: tuple[Any, ...], name: str) -> Exception:
+    kind, message = reply[1], reply[2]
+    cls = _KNOWN.get(kind, errors.InferenceFailed)
+    if cls is errors.InferenceFailed and kind != "InferenceFailed":
+        message = f"{kind}: {message}"
+    return cls(message)
