@@ -115,7 +115,7 @@ class DeploymentHosts:
                 calls,
                 lambda: load_runtime(runtime, config),
             )
-        observer = self.metrics.observer(resolved["endpoint_name"], resolved["name"])
+        observer = self.metrics.for_deployment(resolved["endpoint_name"], resolved["name"])
         return Scheduler(name, host, settings, observer)
 
     def adopt(self, resolved: dict[str, Any], scheduler: Scheduler) -> None:
@@ -162,6 +162,7 @@ class DeploymentHosts:
                     routes[deployment] = DeploymentRoute(
                         endpoint=endpoint,
                         name=deployment,
+                        metrics=self.metrics.for_deployment(endpoint, deployment),
                         scheduler=self._schedulers[(endpoint, deployment)][1],
                         model_name=model.get("name", ""),
                         model_version=model.get("version", 0),

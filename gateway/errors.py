@@ -94,13 +94,18 @@ def status_of(exc: Exception) -> tuple[int, str] | None:
     return None
 
 
-def error_response(exc: Exception, headers: dict[str, str] | None = None) -> Response:
-    """The JSON error answer for `exc`; unexpected errors are logged, not revealed."""
+def error_body(exc: Exception) -> tuple[int, bytes]:
+    """Status and JSON body for `exc`; unexpected errors are logged, not revealed."""
     mapped = status_of(exc)
     if mapped is None:
         log.exception("unexpected error", exc_info=exc)
         status, code, message = 500, "internal_error", "internal server error"
     else:
         (status, code), message = mapped, str(exc)
-    body = orjson.dumps({"error": message, "code": code})
+    return status, orjson.dumps({"error": message, "code": code})
+
+
+def error_response(exc: Exception, headers: dict[str, str] | None = None) -> Response:
+    """The JSON error answer for `exc` as a starlette Response."""
+    status, body = error_body(exc)
     return Response(body, status, headers=headers, media_type="application/json")

@@ -4,7 +4,7 @@ apps in one process, as in tests, do not collide)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -64,20 +64,37 @@ class _SchedulerGauges(Collector):
         yield queued
 
 
-@dataclass
-class DeploymentObserver:
-    """What a scheduler reports, bound to its deployment's labels."""
+class DeploymentMetrics:
+    """One deployment's metric children, looked up once (label lookups take a lock
+    and build keys: too much to repeat several times per request)."""
 
-    metrics: GatewayMetrics
-    endpoint: str
-    deployment: str
+    def __init__(self, metrics: GatewayMetrics, endpoint: str, deployment: str) -> None:
+        labels = (endpoint, deployment)
+        self._metrics = metrics
+        self._labels = labels
+        self.request_duration = metrics.request_duration.labels(*labels)
+        self.queue_duration = metrics.queue_duration.labels(*labels)
+        self.inference_duration = metrics.inference_duration.labels(*labels)
+        self.overhead_duration = metrics.overhead_duration.labels(*labels)
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self._batch_requests = metrics.batch_requests.labels(*labels)
+        self._requests: dict[tuple[str, str], Any] = {}
 
+    def request(self, protocol: str, status: str) -> None:
+        child = self._requests.get((protocol, status))
+        if child is None:
+            child = self._requests[(protocol, status)] = self._metrics.requests.labels(
+                *self._labels, protocol, status
+            )
+        child.inc()
+
+    # SchedulerObserver
     def batch(self, requests: int, rows: int, seconds: float) -> None:
-        self.metrics.batch_size.labels(self.endpoint, self.deployment).observe(rows)
-        self.metrics.batch_requests.labels(self.endpoint, self.deployment).observe(requests)
+        self._batch_size.observe(rows)
+        self._batch_requests.observe(requests)
 
     def rejected(self, reason: str) -> None:
-        self.metrics.rejected.labels(self.endpoint, self.deployment, reason).inc()
+        self._metrics.rejected.labels(*self._labels, reason).inc()
 
 
 class GatewayMetrics:
@@ -85,6 +102,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._deployments: dict[tuple[str, str], DeploymentMetrics] = {}
         labels = ["endpoint", "deployment"]
 
         def histogram(
@@ -129,8 +147,12 @@ class GatewayMetrics:
     def watch(self, schedulers: Callable[[], Iterable[Scheduler]]) -> None:
         self.registry.register(_SchedulerGauges(schedulers))
 
-    def observer(self, endpoint: str, deployment: str) -> DeploymentObserver:
-        return DeploymentObserver(self, endpoint, deployment)
+    def for_deployment(self, endpoint: str, deployment: str) -> DeploymentMetrics:
+        key = (endpoint, deployment)
+        found = self._deployments.get(key)
+        if found is None:
+            found = self._deployments[key] = DeploymentMetrics(self, endpoint, deployment)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

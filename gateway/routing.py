@@ -9,9 +9,13 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from gateway.errors import DeploymentUnavailable, EndpointNotFound
 from runtimes.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from gateway.metrics import DeploymentMetrics
 from runtimes.types import Signature
 
 
@@ -19,6 +23,7 @@ from runtimes.types import Signature
 class DeploymentRoute:
     endpoint: str
     name: str
+    metrics: DeploymentMetrics
     scheduler: Scheduler
     model_name: str
     model_version: int

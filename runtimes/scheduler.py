@@ -84,10 +84,12 @@ class SchedulerObserver(Protocol):
 
 @dataclass
 class Timing:
-    """Where one request's time went inside the scheduler (seconds)."""
+    """Where one request's time went inside the scheduler (seconds). `ran` tells
+    whether the request reached an instance at all."""
 
     queue_s: float = 0.0
     inference_s: float = 0.0
+    ran: bool = False
 
 
 @dataclass(eq=False)
@@ -98,23 +100,27 @@ class _Job:
     rows: int
     key: tuple[Any, ...] | None  # batching compatibility; None = never batched
     order: tuple[int, int]  # (priority, sequence)
-    enqueued: float
-    deadline: float
-    started: asyncio.Future[None]
+    enqueued: float  # loop time (timers, batching delay; millisecond-coarse on uvloop)
+    deadline: float  # loop time
+    arrived: float  # perf_counter (measured durations)
     done: asyncio.Future[Any]
     timing: Timing
-    cancelled: bool = False
+    limit: str  # names the deadline in messages
+    started: bool = False
+    timer: asyncio.TimerHandle | None = None
 
     def fail(self, exc: BaseException) -> None:
-        for future in (self.started, self.done):
-            if not future.done():
-                future.set_exception(exc)
+        if not self.done.done():
+            self.done.set_exception(exc)
 
 
-def _ignore_unretrieved(future: asyncio.Future[Any]) -> None:
-    # A caller that timed out no longer reads its result; do not log it as lost.
+def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _order(item: tuple[tuple[int, int], _Job]) -> tuple[int, int]:
+    return item[0]
 
 
 def _batch_key(
@@ -144,6 +150,7 @@ class Scheduler:
         self._free = list(host.slots)
         self._slot_count = len(self._free)
         self._in_flight = 0
+        self._max_in_flight = settings.max_in_flight
         self._sequence = itertools.count()
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -232,13 +239,13 @@ class Scheduler:
         timeout_name: str,
     ) -> Any:
         limit = timeout_name or f"{timeout_s * 1000:.0f} ms"
-        if self._in_flight >= self.settings.max_in_flight:
+        if self._in_flight >= self._max_in_flight:
             raise self._reject(
                 "queue_full",
                 Overloaded(
                     f"deployment '{self.name}' has {self._in_flight} requests in flight, its limit "
                     f"(2 x max_concurrent_requests_per_instance x instance_count) is "
-                    f"{self.settings.max_in_flight}",
+                    f"{self._max_in_flight}",
                     self._retry_after_s(),
                 ),
             )
@@ -251,7 +258,7 @@ class Scheduler:
                 ),
             )
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        now = loop.time()
         job = _Job(
             inputs,
             raw,
@@ -261,61 +268,71 @@ class Scheduler:
             (priority if priority > 0 else DEFAULT_PRIORITY, next(self._sequence)),
             now,
             now + timeout_s,
-            loop.create_future(),
+            time.perf_counter(),
             loop.create_future(),
             timing,
+            limit,
         )
-        job.started.add_done_callback(_ignore_unretrieved)
-        job.done.add_done_callback(_ignore_unretrieved)
-        bisect.insort(self._pending, (job.order, job), key=lambda item: item[0])
+        # One timer at a time: first the queue limit, then (once running) the deadline.
+        queue_limit_s = min(self.settings.max_queue_wait_s, timeout_s)
+        job.timer = loop.call_at(
+            now + queue_limit_s, self._expire_queued, job, queue_limit_s < timeout_s
+        )
+        bisect.insort(self._pending, (job.order, job), key=_order)
         self._in_flight += 1
         self._ensure_dispatcher()
         self._wake.set()
         try:
-            queue_limit_s = min(self.settings.max_queue_wait_s, timeout_s)
-            try:
-                await asyncio.wait_for(asyncio.shield(job.started), queue_limit_s)
-            except TimeoutError:
-                if job.started.done():
-                    raise  # pragma: no cover - resolved at the same instant
-                self._withdraw(job)
-                if queue_limit_s < timeout_s:
-                    raise self._reject(
-                        "queue_wait",
-                        Overloaded(
-                            f"request waited longer than max_queue_wait_ms="
-                            f"{round(self.settings.max_queue_wait_s * 1000)} in deployment "
-                            f"'{self.name}'s queue",
-                            self._retry_after_s(),
-                        ),
-                    ) from None
-                raise self._reject(
-                    "deadline",
-                    InferenceTimeout(
-                        f"the request's deadline ({limit}) passed while it was queued"
-                    ),
-                ) from None
-            try:
-                return await asyncio.wait_for(
-                    asyncio.shield(job.done), job.deadline - time.monotonic()
-                )
-            except TimeoutError:
-                raise self._reject(
-                    "deadline",
-                    InferenceTimeout(
-                        f"inference did not finish within the request's deadline ({limit})"
-                    ),
-                ) from None
+            return await job.done
         except asyncio.CancelledError:
             self._withdraw(job)
+            # A running job still finishes; nobody will read its outcome.
+            job.done.add_done_callback(_consume)
             raise
         finally:
+            if job.timer is not None:
+                job.timer.cancel()
             self._in_flight -= 1
 
+    def _expire_queued(self, job: _Job, by_queue_wait: bool) -> None:
+        if job.started or job.done.done():
+            return
+        self._withdraw(job)
+        if by_queue_wait:
+            job.fail(
+                self._reject(
+                    "queue_wait",
+                    Overloaded(
+                        f"request waited longer than max_queue_wait_ms="
+                        f"{round(self.settings.max_queue_wait_s * 1000)} in deployment "
+                        f"'{self.name}'s queue",
+                        self._retry_after_s(),
+                    ),
+                )
+            )
+        else:
+            job.fail(
+                self._reject(
+                    "deadline",
+                    InferenceTimeout(
+                        f"the request's deadline ({job.limit}) passed while it was queued"
+                    ),
+                )
+            )
+
+    def _expire_running(self, job: _Job) -> None:
+        job.fail(
+            self._reject(
+                "deadline",
+                InferenceTimeout(
+                    f"inference did not finish within the request's deadline ({job.limit})"
+                ),
+            )
+        )
+
     def _withdraw(self, job: _Job) -> None:
-        if not job.started.done():
-            job.cancelled = True
-            index = bisect.bisect_left(self._pending, job.order, key=lambda item: item[0])
+        if not job.started:
+            index = bisect.bisect_left(self._pending, job.order, key=_order)
             if index < len(self._pending) and self._pending[index][1] is job:
                 del self._pending[index]
 
@@ -339,7 +356,8 @@ class Scheduler:
 
     def _take_batch(self) -> list[_Job] | None:
         """The next jobs to run together, or None to wait for the batch to fill."""
-        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         while self._pending:
             head = self._pending[0][1]
             if now + self._recent_batch_s > head.deadline:
@@ -376,8 +394,7 @@ class Scheduler:
             if self._timer is None or self._timer.when() > fill_by:
                 if self._timer is not None:
                     self._timer.cancel()
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_at(loop.time() + (fill_by - now), self._fire_timer)
+                self._timer = loop.call_at(fill_by, self._fire_timer)
             return None
         jobs = [self._pending[i][1] for i in chosen]
         for i in reversed(chosen):
@@ -389,23 +406,26 @@ class Scheduler:
         self._wake.set()
 
     async def _run(self, slot: int, jobs: list[_Job]) -> None:
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         for job in jobs:
-            job.started.set_result(None)
-            job.timing.queue_s = started - job.enqueued
+            job.started = True
+            job.timing.ran = True
+            job.timing.queue_s = started - job.arrived
+            if job.timer is not None:
+                job.timer.cancel()
+            job.timer = loop.call_at(job.deadline, self._expire_running, job)
         try:
             if len(jobs) == 1:
                 await self._run_one(slot, jobs[0])
             else:
                 await self._run_batch(slot, jobs)
         finally:
-            elapsed = time.monotonic() - started
+            elapsed = time.perf_counter() - started
             for job in jobs:
                 job.timing.inference_s = elapsed
             self._recent_batch_s = (
-                elapsed
-                if not self._recent_batch_s
-                else (0.8 * self._recent_batch_s + 0.2 * elapsed)
+                elapsed if not self._recent_batch_s else 0.8 * self._recent_batch_s + 0.2 * elapsed
             )
             if self._observer is not None:
                 self._observer.batch(len(jobs), sum(j.rows for j in jobs), elapsed)

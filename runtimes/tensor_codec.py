@@ -6,6 +6,7 @@ row-major; BYTES as 4-byte little-endian length + bytes). Errors name the tensor
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -66,7 +67,7 @@ def _not_text(name: str, value: Any) -> bytes:
 def reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     if list(shape) == [-1]:
         return array
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
     if array.size != expected:
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} needs {expected} elements, data has {array.size}"

@@ -173,7 +173,7 @@ def test_openapi_covers_every_route(gateway: Gateway) -> None:
     doc = httpx.get(f"{gateway.url}/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     app = create_app(GatewaySettings(home=Path("/nonexistent")))
-    for route in app.routes:
+    for route in app.app.routes:
         methods = {m.lower() for m in (route.methods or ())} - {"head"}
         for method in methods:
             assert method in doc["paths"].get(route.path, {}), f"{method} {route.path} undocumented"

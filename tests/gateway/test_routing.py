@@ -13,8 +13,8 @@ from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 
 
 def _route(name: str) -> DeploymentRoute:
-    scheduler: Any = object()  # routing never touches the scheduler
-    return DeploymentRoute("ep", name, scheduler, "m", 1, "onnx", 5.0)
+    unused: Any = object()  # routing never touches metrics or the scheduler
+    return DeploymentRoute("ep", name, unused, unused, "m", 1, "onnx", 5.0)
 
 
 def _endpoint(traffic: dict[str, int], unavailable: dict[str, str] | None = None) -> EndpointRoute:
