@@ -400,27 +400,51 @@ def _seconds(text: str) -> float:
 
 @main.command()
 @click.option("--url", "target_url", required=True, help="The URL to send requests to.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Open loop: requests per second (latency from each intended send time).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Closed loop: connections, each with one request in flight.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Open loop: requests per second (latency from each intended send time).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Closed loop: connections, each with one request in flight.",
+)
 @click.option("--duration", default="10s", show_default=True, help="e.g. 30s, 2m.")
-@click.option("--payload", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="The request body, sent as is.")
+@click.option(
+    "--payload",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The request body, sent as is.",
+)
 @click.option("--header", "-H", "headers", multiple=True, help="'Name: value', repeatable.")
-@click.option("--report", type=click.Path(path_type=Path), default=Path("loadtest.json"),
-              show_default=True)
-@click.option("--plot", type=click.Path(path_type=Path), default=Path("loadtest.png"),
-              show_default=True)
-def loadtest(target_url: str, rate: float | None, concurrency: int | None, duration: str,
-             payload: Path, headers: tuple[str, ...], report: Path, plot: Path) -> None:
+@click.option(
+    "--report", type=click.Path(path_type=Path), default=Path("loadtest.json"), show_default=True
+)
+@click.option(
+    "--plot", type=click.Path(path_type=Path), default=Path("loadtest.png"), show_default=True
+)
+def loadtest(
+    target_url: str,
+    rate: float | None,
+    concurrency: int | None,
+    duration: str,
+    payload: Path,
+    headers: tuple[str, ...],
+    report: Path,
+    plot: Path,
+) -> None:
     """Load-test an endpoint; print throughput and p50/p90/p99/p99.9 latency, write a
     JSON report and a PNG plot."""
     from loadtests import generator
     from loadtests import report as reports
 
     if (rate is None) == (concurrency is None):
-        raise click.UsageError("give exactly one of --rate (open loop) or --concurrency (closed loop)")
+        raise click.UsageError(
+            "give exactly one of --rate (open loop) or --concurrency (closed loop)"
+        )
     header_map = {"Content-Type": "application/json"} if payload.suffix == ".json" else {}
     for header in headers:
         name, sep, value = header.partition(":")
@@ -437,8 +461,14 @@ def loadtest(target_url: str, rate: float | None, concurrency: int | None, durat
     results = generator.run(target, seconds, concurrency=concurrency, rate=rate)
     summary = results.summary()
     click.echo(reports.text(summary))
-    settings = {"url": target_url, "mode": "open" if rate else "closed", "rate": rate,
-                "concurrency": concurrency, "duration_s": seconds, "payload": str(payload)}
+    settings = {
+        "url": target_url,
+        "mode": "open" if rate else "closed",
+        "rate": rate,
+        "concurrency": concurrency,
+        "duration_s": seconds,
+        "payload": str(payload),
+    }
     reports.write_json(report, summary, settings)
     reports.plot(plot, results, f"{target_url} — {mode}")
     click.echo(f"wrote {report} and {plot}")

@@ -14,6 +14,7 @@ without any lookup; they expire after `TOKEN_LIFETIME_S`.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -30,7 +31,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_key(key: str) -> str:
+    """SHA-256 of a key. Cached: every scoring request hashes the key it presents,
+    and a client presents the same key again and again."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -114,4 +114,7 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         access_log=False,
+        # The gateway never uses client addresses; X-Forwarded-* parsing cost 1.5%
+        # of a scoring request in the profile.
+        proxy_headers=False,
     )

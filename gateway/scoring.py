@@ -194,7 +194,7 @@ class ScoringEndpoint:
         timing: Timing,
     ) -> None:
         if route is None:
-            state.metrics.requests.labels(endpoint, "", self.protocol_name, str(status)).inc()
+            state.metrics.unrouted_request(endpoint, self.protocol_name, str(status))
             return
         metrics = route.metrics
         metrics.request(self.protocol_name, str(status))

@@ -57,10 +57,16 @@ def wait_ready(url: str, timeout_s: float = 120) -> None:
 
 
 @contextmanager
-def process(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     try:
         yield proc
     finally:
@@ -96,17 +102,35 @@ def raw_runtime(model: bytes, shape: tuple[int, ...], seconds: float) -> dict[st
 
 
 # -- load -------------------------------------------------------------------------------
-def wrk(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float,
-        workdir: Path) -> dict[str, Any]:
+def wrk(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, workdir: Path
+) -> dict[str, Any]:
     body_file = workdir / f"body-{len(body)}.bin"
     body_file.write_bytes(body)
     script = workdir / "post.lua"
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
-    script.write_text(f'wrk.method = "POST"\nlocal f = io.open("{body_file}", "rb")\n'
-                      f"wrk.body = f:read(\"*a\")\nf:close()\n{header_lines}\n")
+    script.write_text(
+        f'wrk.method = "POST"\nlocal f = io.open("{body_file}", "rb")\n'
+        f'wrk.body = f:read("*a")\nf:close()\n{header_lines}\n'
+    )
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-         "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result: dict[str, Any] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}  # type: ignore[index]
     for q, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         result[f"p{q}_ms"] = float(value) * UNITS[unit]
@@ -118,15 +142,35 @@ def wrk(url: str, body: bytes, headers: dict[str, str], connections: int, second
 
 
 def v2_json(name: str, x: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.ravel().tolist()}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
 
 
 def v2_binary(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     raw = x.astype("<f4").tobytes()
-    header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(raw)}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     return header + raw, {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -134,16 +178,28 @@ def v2_binary(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 def deploy(url: str, token: str, mlp_path: Path, cnn_path: Path) -> str:
     admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
     admin.post("/management/endpoints", json={"name": "bench"}).raise_for_status()
-    for name, path, batching in (("mlp", mlp_path, {"max_batch_size": 32}),
-                                 ("cnn", cnn_path, {"max_batch_size": 8})):
+    for name, path, batching in (
+        ("mlp", mlp_path, {"max_batch_size": 32}),
+        ("cnn", cnn_path, {"max_batch_size": 8}),
+    ):
         with path.open("rb") as f:
-            admin.post(f"/management/models/{name}/versions", params={"filename": path.name},
-                       content=f).raise_for_status()
-        admin.post("/management/endpoints/bench/deployments", json={
-            "name": name, "model": f"{name}:1", "batching": batching,
-            "runtime_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1},
-        }).raise_for_status()
-    admin.patch("/management/endpoints/bench", json={"traffic": {"mlp": 100, "cnn": 0}}).raise_for_status()
+            admin.post(
+                f"/management/models/{name}/versions", params={"filename": path.name}, content=f
+            ).raise_for_status()
+        admin.post(
+            "/management/endpoints/bench/deployments",
+            json={
+                "name": name,
+                "model": f"{name}:1",
+                "batching": batching,
+                # 2 x 32 in flight: room for the 32 connections (Azure's rule would 429 the rest).
+                "request_settings": {"max_concurrent_requests_per_instance": 32},
+                "runtime_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1},
+            },
+        ).raise_for_status()
+    admin.patch(
+        "/management/endpoints/bench", json={"traffic": {"mlp": 100, "cnn": 0}}
+    ).raise_for_status()
     key = admin.post("/management/endpoints/bench/listKeys").json()["primaryKey"]
     admin.close()
     return str(key)
@@ -162,8 +218,9 @@ def main() -> None:
     mlp_x = rng.normal(size=(1, 64)).astype(np.float32)
     cnn_x = rng.normal(size=(1, 3, 64, 64)).astype(np.float32)
     d = args.duration
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "server_core": SERVER_CORE,
-                                           "load_core": LOAD_CORE}}
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "server_core": SERVER_CORE, "load_core": LOAD_CORE}
+    }
 
     print("(a) onnxruntime in-process, one core", flush=True)
     results["raw_mlp"] = raw_runtime(mlp_path.read_bytes(), (1, 64), min(d, 5))
@@ -171,8 +228,20 @@ def main() -> None:
 
     print("(b) bare starlette handler", flush=True)
     port = free_port()
-    with process([sys.executable, "-m", "uvicorn", "loadtests.bare_app:app", "--port", str(port),
-                  "--no-access-log", "--log-level", "warning"], work / "bare.log"):
+    with process(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "loadtests.bare_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        work / "bare.log",
+    ):
         base = f"http://127.0.0.1:{port}/v2/models/bare/infer"
         wait_ready(f"http://127.0.0.1:{port}/")
         results["bare_mlp_json"] = wrk(base, v2_json("input", mlp_x), {}, 32, d, work)
@@ -181,44 +250,99 @@ def main() -> None:
     print("(c) servegate", flush=True)
     port = free_port()
     home = work / "home"
-    with process([sys.executable, "-m", "deploy.cli", "--home", str(home), "serve", "--port",
-                  str(port), "--log-level", "warning"], work / "servegate.log"):
+    with process(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "--home",
+            str(home),
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        work / "servegate.log",
+    ):
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/v2/health/ready")
         key = deploy(url, (home / "admin_token").read_text().strip(), mlp_path, cnn_path)
         auth = {"Authorization": f"Bearer {key}"}
-        mlp_url, cnn_url = f"{url}/v2/models/bench/versions/mlp/infer", f"{url}/v2/models/bench/versions/cnn/infer"
+        mlp_url, cnn_url = (
+            f"{url}/v2/models/bench/versions/mlp/infer",
+            f"{url}/v2/models/bench/versions/cnn/infer",
+        )
         results["servegate_mlp_json"] = wrk(mlp_url, v2_json("input", mlp_x), auth, 32, d, work)
-        results["servegate_mlp_json_1conn"] = wrk(mlp_url, v2_json("input", mlp_x), auth, 1, d, work)
+        results["servegate_mlp_json_1conn"] = wrk(
+            mlp_url, v2_json("input", mlp_x), auth, 1, d, work
+        )
         body, extra = v2_binary("image", cnn_x)
         results["servegate_cnn_binary"] = wrk(cnn_url, body, {**auth, **extra}, 32, d, work)
         results["servegate_cnn_json"] = wrk(cnn_url, v2_json("image", cnn_x), auth, 32, d, work)
 
     print("(d) load generators against a trivial server", flush=True)
     port = free_port()
-    with process([sys.executable, "-m", "loadtests.trivial_server", "--port", str(port)], work / "trivial.log"):
+    with process(
+        [sys.executable, "-m", "loadtests.trivial_server", "--port", str(port)],
+        work / "trivial.log",
+    ):
         time.sleep(1)
         results["generator_wrk"] = wrk(f"http://127.0.0.1:{port}/", b"{}", {}, 32, min(d, 5), work)
         payload = work / "p.json"
         payload.write_text("{}")
         out = subprocess.run(
-            ["taskset", "-c", LOAD_CORE, sys.executable, "-m", "deploy.cli", "loadtest", "--url",
-             f"http://127.0.0.1:{port}/", "--concurrency", "32", "--duration", f"{min(d, 5)}s",
-             "--payload", str(payload), "--report", str(work / "gen.json"), "--plot", str(work / "gen.png")],
-            capture_output=True, text=True, check=True)
-        results["generator_servegate_loadtest"] = json.loads((work / "gen.json").read_text())["results"]
+            [
+                "taskset",
+                "-c",
+                LOAD_CORE,
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "loadtest",
+                "--url",
+                f"http://127.0.0.1:{port}/",
+                "--concurrency",
+                "32",
+                "--duration",
+                f"{min(d, 5)}s",
+                "--payload",
+                str(payload),
+                "--report",
+                str(work / "gen.json"),
+                "--plot",
+                str(work / "gen.png"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results["generator_servegate_loadtest"] = json.loads((work / "gen.json").read_text())[
+            "results"
+        ]
         del out
 
     ratios = {
-        "mlp_json_rps_vs_bare (>= 0.8)": results["servegate_mlp_json"]["rps"] / results["bare_mlp_json"]["rps"],
-        "mlp_json_p99_vs_bare_p99 (<= 1.5)": results["servegate_mlp_json"]["p99_ms"] / results["bare_mlp_json"]["p99_ms"],
-        "cnn_binary_vs_raw_images (>= 0.9)": results["servegate_cnn_binary"]["rps"] / results["raw_cnn"]["calls_per_s"],
-        "cnn_json_vs_raw_images (>= 0.6)": results["servegate_cnn_json"]["rps"] / results["raw_cnn"]["calls_per_s"],
-        "mlp_json_p99_over_p50 (<= 3)": results["servegate_mlp_json"]["p99_ms"] / results["servegate_mlp_json"]["p50_ms"],
-        "cnn_binary_p99_over_p50 (<= 3)": results["servegate_cnn_binary"]["p99_ms"] / results["servegate_cnn_binary"]["p50_ms"],
-        "cnn_json_p99_over_p50 (<= 3)": results["servegate_cnn_json"]["p99_ms"] / results["servegate_cnn_json"]["p50_ms"],
-        "mlp_1conn_p50_added_ms (<= 0.3)": results["servegate_mlp_json_1conn"]["p50_ms"] - results["raw_mlp"]["p50_ms"],
-        "servegate_loadtest_vs_wrk_on_trivial_server": results["generator_servegate_loadtest"]["throughput_rps"] / results["generator_wrk"]["rps"],
+        "mlp_json_rps_vs_bare (>= 0.8)": results["servegate_mlp_json"]["rps"]
+        / results["bare_mlp_json"]["rps"],
+        "mlp_json_p99_vs_bare_p99 (<= 1.5)": results["servegate_mlp_json"]["p99_ms"]
+        / results["bare_mlp_json"]["p99_ms"],
+        "cnn_binary_vs_raw_images (>= 0.9)": results["servegate_cnn_binary"]["rps"]
+        / results["raw_cnn"]["calls_per_s"],
+        "cnn_json_vs_raw_images (>= 0.6)": results["servegate_cnn_json"]["rps"]
+        / results["raw_cnn"]["calls_per_s"],
+        "mlp_json_p99_over_p50 (<= 3)": results["servegate_mlp_json"]["p99_ms"]
+        / results["servegate_mlp_json"]["p50_ms"],
+        "cnn_binary_p99_over_p50 (<= 3)": results["servegate_cnn_binary"]["p99_ms"]
+        / results["servegate_cnn_binary"]["p50_ms"],
+        "cnn_json_p99_over_p50 (<= 3)": results["servegate_cnn_json"]["p99_ms"]
+        / results["servegate_cnn_json"]["p50_ms"],
+        "mlp_1conn_p50_added_ms (<= 0.3)": results["servegate_mlp_json_1conn"]["p50_ms"]
+        - results["raw_mlp"]["p50_ms"],
+        "servegate_loadtest_vs_wrk_on_trivial_server": results["generator_servegate_loadtest"][
+            "throughput_rps"
+        ]
+        / results["generator_wrk"]["rps"],
     }
     results["ratios"] = ratios
     args.report.parent.mkdir(parents=True, exist_ok=True)

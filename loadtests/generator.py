@@ -35,8 +35,11 @@ class Target:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--url must be http://host:port/path, got {url!r}")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}",
-                 f"Content-Length: {len(body)}"]
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return cls(parts.hostname, parts.port or 80, head + body)
@@ -58,7 +61,8 @@ class Results:
         ok = int(statuses.get("200", 0))
         percentiles = (
             {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99, 99.9)}
-            if len(latencies) else {}
+            if len(latencies)
+            else {}
         )
         return {
             "requests": len(self.samples),
@@ -68,9 +72,11 @@ class Results:
             "statuses": dict(statuses),
             "errors": dict(self.errors),
             "dropped": self.dropped,
-            "latency_ms": {**percentiles,
-                           "max": float(latencies.max()) if len(latencies) else None,
-                           "mean": float(latencies.mean()) if len(latencies) else None},
+            "latency_ms": {
+                **percentiles,
+                "max": float(latencies.max()) if len(latencies) else None,
+                "mean": float(latencies.mean()) if len(latencies) else None,
+            },
         }
 
 
@@ -145,8 +151,9 @@ async def closed_loop(target: Target, concurrency: int, duration_s: float) -> Re
     return results
 
 
-async def open_loop(target: Target, rate: float, duration_s: float,
-                    max_connections: int = 1024) -> Results:
+async def open_loop(
+    target: Target, rate: float, duration_s: float, max_connections: int = 1024
+) -> Results:
     """Send at `rate` requests/s; latency counts from each request's intended time."""
     results = Results()
     idle: list[_Connection] = []
@@ -200,8 +207,9 @@ async def open_loop(target: Target, rate: float, duration_s: float,
     return results
 
 
-def run(target: Target, duration_s: float, concurrency: int | None = None,
-        rate: float | None = None) -> Results:
+def run(
+    target: Target, duration_s: float, concurrency: int | None = None, rate: float | None = None
+) -> Results:
     """Run one load test (closed loop with `concurrency`, or open loop at `rate`)."""
     runner: Callable[[Coroutine[Any, Any, Results]], Results]
     try:

@@ -19,8 +19,10 @@ def text(summary: dict[str, Any]) -> str:
         f"throughput {summary['throughput_rps']:.1f} req/s over {summary['duration_s']:.1f} s",
     ]
     if latency.get("p50") is not None:
-        lines.append("latency ms " + "  ".join(
-            f"{k} {latency[k]:.3f}" for k in ("p50", "p90", "p99", "p99.9", "max")))
+        lines.append(
+            "latency ms "
+            + "  ".join(f"{k} {latency[k]:.3f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+        )
     return "\n".join(lines)
 
 
@@ -36,7 +38,9 @@ def plot(path: Path, results: Results, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - part of the loadtest/test extras
-        raise RuntimeError("the PNG plot needs matplotlib: pip install 'servegate[loadtest]'") from exc
+        raise RuntimeError(
+            "the PNG plot needs matplotlib: pip install 'servegate[loadtest]'"
+        ) from exc
     samples = np.array(results.samples) if results.samples else np.zeros((0, 3))
     ok = samples[samples[:, 2] == 200] if len(samples) else samples
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
