@@ -25,7 +25,6 @@ import numpy as np
 from runtimes.base import Runtime
 from runtimes.types import Signature
 
-
 INLINE_BELOW_S = 0.0003
 
 
