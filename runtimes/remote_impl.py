@@ -11,7 +11,8 @@ InferenceFailed (424, as Azure ML answers for a failing model container).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,37 +117,43 @@ class RemoteRuntime:
     def signature(self) -> Signature:
         return self._signature
 
-    async def infer_async(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def _post_args(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, Any]:
         body, split = _encode(inputs, output_names)
+        return {
+            "url": f"{self._url}/infer",
+            "content": body,
+            "headers": {HEADER_LENGTH: str(split)},
+        }
+
+    @contextmanager
+    def _transport_errors(self) -> Iterator[None]:
         try:
-            response = await self._client.post(
-                f"{self._url}/infer", content=body, headers={HEADER_LENGTH: str(split)}
-            )
+            yield
         except httpx.HTTPError as exc:
             raise InferenceFailed(
                 f"remote {self._url} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _answer(self, response: httpx.Response) -> dict[str, np.ndarray]:
         if response.status_code != 200:
             raise _failure(response, self._url)
         return _decode(response)
 
+    async def infer_async(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        with self._transport_errors():
+            response = await self._client.post(**self._post_args(inputs, output_names))
+        return self._answer(response)
+
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        body, split = _encode(inputs, output_names)
-        try:
-            response = self._sync.post(
-                f"{self._url}/infer", content=body, headers={HEADER_LENGTH: str(split)}
-            )
-        except httpx.HTTPError as exc:
-            raise InferenceFailed(
-                f"remote {self._url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        if response.status_code != 200:
-            raise _failure(response, self._url)
-        return _decode(response)
+        with self._transport_errors():
+            response = self._sync.post(**self._post_args(inputs, output_names))
+        return self._answer(response)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -84,6 +84,29 @@ model: {{path: {local.name}}}
             "deployment", "create", "-f", str(spec), *(["--all-traffic"] if all_traffic else [])
         )
 
+    def deploy_fake(
+        self,
+        tmp_path: Path,
+        endpoint: str,
+        delay_s: float,
+        request_settings: str,
+        extra_yaml: str = "",
+    ) -> None:
+        """An endpoint without auth whose deployment `slow` takes `delay_s` per call."""
+        self.create_endpoint(tmp_path, endpoint, "auth_mode: none\n")
+        fake = tmp_path / "fake.bin"
+        fake.write_bytes(b"fake runtime: no weights")
+        self.deploy(
+            tmp_path,
+            endpoint,
+            "slow",
+            fake,
+            extra_yaml=(
+                f"runtime: fake\nruntime_options: {{delay_s: {delay_s}}}\n"
+                f"request_settings: {{{request_settings}}}\n{extra_yaml}"
+            ),
+        )
+
     def auth(self, endpoint: str, key: str = "primaryKey") -> dict[str, str]:
         """The Authorization header with the endpoint's key (from get-credentials)."""
         _, out = self.cli("endpoint", "get-credentials", "--name", endpoint)

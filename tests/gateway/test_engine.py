@@ -76,16 +76,11 @@ def test_concurrent_requests_are_coalesced(
 def test_overload_is_429_with_retry_after(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    gateway.deploy(
+    gateway.deploy_fake(
         tmp_path,
         unique_name,
-        "slow",
-        model_dir / "fake.bin",
-        extra_yaml=(
-            "runtime: fake\nruntime_options: {delay_s: 0.3}\n"
-            "request_settings: {max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 5000}\n"
-        ),
+        0.3,
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 5000",
     )
     responses = asyncio.run(
         burst(f"{gateway.url}/endpoints/{unique_name}/score", [{"input_data": [[1.0]]}] * 6, {})
@@ -105,16 +100,11 @@ def test_overload_is_429_with_retry_after(
 def test_queue_wait_and_the_timeout_parameter(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    gateway.deploy(
+    gateway.deploy_fake(
         tmp_path,
         unique_name,
-        "slow",
-        model_dir / "fake.bin",
-        extra_yaml=(
-            "runtime: fake\nruntime_options: {delay_s: 0.4}\n"
-            "request_settings: {max_concurrent_requests_per_instance: 2, max_queue_wait_ms: 100}\n"
-        ),
+        0.4,
+        "max_concurrent_requests_per_instance: 2, max_queue_wait_ms: 100",
     )
     url = f"{gateway.url}/endpoints/{unique_name}/score"
     # Two run at once (two slots); the third waits past max_queue_wait_ms.

@@ -34,13 +34,13 @@ def _run(gateway: Gateway, tmp_path: Path, url: str, *mode: str) -> dict:
 def test_closed_and_open_loop(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    gateway.deploy(
+    gateway.deploy_fake(
         tmp_path,
         unique_name,
-        "blue",
-        model_dir / "classifier.onnx",
-        extra_yaml="batching: {max_batch_size: 16}\n",
+        0.1,
+        "max_concurrent_requests_per_instance: 40, max_queue_wait_ms: 10000, "
+        "request_timeout_ms: 20000",
+        extra_yaml="batching: {max_batch_size: 1}\n",
     )
     url = f"{gateway.url}/endpoints/{unique_name}/score"
 
