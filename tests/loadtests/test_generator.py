@@ -34,13 +34,13 @@ def _run(gateway: Gateway, tmp_path: Path, url: str, *mode: str) -> dict:
 def test_closed_and_open_loop(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gateway.deploy_fake(
+    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
+    gateway.deploy(
         tmp_path,
         unique_name,
-        0.1,
-        "max_concurrent_requests_per_instance: 40, max_queue_wait_ms: 10000, "
-        "request_timeout_ms: 20000",
-        extra_yaml="batching: {max_batch_size: 1}\n",
+        "blue",
+        model_dir / "classifier.onnx",
+        extra_yaml="batching: {max_batch_size: 16}\n",
     )
     url = f"{gateway.url}/endpoints/{unique_name}/score"
 
@@ -66,17 +66,13 @@ def test_open_loop_counts_from_the_intended_send_time(
     for 1 s: the 40th request is meant to leave at ~1 s but finishes at ~4 s. Measured
     from the intended send time its latency is ~3 s; a generator that only sends when
     the last answer came back (coordinated omission) would report ~0.1 s for all."""
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    gateway.deploy(
+    gateway.deploy_fake(
         tmp_path,
         unique_name,
-        "slow",
-        model_dir / "fake.bin",
-        extra_yaml=(
-            "runtime: fake\nruntime_options: {delay_s: 0.1}\nbatching: {max_batch_size: 1}\n"
-            "request_settings: {max_concurrent_requests_per_instance: 40, max_queue_wait_ms: 10000,"
-            " request_timeout_ms: 20000}\n"
-        ),
+        0.1,
+        "max_concurrent_requests_per_instance: 40, max_queue_wait_ms: 10000, "
+        "request_timeout_ms: 20000",
+        extra_yaml="batching: {max_batch_size: 1}\n",
     )
     payload = tmp_path / "x.json"
     payload.write_text(json.dumps({"input_data": [[1.0]]}))
