@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tests import models
 from tests.conftest import Gateway, assert_clean_exit, start_gateway, write_yaml
 from tests.gateway.test_server import in_process
-
-torch = pytest.importorskip("torch", reason="the torch extra is part of the test setup")
 
 X = np.random.default_rng(7).normal(size=(5, 4)).astype(np.float32)
 SIGNATURE_YAML = """signature:

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from runtimes.base import RuntimeConfig
 from runtimes.errors import DeviceUnavailable, ModelLoadError
+from runtimes.torch_impl import TorchRuntime, read_signature
 from runtimes.types import Signature, TensorSpec
 from tests import models
-
-torch = pytest.importorskip("torch", reason="the torch extra is part of the test setup")
-from runtimes.torch_impl import TorchRuntime, read_signature  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 SIG = Signature(
