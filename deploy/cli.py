@@ -363,6 +363,18 @@ def deployment_create(
     _print(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))
 
 
+@deployment.command("update")
+@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--name", "-n", default=None, help="Override the file's name.")
+@click.option("--endpoint-name", "-e", default=None, help="Override the file's endpoint_name.")
+@pass_ctx
+def deployment_update(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None) -> None:
+    """Update a deployment in place (model version, instances, batching...): new instances
+    load and warm up, traffic switches, the old ones drain. No request fails."""
+    body = _deployment_body(ctx, file, name, endpoint_name)
+    _print(ctx.client.create_deployment(body["endpoint_name"], body, False))
+
+
 @deployment.command("list")
 @click.option("--endpoint-name", "-e", required=True)
 @pass_ctx
@@ -386,6 +398,89 @@ def deployment_delete(ctx: Ctx, name: str, endpoint_name: str) -> None:
     """Delete a deployment that takes no traffic; in-flight requests finish first."""
     ctx.client.delete_deployment(endpoint_name, name)
     click.echo(f"deleted deployment '{name}' of endpoint '{endpoint_name}'")
+
+
+# -- rollouts ---------------------------------------------------------------------
+@main.group()
+def rollout() -> None:
+    """Blue/green rollouts that promote step by step and roll back on their own."""
+
+
+@rollout.command("start")
+@click.option("--endpoint", "-e", required=True)
+@click.option("--to", "to", required=True, help="The candidate deployment.")
+@click.option("--from", "source", default=None, help="Default: the deployment with most traffic.")
+@click.option("--steps", default="10,25,50,100", show_default=True, help="Percent per step.")
+@click.option("--step-interval", default="30s", show_default=True)
+@click.option("--mirror-first", default=None, help="Mirror to the candidate first, e.g. 60s.")
+@click.option("--mirror-percent", type=click.IntRange(1, 50), default=50, show_default=True)
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True)
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+@click.option("--max-p99-latency-ms", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--min-requests", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--delete-old", is_flag=True, help="Delete the old deployment at the end.")
+@pass_ctx
+def rollout_start(
+    ctx: Ctx,
+    endpoint: str,
+    to: str,
+    source: str | None,
+    steps: str,
+    step_interval: str,
+    mirror_first: str | None,
+    mirror_percent: int,
+    min_agreement: float,
+    max_error_rate: float,
+    max_p99_latency_ms: float | None,
+    min_requests: int,
+    delete_old: bool,
+) -> None:
+    """Start a rollout; it runs in the gateway (this command returns at once)."""
+    try:
+        step_list = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"'{steps}' is not a list like 10,25,50,100", param_hint="--steps"
+        ) from None
+    plan: dict[str, Any] = {
+        "to": to,
+        "steps": step_list,
+        "step_interval_s": _seconds(step_interval),
+        "mirror_first_s": _seconds(mirror_first) if mirror_first else 0.0,
+        "mirror_percent": mirror_percent,
+        "min_agreement": min_agreement,
+        "max_error_rate": max_error_rate,
+        "max_p99_latency_ms": max_p99_latency_ms,
+        "min_requests": min_requests,
+        "delete_old": delete_old,
+    }
+    if source:
+        plan["from"] = source
+    _print(ctx.client.start_rollout(endpoint, plan))
+
+
+@rollout.command("status")
+@click.option("--endpoint", "-e", required=True)
+@pass_ctx
+def rollout_status(ctx: Ctx, endpoint: str) -> None:
+    """The latest rollout: state, step, traffic, the candidate's numbers against the gates."""
+    _print(ctx.client.rollout_status(endpoint))
+
+
+@rollout.command("abort")
+@click.option("--endpoint", "-e", required=True)
+@pass_ctx
+def rollout_abort(ctx: Ctx, endpoint: str) -> None:
+    """Roll back now, to the traffic the rollout started from."""
+    _print(ctx.client.abort_rollout(endpoint))
+
+
+@rollout.command("list")
+@click.option("--endpoint", "-e", required=True)
+@pass_ctx
+def rollout_list(ctx: Ctx, endpoint: str) -> None:
+    """Rollout history, newest first."""
+    _print(ctx.client.list_rollouts(endpoint))
 
 
 # -- loadtest ---------------------------------------------------------------------

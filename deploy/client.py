@@ -144,6 +144,19 @@ class AdminClient:
     def delete_deployment(self, endpoint: str, name: str) -> Any:
         return self.request("DELETE", f"/management/endpoints/{endpoint}/deployments/{name}")
 
+    # rollouts
+    def start_rollout(self, endpoint: str, plan: dict[str, Any]) -> Any:
+        return self.request("POST", f"/management/endpoints/{endpoint}/rollouts", json=plan)
+
+    def rollout_status(self, endpoint: str) -> Any:
+        return self.request("GET", f"/management/endpoints/{endpoint}/rollouts/status")
+
+    def abort_rollout(self, endpoint: str) -> Any:
+        return self.request("POST", f"/management/endpoints/{endpoint}/rollouts/abort")
+
+    def list_rollouts(self, endpoint: str) -> Any:
+        return self.request("GET", f"/management/endpoints/{endpoint}/rollouts")
+
     # audit
     def audit(self, target: str | None, limit: int) -> Any:
         params: dict[str, Any] = {"limit": limit}

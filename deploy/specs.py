@@ -170,6 +170,9 @@ class EndpointSpec(Spec):
         default_factory=dict
     )
     tags: dict[str, str] = Field(default_factory=dict)
+    #: Sticky routing (not in Azure ML): a request header (a user or session id) whose
+    #: hash picks the deployment within the traffic weights, so one user sees one model.
+    sticky_routing_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] | None = None
 
     @field_validator("auth_mode", mode="before")
     @classmethod

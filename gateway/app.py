@@ -20,6 +20,7 @@ from deploy.errors import ControlPlaneError
 from gateway import demo, management, metadata, scoring
 from gateway.errors import GatewayError, error_response
 from gateway.openapi import openapi_document
+from gateway.rollouts import RolloutController
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from runtimes.errors import InferenceError
@@ -62,6 +63,8 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
         # instead of stalling every request for milliseconds.
         gc.collect()
         gc.freeze()
+        state.rollouts = RolloutController(state)
+        await state.rollouts.resume()
         state.ready = True
         if settings.demo:
             keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
@@ -75,6 +78,8 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             yield
         finally:
             state.ready = False
+            await state.rollouts.close()
+            await state.mirror.close()
             await state.hosts.close()
             state.control.store.close()
 

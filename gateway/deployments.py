@@ -61,6 +61,7 @@ class DeploymentHosts:
         self._schedulers: dict[tuple[str, str], tuple[bytes, Scheduler]] = {}
         self._failed: dict[tuple[str, str], str] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._replaced: list[Scheduler] = []
         self._lock = asyncio.Lock()
 
     @property
@@ -125,7 +126,8 @@ class DeploymentHosts:
         self._schedulers[key] = (_fingerprint(resolved), scheduler)
         self._failed.pop(key, None)
         if old is not None and old[1] is not scheduler:
-            self._retire(old[1])
+            # Retired once the snapshot without it is published (in `sync`).
+            self._replaced.append(old[1])
 
     async def sync(self) -> RoutingSnapshot:
         """Bring schedulers in line with the store, then publish a new snapshot."""
@@ -143,6 +145,8 @@ class DeploymentHosts:
         self.snapshot = await run_in_threadpool(self._build, wanted)
         for key in [k for k in self._schedulers if k not in wanted]:
             self._retire(self._schedulers.pop(key)[1])
+        while self._replaced:
+            self._retire(self._replaced.pop())
         for key in [k for k in self._failed if k not in wanted]:
             del self._failed[key]
         return self.snapshot
@@ -173,7 +177,14 @@ class DeploymentHosts:
                     unavailable[deployment] = self._failed.get((endpoint, deployment), "not loaded")
             key_hashes = tuple(k.key_hash for k in store.get_keys(name).values())
             endpoints[name] = EndpointRoute.build(
-                name, spec["auth_mode"], key_hashes, spec["traffic"], routes, unavailable
+                name,
+                spec["auth_mode"],
+                key_hashes,
+                spec["traffic"],
+                routes,
+                unavailable,
+                spec.get("mirror_traffic"),
+                spec.get("sticky_routing_header"),
             )
         return RoutingSnapshot(endpoints, change_id)
 
@@ -182,6 +193,10 @@ class DeploymentHosts:
         return [scheduler for _, scheduler in self._schedulers.values()]
 
     def _retire(self, scheduler: Scheduler) -> None:
+        # The snapshot without it is already published; new requests that still
+        # hold the old route get Retired and are routed again.
+        scheduler.retire()
+
         async def drain_and_close() -> None:
             if not await scheduler.drain(DRAIN_TIMEOUT_S):
                 log.warning(

@@ -31,6 +31,7 @@ from runtimes.errors import (
     MissingExtra,
     ModelLoadError,
     Overloaded,
+    Retired,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidInput: (400, "invalid_input"),
     Overloaded: (429, "too_many_requests"),
     InstanceFailed: (503, "instance_failed"),
+    Retired: (503, "deployment_changed"),
     InferenceTimeout: (408, "request_timeout"),
     # Azure ML answers 424 when the model itself fails on a request.
     InferenceFailed: (424, "model_error"),

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from deploy.errors import SpecError
+from deploy.errors import Conflict, SpecError
+from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
 from gateway.auth import authenticate_admin
 from gateway.errors import MalformedRequest, PayloadTooLarge
@@ -198,6 +199,8 @@ async def update_endpoint(request: Request, state: GatewayState) -> Response:
     name = request.path_params["endpoint"]
     if "name" in changes and changes["name"] != name:
         raise SpecError("field 'name': an endpoint cannot be renamed")
+    if "traffic" in changes or "mirror_traffic" in changes:
+        await _refuse_during_rollout(state, name, "change traffic")
     data = await _apply(
         state, lambda: state.control.update_endpoint(name, changes, _actor(request), reason)
     )
@@ -280,8 +283,47 @@ async def delete_deployment(request: Request, state: GatewayState) -> Response:
     """DELETE /management/endpoints/{endpoint}/deployments/{deployment}; refused while it
     takes traffic; in-flight requests finish before its instances close."""
     endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
+    await _refuse_during_rollout(state, endpoint, "delete deployments")
     await _apply(state, lambda: state.control.delete_deployment(endpoint, name, _actor(request)))
     return Response(status_code=204)
+
+
+# -- rollouts ---------------------------------------------------------------------
+@admin
+async def start_rollout(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints/{endpoint}/rollouts: start a blue/green rollout"""
+    plan = parse_spec(RolloutPlan, await _body(request), "request body")
+    record = await state.rollouts.start(request.path_params["endpoint"], plan, _actor(request))
+    return _json(record, 201)
+
+
+@admin
+async def list_rollouts(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}/rollouts: history, newest first"""
+    endpoint = request.path_params["endpoint"]
+    await run_in_threadpool(state.control.get_endpoint, endpoint)
+    return _json(await run_in_threadpool(state.control.store.list_rollouts, endpoint))
+
+
+@admin
+async def rollout_status(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}/rollouts/status: the latest rollout, live"""
+    return _json(await run_in_threadpool(state.rollouts.status, request.path_params["endpoint"]))
+
+
+@admin
+async def abort_rollout(request: Request, state: GatewayState) -> Response:
+    """POST /management/endpoints/{endpoint}/rollouts/abort: roll back now"""
+    return _json(await state.rollouts.abort(request.path_params["endpoint"], _actor(request)))
+
+
+async def _refuse_during_rollout(state: GatewayState, endpoint: str, what: str) -> None:
+    active = await run_in_threadpool(state.rollouts.active, endpoint)
+    if active is not None:
+        raise Conflict(
+            f"rollout {active['id']} is moving traffic on endpoint '{endpoint}'; {what} after it "
+            "ends, or abort it first (servegate rollout abort)"
+        )
 
 
 # -- audit ------------------------------------------------------------------------
@@ -321,5 +363,9 @@ ROUTES = [
         delete_deployment,
         methods=["DELETE"],
     ),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts", list_rollouts, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts", start_rollout, methods=["POST"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/status", rollout_status, methods=["GET"]),
+    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/abort", abort_rollout, methods=["POST"]),
     Route(f"{PREFIX}/audit", list_audit, methods=["GET"]),
 ]

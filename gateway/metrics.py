@@ -11,7 +11,8 @@ are only touched from the event loop thread.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -24,6 +25,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from runtimes.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from gateway.mirror import MirrorStats
 
 # Scoring latencies run from sub-millisecond to the 180 s request_timeout_ms cap.
 LATENCY_BUCKETS_S = (
@@ -172,6 +176,43 @@ class _SchedulerGauges(Collector):
         yield queued
 
 
+_MIRROR_COUNTERS = {
+    "sent": "Live requests copied to the mirror deployment.",
+    "ok": "Mirrored requests that answered 200.",
+    "failed": "Mirrored requests that failed (not seen by clients).",
+    "shed": "Mirror copies dropped because the mirror was busy (mirrors are shed first).",
+    "compared": "Mirrored answers compared with the live answer.",
+    "same": "Mirrored answers equal to the live answer (allclose).",
+    "argmax_rows": "Rows compared by argmax (class axis) or label.",
+    "argmax_agree": "Rows whose argmax or label agreed with the live answer.",
+}
+
+
+class _MirrorSeries(Collector):
+    """Mirror traffic and its agreement with live answers, per mirror target."""
+
+    def __init__(self, mirrors: Callable[[], Mapping[tuple[str, str], MirrorStats]]) -> None:
+        self._mirrors = mirrors
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(self._mirrors())
+        for attribute, doc in _MIRROR_COUNTERS.items():
+            family = CounterMetricFamily(
+                f"servegate_mirror_{attribute}", doc, labels=["endpoint", "deployment"]
+            )
+            for labels, item in stats.items():
+                family.add_metric(list(labels), getattr(item, attribute))
+            yield family
+        diff = GaugeMetricFamily(
+            "servegate_mirror_max_abs_diff",
+            "Largest absolute difference seen between mirrored and live float outputs.",
+            labels=["endpoint", "deployment"],
+        )
+        for labels, item in stats.items():
+            diff.add_metric(list(labels), item.max_abs_diff)
+        yield diff
+
+
 class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -204,8 +245,13 @@ class GatewayMetrics:
         )
         self.registry.register(_HotSeries(self))
 
-    def watch(self, schedulers: Callable[[], Iterable[Scheduler]]) -> None:
+    def watch(
+        self,
+        schedulers: Callable[[], Iterable[Scheduler]],
+        mirrors: Callable[[], Mapping[tuple[str, str], MirrorStats]],
+    ) -> None:
         self.registry.register(_SchedulerGauges(schedulers))
+        self.registry.register(_MirrorSeries(mirrors))
 
     def for_deployment(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         key = (endpoint, deployment)

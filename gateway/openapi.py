@@ -274,6 +274,44 @@ def openapi_document() -> dict[str, Any]:
                 secured=admin,
             ),
         },
+        "/management/endpoints/{endpoint}/rollouts": {
+            "get": _op(
+                "Rollout history, newest first",
+                "management",
+                _responses({"type": "array"}, 401, 404),
+                params=[ep],
+                secured=admin,
+            ),
+            "post": _op(
+                "Start a blue/green rollout: to, from, steps, step_interval_s, "
+                "mirror_first_s, mirror_percent, min_agreement, max_error_rate, "
+                "max_p99_latency_ms, min_requests, delete_old",
+                "management",
+                _responses(_JSON_OBJECT, 400, 401, 404, 409, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                [ep],
+                secured=admin,
+            ),
+        },
+        "/management/endpoints/{endpoint}/rollouts/status": {
+            "get": _op(
+                "The latest rollout with its step, traffic and the candidate's numbers against "
+                "the gates",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[ep],
+                secured=admin,
+            )
+        },
+        "/management/endpoints/{endpoint}/rollouts/abort": {
+            "post": _op(
+                "Abort the rollout in progress and roll back to the traffic it started from",
+                "management",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[ep],
+                secured=admin,
+            )
+        },
         "/management/audit": {
             "get": _op(
                 "The audit log, newest first",

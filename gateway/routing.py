@@ -5,6 +5,7 @@ control-plane change, so the hot path reads it without locks or a database.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ class EndpointRoute:
     #: Live traffic as parallel tuples: names and cumulative percentages.
     traffic_names: tuple[str, ...] = ()
     traffic_cumulative: tuple[int, ...] = ()
+    #: (deployment, percent) that receives copies of live requests, if any.
+    mirror: tuple[str, int] | None = None
+    #: lower-cased request header whose hash picks the deployment (sticky routing)
+    sticky_header: str | None = None
 
     @classmethod
     def build(
@@ -57,6 +62,8 @@ class EndpointRoute:
         traffic: Mapping[str, int],
         deployments: Mapping[str, DeploymentRoute],
         unavailable: Mapping[str, str],
+        mirror_traffic: Mapping[str, int] | None = None,
+        sticky_header: str | None = None,
     ) -> EndpointRoute:
         names, cumulative, total = [], [], 0
         for deployment, percent in sorted(traffic.items()):
@@ -72,6 +79,8 @@ class EndpointRoute:
             MappingProxyType(dict(unavailable)),
             tuple(names),
             tuple(cumulative),
+            next(((d, p) for d, p in (mirror_traffic or {}).items() if p > 0), None),
+            sticky_header.lower() if sticky_header else None,
         )
 
     def deployment(self, name: str) -> DeploymentRoute:
@@ -86,14 +95,21 @@ class EndpointRoute:
             )
         raise EndpointNotFound(f"deployment '{name}' does not exist in endpoint '{self.name}'")
 
-    def pick(self, rng: random.Random) -> DeploymentRoute:
-        """A deployment drawn by the traffic weights."""
+    def pick(self, rng: random.Random, sticky_value: str | None = None) -> DeploymentRoute:
+        """A deployment drawn by the traffic weights; with `sticky_value` (the sticky
+        header's value) the draw is its hash, so one value keeps one deployment while
+        the weights stay the same."""
         if not self.traffic_names:
             # Azure ML's wording for the same case.
             raise EndpointNotFound(
                 f"endpoint '{self.name}' doesn't have any valid deployment with positive weight"
             )
-        draw = rng.random() * self.traffic_cumulative[-1]
+        if sticky_value is not None:
+            digest = hashlib.blake2b(sticky_value.encode(), digest_size=8).digest()
+            fraction = int.from_bytes(digest, "big") / 2**64
+        else:
+            fraction = rng.random()
+        draw = fraction * self.traffic_cumulative[-1]
         return self.deployment(
             self.traffic_names[bisect.bisect_right(self.traffic_cumulative, draw)]
         )

@@ -21,17 +21,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import protocol
 from gateway.auth import authenticate
 from gateway.errors import PayloadTooLarge, error_body
-from gateway.routing import DeploymentRoute
+from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
-from runtimes.errors import InferenceFailed, InvalidInput, Overloaded
+from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
 from runtimes.scheduler import Timing
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 _JSON = (b"content-type", b"application/json")
 
 Headers = dict[str, str]
-#: (status, body, extra response headers)
-Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: (status, body, extra response headers, outputs for mirror comparison)
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, np.ndarray] | None]
 Handler = Callable[[GatewayState, Headers, DeploymentRoute, bytes, Timing], Awaitable[Answer]]
 
 
@@ -106,10 +106,10 @@ async def _score(
         # Azure ML's run(raw_data): the script gets the body as it came.
         timeout_s, timeout_name = _deadline_s(route, {})
         answer = await route.scheduler.score_raw(body, timeout_s, 0, timing, timeout_name)
-        return 200, answer, [_JSON]
+        return 200, answer, [_JSON], None
     inputs = protocol.parse_score_request(body, route.signature)
     results = await _infer(route, inputs, None, {}, timing)
-    return 200, protocol.encode_score_response(results), [_JSON]
+    return 200, protocol.encode_score_response(results), [_JSON], results
 
 
 async def _v2_infer(
@@ -131,11 +131,13 @@ async def _v2_infer(
     payload, encoding = protocol.compress(payload, headers.get("accept-encoding"))
     if encoding:
         extra["content-encoding"] = encoding
-    return 200, payload, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    return 200, payload, encoded, results
 
 
 class ScoringEndpoint:
-    """One scoring route as an ASGI app: auth, routing, body, metrics, errors."""
+    """One scoring route as an ASGI app: auth, routing, body, metrics, errors, and
+    the mirror copy after the answer is sent."""
 
     def __init__(
         self, protocol_name: str, handler: Handler, state: Callable[[], GatewayState]
@@ -152,22 +154,39 @@ class ScoringEndpoint:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         timing = Timing()
         route: DeploymentRoute | None = None
+        mirror: DeploymentRoute | None = None
+        outputs: dict[str, np.ndarray] | None = None
         extra: list[tuple[bytes, bytes]] = []
         status = 499  # the client left before an answer (nginx's convention)
         try:
             endpoint = state.hosts.snapshot.endpoint(endpoint_name)
             authenticate(endpoint, headers.get("authorization"), state.credentials)
             target = params.get("deployment") or headers.get(DEPLOYMENT_HEADER)
-            route = endpoint.deployment(target) if target else endpoint.pick(state.rng)
-            extra.append((DEPLOYMENT_HEADER.encode(), route.name.encode()))
+            route = self._pick(state, endpoint, target, headers)
             body = await read_body(receive, headers, state.settings.max_request_body_bytes)
-            status, payload, answer_headers = await self._handler(
-                state, headers, route, body, timing
-            )
+            try:
+                status, payload, answer_headers, outputs = await self._handler(
+                    state, headers, route, body, timing
+                )
+            except Retired:
+                # The deployment changed under this request: route it again, once.
+                endpoint = state.hosts.snapshot.endpoint(endpoint_name)
+                route = self._pick(state, endpoint, target, headers)
+                status, payload, answer_headers, outputs = await self._handler(
+                    state, headers, route, body, timing
+                )
+            extra.append((DEPLOYMENT_HEADER.encode(), route.name.encode()))
             extra += answer_headers
+            # Azure ML mirrors only requests routed by weight, never a targeted one.
+            if endpoint.mirror is not None and not target:
+                name, percent = endpoint.mirror
+                if state.rng.random() * 100 < percent and name in endpoint.deployments:
+                    mirror = endpoint.deployments[name]
         except ClientGone:
             return
         except Exception as exc:
+            if route is not None:
+                extra.append((DEPLOYMENT_HEADER.encode(), route.name.encode()))
             if isinstance(exc, InferenceFailed):
                 # Azure ML's headers for a model that failed on the request.
                 extra += [
@@ -183,6 +202,26 @@ class ScoringEndpoint:
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
+        if mirror is not None and status == 200:
+
+            async def run_mirror(
+                candidate: DeploymentRoute, timing: Timing
+            ) -> tuple[int, bytes, Any]:
+                code, answer, _, mirrored = await self._handler(
+                    state, headers, candidate, body, timing
+                )
+                return code, answer, mirrored
+
+            state.mirror.copy(mirror, run_mirror, (outputs, payload))
+
+    @staticmethod
+    def _pick(
+        state: GatewayState, endpoint: EndpointRoute, target: str | None, headers: Headers
+    ) -> DeploymentRoute:
+        if target:
+            return endpoint.deployment(target)
+        sticky = headers.get(endpoint.sticky_header) if endpoint.sticky_header else None
+        return endpoint.pick(state.rng, sticky)
 
     def _record(
         self,

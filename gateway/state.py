@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from deploy.artifacts import ArtifactStore
 from deploy.control import ControlPlane
@@ -11,6 +12,7 @@ from deploy.credentials import Credentials, read_or_create_secret
 from deploy.store import SqliteStore
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics
+from gateway.mirror import Mirror
 from gateway.settings import GatewaySettings
 
 
@@ -21,6 +23,8 @@ class GatewayState:
     hosts: DeploymentHosts
     admin_token: str
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    mirror: Mirror = field(default_factory=Mirror)
+    rollouts: Any = None  # gateway.rollouts.RolloutController, set by the app at startup
     rng: random.Random = field(default_factory=random.Random)
     ready: bool = False
 
@@ -33,13 +37,15 @@ class GatewayState:
         )
         metrics = GatewayMetrics()
         hosts = DeploymentHosts(control, metrics)
-        metrics.watch(lambda: hosts.schedulers)
+        mirror = Mirror()
+        metrics.watch(lambda: hosts.schedulers, lambda: mirror.stats)
         return cls(
             settings=settings,
             control=control,
             hosts=hosts,
             admin_token=read_or_create_secret(settings.admin_token_path),
             metrics=metrics,
+            mirror=mirror,
         )
 
     @property

@@ -50,3 +50,8 @@ class Overloaded(InferenceError):
 
 class InstanceFailed(InferenceError):
     """The instance (a worker process) crashed or hung; it is being replaced."""
+
+
+class Retired(InferenceError):
+    """The scheduler was retired (its deployment replaced or deleted) before the
+    request reached it; the caller routes the request again."""

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtimes.errors import InferenceFailed, InferenceTimeout, Overloaded
+from runtimes.errors import InferenceFailed, InferenceTimeout, Overloaded, Retired
 from runtimes.types import Signature
 
 #: The level of requests that name no priority (OIP: 0 means "default").
@@ -150,6 +150,7 @@ class Scheduler:
         self._free = list(host.slots)
         self._slot_count = len(self._free)
         self._in_flight = 0
+        self._retired = False
         self._max_in_flight = settings.max_in_flight
         self._sequence = itertools.count()
         self._wake = asyncio.Event()
@@ -239,6 +240,8 @@ class Scheduler:
         timeout_name: str,
     ) -> Any:
         limit = timeout_name or f"{timeout_s * 1000:.0f} ms"
+        if self._retired:
+            raise Retired(f"deployment '{self.name}' was replaced or deleted")
         if self._in_flight >= self._max_in_flight:
             raise self._reject(
                 "queue_full",
@@ -472,6 +475,11 @@ class Scheduler:
                 job.done.set_result(part)
 
     # -- lifecycle ---------------------------------------------------------------
+    def retire(self) -> None:
+        """Take no new requests (they get `Retired` and are routed again); the queued
+        and running ones finish."""
+        self._retired = True
+
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is queued or running (True) or `timeout_s` passed (False)."""
         deadline = time.monotonic() + timeout_s

@@ -41,6 +41,13 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL DEFAULT '');
     CREATE INDEX audit_log_target ON audit_log(target);
     """,
+    # 2: rollouts (issue 4): the controller's state, so a rollout survives restarts.
+    """
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, state TEXT NOT NULL,
+        record TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX rollouts_endpoint ON rollouts(endpoint, created_at);
+    """,
 ]
 
 
@@ -267,6 +274,36 @@ class SqliteStore:
             )
             for r in rows
         }
+
+    # -- rollouts -----------------------------------------------------------
+    def put_rollout(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "state = excluded.state, record = excluded.record, "
+                "updated_at = excluded.updated_at",
+                (record["id"], record["endpoint"], record["state"], _dumps(record), now, now),
+            )
+            if audit is not None:
+                self._audit(audit)
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT record FROM rollouts WHERE id = ?", (rollout_id,))
+        return _loads(rows[0]["record"]) if rows else None
+
+    def list_rollouts(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if endpoint is None:
+            rows = self._query(
+                "SELECT record FROM rollouts ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._query(
+                "SELECT record FROM rollouts WHERE endpoint = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (endpoint, limit),
+            )
+        return [_loads(r["record"]) for r in rows]
 
     # -- audit -------------------------------------------------------------
     def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
