@@ -201,3 +201,52 @@ def unique_name() -> str:
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class Load:
+    """Continuous concurrent scoring requests from threads until stopped; records
+    every status and the deployment that answered."""
+
+    def __init__(self, url: str, body: dict, headers: dict[str, str], threads: int = 4) -> None:
+        import threading
+
+        self.url, self.body, self.headers = url, body, headers
+        self.results: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post(self.url, json=self.body, headers=self.headers)
+                except httpx.TransportError as exc:
+                    self.errors.append(repr(exc))
+                    time.sleep(0.05)
+                    continue
+                self.results.append((r.status_code, r.headers.get("azureml-model-deployment", "")))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def failed(self) -> list[tuple[int, str]]:
+        return [r for r in self.results if r[0] != 200]
+
+
+def wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll `condition()` until it returns something truthy; return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
