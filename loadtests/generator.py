@@ -160,29 +160,43 @@ async def open_loop(
     opened = 0
     in_flight: set[asyncio.Task[None]] = set()
 
+    async def acquire() -> _Connection | None:
+        nonlocal opened
+        while idle:
+            candidate = idle.pop()
+            if candidate.transport is not None and not candidate.transport.is_closing():
+                return candidate
+            opened -= 1  # the server closed it while idle (keep-alive timeout)
+        if opened >= max_connections:
+            return None
+        opened += 1
+        return await _connect(target)
+
     async def one(intended: float) -> None:
         nonlocal opened
-        # Timers wake at millisecond granularity, sometimes early: never count from
-        # before the request actually left.
-        intended = max(intended, time.perf_counter())
-        connection = idle.pop() if idle else None
-        if connection is None:
-            if opened >= max_connections:
+        status = 0
+        for attempt in range(2):  # a pooled connection may die just as we use it
+            conn = await acquire()
+            if conn is None:
                 results.dropped += 1
                 results.errors["no free connection"] += 1
                 return
-            opened += 1
-            connection = await _connect(target)
-        try:
-            status = await connection.send(target.request)
-        except (ConnectionError, httptools.HttpParserError) as exc:
-            opened -= 1
-            results.errors[type(exc).__name__] += 1
-            results.samples.append((time.perf_counter() - results.started, 0.0, 0))
-            return
+            sent = time.perf_counter()
+            try:
+                status = await conn.send(target.request)
+                break
+            except (ConnectionError, RuntimeError, httptools.HttpParserError) as exc:
+                opened -= 1
+                if attempt == 1:
+                    results.errors[type(exc).__name__] += 1
+                    results.samples.append((time.perf_counter() - results.started, 0.0, 0))
+                    return
+        assert conn is not None
         now = time.perf_counter()
-        results.samples.append((now - results.started, now - intended, status))
-        idle.append(connection)
+        # Late sends count from their intended time (no coordinated omission); a timer
+        # that woke early (millisecond granularity) counts from the actual send.
+        results.samples.append((now - results.started, now - min(intended, sent), status))
+        idle.append(conn)
 
     for _ in range(min(64, max_connections)):  # warm connections
         idle.append(await _connect(target))

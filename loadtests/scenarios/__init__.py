@@ -1,0 +1,1 @@
+"""Load-test scenarios: rollouts under steady open-loop load."""
