@@ -11,11 +11,10 @@ import argparse
 import io
 import json
 import tarfile
-import time
 from pathlib import Path
 
 from gateway.demo import build_classifier
-from loadtests.scenarios.common import Scenario, SplitSampler, plot_split, rollout_events, write
+from loadtests.scenarios.common import Scenario, plot_split, rollout_events, write
 
 ENDPOINT = "shop"
 SCORE_PY = b"""
@@ -68,33 +67,17 @@ def main() -> None:
                 "instance_count": 2,
             },
         )
-        key = scenario.call("POST", f"/management/endpoints/{ENDPOINT}/listKeys")["primaryKey"]
         body = json.dumps({"input_data": [[5.1, 3.5, 1.4, 0.2]]}).encode()
-        started_wall = time.time()
-        with SplitSampler(scenario.url, ENDPOINT) as sampler:
-            load = scenario.load(
-                f"/endpoints/{ENDPOINT}/score",
-                body,
-                args.rate,
-                duration,
-                {"Authorization": f"Bearer {key}"},
-            )
-            time.sleep(2)
-            rollout_started = time.time()
-            scenario.call(
-                "POST",
-                f"/management/endpoints/{ENDPOINT}/rollouts",
-                json={
-                    "to": "green",
-                    "steps": [10, 25, 50, 100],
-                    "step_interval_s": args.step_interval,
-                    "max_error_rate": 0.05,
-                    "min_requests": 50,
-                },
-            )
-            output = load.communicate(timeout=duration + 120)[0].decode()
-        record = scenario.call("GET", f"/management/endpoints/{ENDPOINT}/rollouts/status")
-        report = json.loads((args.out / "broken-candidate-load.json").read_text())["results"]
+        plan = {
+            "to": "green",
+            "steps": [10, 25, 50, 100],
+            "step_interval_s": args.step_interval,
+            "max_error_rate": 0.05,
+            "min_requests": 50,
+        }
+        run = scenario.rollout_under_load(ENDPOINT, plan, body, args.rate, duration)
+        record, report, sampler = run.record, run.report, run.sampler
+        started_wall, rollout_started, output = run.started_wall, run.rollout_started, run.output
         last = sampler.samples[-1][1]
         green = last.get("green", {})
         from datetime import datetime

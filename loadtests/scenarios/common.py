@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,44 @@ class Scenario:
             command += ["-H", f"{key}: {value}"]
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
+    def rollout_under_load(
+        self, endpoint: str, plan: dict[str, Any], body: bytes, rate: float, duration_s: float
+    ) -> RolloutRun:
+        """Steady open-loop load on the endpoint; after 2 s, start the rollout; wait for the
+        load to end. Returns what happened."""
+        key = self.call("POST", f"/management/endpoints/{endpoint}/listKeys")["primaryKey"]
+        started_wall = time.time()
+        with SplitSampler(self.url, endpoint) as sampler:
+            load = self.load(
+                f"/endpoints/{endpoint}/score",
+                body,
+                rate,
+                duration_s,
+                {"Authorization": f"Bearer {key}"},
+            )
+            time.sleep(2)
+            rollout_started = time.time()
+            self.call("POST", f"/management/endpoints/{endpoint}/rollouts", json=plan)
+            output = load.communicate(timeout=duration_s + 120)[0].decode()
+        record = self.call("GET", f"/management/endpoints/{endpoint}/rollouts/status")
+        report = json.loads((self.out_dir / f"{self.name}-load.json").read_text())["results"]
+        return RolloutRun(record, report, sampler, started_wall, rollout_started, output)
+
     def close(self) -> None:
         self.admin.close()
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
         self._log.close()
+
+
+@dataclass
+class RolloutRun:
+    record: dict[str, Any]  # the rollout's final status
+    report: dict[str, Any]  # the load generator's results
+    sampler: SplitSampler
+    started_wall: float  # when the load started (unix s)
+    rollout_started: float  # when the rollout was asked for (unix s)
+    output: str  # what the load generator printed
 
 
 class SplitSampler:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from gateway.demo import build_classifier
-from loadtests.scenarios.common import Scenario, SplitSampler, plot_split, rollout_events, write
+from loadtests.scenarios.common import Scenario, plot_split, rollout_events, write
 
 ENDPOINT = "shop"
 
@@ -43,34 +42,24 @@ def main() -> None:
                     "batching": {"max_batch_size": 32},
                 },
             )
-        key = scenario.call("POST", f"/management/endpoints/{ENDPOINT}/listKeys")["primaryKey"]
         body = json.dumps({"input_data": [[5.1, 3.5, 1.4, 0.2]]}).encode()
-        started_wall = time.time()
-        with SplitSampler(scenario.url, ENDPOINT) as sampler:
-            load = scenario.load(
-                f"/endpoints/{ENDPOINT}/score",
-                body,
-                args.rate,
-                duration,
-                {"Authorization": f"Bearer {key}"},
-            )
-            time.sleep(2)
-            scenario.call(
-                "POST",
-                f"/management/endpoints/{ENDPOINT}/rollouts",
-                json={
-                    "to": "green",
-                    "steps": steps,
-                    "step_interval_s": args.step_interval,
-                    "max_error_rate": 0.01,
-                    "max_p99_latency_ms": 250,
-                    "min_requests": 100,
-                    "delete_old": True,
-                },
-            )
-            output = load.communicate(timeout=duration + 120)[0].decode()
-        record = scenario.call("GET", f"/management/endpoints/{ENDPOINT}/rollouts/status")
-        report = json.loads((args.out / "rollout-under-load-load.json").read_text())["results"]
+        plan = {
+            "to": "green",
+            "steps": steps,
+            "step_interval_s": args.step_interval,
+            "max_error_rate": 0.01,
+            "max_p99_latency_ms": 250,
+            "min_requests": 100,
+            "delete_old": True,
+        }
+        run = scenario.rollout_under_load(ENDPOINT, plan, body, args.rate, duration)
+        record, report, sampler, started_wall, output = (
+            run.record,
+            run.report,
+            run.sampler,
+            run.started_wall,
+            run.output,
+        )
         failed = report["requests"] - report["ok"]
         plot = args.out / "rollout-under-load-split.png"
         plot_split(
