@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ import yaml
 
 from deploy.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
 from deploy.errors import SpecError
-from deploy.specs import EndpointSpec, OnlineDeploymentSpec, load_spec
+from deploy.specs import (
+    BatchDeploymentSpec,
+    BatchEndpointSpec,
+    EndpointSpec,
+    OnlineDeploymentSpec,
+    load_spec,
+)
 
 
 def _default_home() -> Path:
@@ -481,6 +488,186 @@ def rollout_abort(ctx: Ctx, endpoint: str) -> None:
 def rollout_list(ctx: Ctx, endpoint: str) -> None:
     """Rollout history, newest first."""
     _print(ctx.client.list_rollouts(endpoint))
+
+
+# -- batch ------------------------------------------------------------------------
+@main.group()
+def batch() -> None:
+    """Batch endpoints, deployments and jobs over files, folders and globs."""
+
+
+@batch.group("endpoint")
+def batch_endpoint() -> None:
+    """Batch endpoints."""
+
+
+@batch_endpoint.command("create")
+@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def batch_endpoint_create(ctx: Ctx, file: Path) -> None:
+    spec = load_spec(BatchEndpointSpec, file)
+    _print(ctx.client.create_batch_endpoint(spec.model_dump(exclude={"schema_url"})))
+
+
+@batch.group("deployment")
+def batch_deployment() -> None:
+    """Batch deployments."""
+
+
+@batch_deployment.command("create")
+@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def batch_deployment_create(ctx: Ctx, file: Path) -> None:
+    """Create (or update) a batch deployment; local model and code are uploaded."""
+    spec = load_spec(BatchDeploymentSpec, file)
+    raw = yaml.safe_load(file.read_text())
+    raw.pop("$schema", None)
+    if spec.code_configuration is not None:
+        code = (file.parent / spec.code_configuration.code).resolve()
+        raw["code_configuration"] = {
+            **raw["code_configuration"],
+            "code": ctx.client.upload_code(code),
+        }
+    if spec.model is not None and spec.model.path is not None:
+        record = ctx.client.register_model(
+            f"{spec.endpoint_name}-{spec.name}",
+            (file.parent / spec.model.path).resolve(),
+            None,
+            spec.runtime,
+            "",
+        )
+        raw["model"] = {"name": record["name"], "version": record["version"]}
+    _print(ctx.client.create_batch_deployment(spec.endpoint_name, raw))
+
+
+def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    ) as progress:
+        task = progress.add_task(job_id, total=None, rate="")
+        while True:
+            job = ctx.client.job(job_id)
+            states = job.get("mini_batch_states", {})
+            rate = f"{job['items_per_s']:.0f} rows/s" if job.get("items_per_s") else ""
+            progress.update(
+                task,
+                total=job.get("mini_batches"),
+                completed=states.get("done", 0),
+                description=f"{job_id} {job['state']}",
+                rate=rate,
+            )
+            if job["state"] in ("completed", "failed", "cancelled"):
+                return dict(job)
+            if not job.get("runner_alive") and job["state"] in ("running", "queued"):
+                time.sleep(1)
+                job = ctx.client.job(job_id)
+                if not job.get("runner_alive") and job["state"] in ("running", "queued"):
+                    return dict(job)
+            time.sleep(0.3)
+
+
+@batch.command("invoke")
+@click.option("--endpoint", "-e", required=True, help="A batch endpoint, or an online one.")
+@click.option("--deployment", "--deployment-name", "-d", default=None)
+@click.option("--input", "input_uri", required=True, help="File, folder or glob; local or s3://.")
+@click.option("--input-type", type=click.Choice(["uri_file", "uri_folder"]), default=None)
+@click.option("--output", "output_uri", required=True, help="Output folder; local or s3://.")
+@click.option("--mini-batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--instance-count", type=click.IntRange(min=1), default=None)
+@click.option("--error-threshold", type=click.IntRange(min=-1), default=None)
+@click.option("--output-file-name", default=None)
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@pass_ctx
+def batch_invoke(
+    ctx: Ctx,
+    endpoint: str,
+    deployment: str | None,
+    input_uri: str,
+    input_type: str | None,
+    output_uri: str,
+    mini_batch_size: int | None,
+    instance_count: int | None,
+    error_threshold: int | None,
+    output_file_name: str | None,
+    wait: bool,
+) -> None:
+    """Start a batch job."""
+    job = ctx.client.invoke_batch(
+        {
+            "endpoint": endpoint,
+            "deployment": deployment,
+            "input": input_uri,
+            "input_type": input_type,
+            "output": output_uri,
+            "mini_batch_size": mini_batch_size,
+            "instance_count": instance_count,
+            "error_threshold": error_threshold,
+            "output_file_name": output_file_name,
+        }
+    )
+    if not wait:
+        _print(job)
+        return
+    final = _wait_for_job(ctx, job["id"])
+    _print(final.get("summary") or final)
+    if final["state"] != "completed":
+        raise SystemExit(1)
+
+
+@batch.command("show")
+@click.argument("job_id")
+@pass_ctx
+def batch_show(ctx: Ctx, job_id: str) -> None:
+    """State, mini-batches done/failed/pending, rows/s, errors."""
+    _print(ctx.client.job(job_id))
+
+
+@batch.command("list")
+@click.option("--endpoint", "-e", default=None)
+@pass_ctx
+def batch_list(ctx: Ctx, endpoint: str | None) -> None:
+    _print(ctx.client.jobs(endpoint))
+
+
+@batch.command("cancel")
+@click.argument("job_id")
+@pass_ctx
+def batch_cancel(ctx: Ctx, job_id: str) -> None:
+    _print(ctx.client.job_action(job_id, "cancel"))
+
+
+@batch.command("resume")
+@click.argument("job_id")
+@click.option("--wait", is_flag=True)
+@pass_ctx
+def batch_resume(ctx: Ctx, job_id: str, wait: bool) -> None:
+    """Continue a job whose runner died; finished mini-batches are not redone."""
+    job = ctx.client.job_action(job_id, "resume")
+    _print(_wait_for_job(ctx, job["id"]).get("summary") if wait else job)
+
+
+@batch.command("retry")
+@click.argument("job_id")
+@click.option("--failed-only", is_flag=True, required=True, help="Re-run only failed mini-batches.")
+@click.option("--wait", is_flag=True)
+@pass_ctx
+def batch_retry(ctx: Ctx, job_id: str, failed_only: bool, wait: bool) -> None:
+    """Re-run only the mini-batches that failed and rebuild the output."""
+    job = ctx.client.job_action(job_id, "retry")
+    _print(_wait_for_job(ctx, job["id"]).get("summary") if wait else job)
+
+
+@batch.command("logs")
+@click.argument("job_id")
+@pass_ctx
+def batch_logs(ctx: Ctx, job_id: str) -> None:
+    click.echo(ctx.client.job_logs(job_id), nl=False)
 
 
 # -- loadtest ---------------------------------------------------------------------

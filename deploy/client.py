@@ -157,6 +157,35 @@ class AdminClient:
     def list_rollouts(self, endpoint: str) -> Any:
         return self.request("GET", f"/management/endpoints/{endpoint}/rollouts")
 
+    # batch
+    def create_batch_endpoint(self, spec: dict[str, Any]) -> Any:
+        return self.request("POST", "/management/batch/endpoints", json=spec)
+
+    def create_batch_deployment(self, endpoint: str, spec: dict[str, Any]) -> Any:
+        return self.request(
+            "POST", f"/management/batch/endpoints/{endpoint}/deployments", json=spec
+        )
+
+    def invoke_batch(self, body: dict[str, Any]) -> Any:
+        return self.request("POST", "/management/batch/jobs", json=body)
+
+    def job(self, job_id: str) -> Any:
+        return self.request("GET", f"/management/batch/jobs/{job_id}")
+
+    def jobs(self, endpoint: str | None) -> Any:
+        return self.request(
+            "GET", "/management/batch/jobs", params={"endpoint": endpoint} if endpoint else None
+        )
+
+    def job_action(self, job_id: str, action: str) -> Any:
+        return self.request("POST", f"/management/batch/jobs/{job_id}/{action}")
+
+    def job_logs(self, job_id: str) -> str:
+        response = self._http.get(f"/management/batch/jobs/{job_id}/logs")
+        if response.status_code >= 400:
+            raise ClientError(response.status_code, f"{response.status_code}: {response.text}")
+        return response.text
+
     # audit
     def audit(self, target: str | None, limit: int) -> Any:
         params: dict[str, Any] = {"limit": limit}

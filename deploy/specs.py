@@ -286,6 +286,101 @@ class OnlineDeploymentSpec(Spec):
         return self.model_copy(update=update) if update else self
 
 
+class BatchEndpointSpec(Spec):
+    """A batch endpoint (`batch-endpoint.yml`)."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    name: EndpointName
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    defaults: dict[Literal["deployment_name"], DeploymentName] = Field(default_factory=dict)
+
+
+class RetrySettings(Spec):
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    timeout: Annotated[float, Field(gt=0, le=86_400)] = 30.0  # seconds per mini-batch
+
+
+class BatchCompute(Spec):
+    executor: Literal["local"] = "local"
+    instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class BatchSettings(Spec):
+    """The batch knobs; Azure ML accepts them at the root or under `settings:`."""
+
+    #: rows for tabular inputs (default sized for throughput), files for folders.
+    mini_batch_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    max_concurrency_per_instance: Annotated[int, Field(ge=1, le=64)] = 1
+    error_threshold: Annotated[int, Field(ge=-1)] = -1
+    retry_settings: RetrySettings = Field(default_factory=RetrySettings)
+    output_action: Literal["append_row", "summary_only"] = "append_row"
+    output_file_name: Annotated[str, Field(pattern=r"^[^/\\]+\.(csv|parquet)$")] = "predictions.csv"
+    logging_level: Literal["debug", "info", "warning"] = "info"
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+
+
+_SETTINGS_FIELDS = set(BatchSettings.model_fields)
+
+
+class BatchDeploymentSpec(Spec):
+    """A batch deployment (`batch-deployment.yml`, `type: model` / `batch`)."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    name: DeploymentName
+    endpoint_name: EndpointName
+    type: Literal["model", "batch"] = "model"
+    description: str = ""
+    model: ModelRef | None = None
+    runtime: str | None = None
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
+    code_configuration: CodeConfiguration | None = None
+    signature: SignatureSpec | None = None
+    device: Annotated[str, AfterValidator(_device)] = "cpu"
+    compute: BatchCompute = Field(default_factory=BatchCompute)
+    resources: dict[Literal["instance_count"], Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=dict
+    )
+    settings: BatchSettings = Field(default_factory=BatchSettings)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _root_settings(cls, value: Any) -> Any:
+        # Azure ML CLI < 1.7 put the batch settings at the root: accept both.
+        if isinstance(value, dict) and _SETTINGS_FIELDS & set(value):
+            value = dict(value)
+            nested = dict(value.get("settings") or {})
+            for key in _SETTINGS_FIELDS & set(value):
+                nested[key] = value.pop(key)
+            value["settings"] = nested
+        return value
+
+    @model_validator(mode="after")
+    def _runtime(self) -> BatchDeploymentSpec:
+        runtime = self.runtime
+        if runtime is None:
+            if self.code_configuration is not None:
+                runtime = "script"
+            elif self.model is not None and self.model.path is not None:
+                runtime = runtime_for_path(self.model.path)
+        if runtime is None and self.model is None:
+            raise ValueError("give a 'model' or a 'code_configuration' (scoring script)")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime '{runtime}'; allowed: {', '.join(sorted(RUNTIMES))}")
+        if runtime == "script" and self.code_configuration is None:
+            raise ValueError("runtime 'script' needs 'code_configuration' (code, scoring_script)")
+        if (
+            self.resources.get("instance_count")
+            and "instance_count" not in self.compute.model_fields_set
+        ):
+            compute = self.compute.model_copy(
+                update={"instance_count": self.resources["instance_count"]}
+            )
+            return self.model_copy(update={"runtime": runtime, "compute": compute})
+        return self.model_copy(update={"runtime": runtime}) if runtime != self.runtime else self
+
+
 SpecT = TypeVar("SpecT", bound=Spec)
 
 

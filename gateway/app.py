@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
-from gateway import demo, management, metadata, scoring
+from gateway import batch_api, demo, management, metadata, scoring
 from gateway.errors import GatewayError, error_response
 from gateway.openapi import openapi_document
 from gateway.rollouts import RolloutController
@@ -93,6 +94,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             *scoring.routes(score, infer),
             *metadata.ROUTES,
             *management.ROUTES,
+            *batch_api.ROUTES,
             Route("/openapi.json", _openapi),
         ],
         exception_handlers={
@@ -100,6 +102,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             GatewayError: _known_error,
             InferenceError: _known_error,
             ControlPlaneError: _known_error,
+            BatchError: _known_error,
             Exception: _known_error,
         },
         lifespan=lifespan,

@@ -20,6 +20,7 @@ import logging
 import orjson
 from starlette.responses import Response
 
+from batch.errors import BatchInputError
 from deploy.errors import Conflict, ControlPlaneError, NotFound, SpecError
 from runtimes.errors import (
     DeviceUnavailable,
@@ -81,6 +82,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     ModelLoadError: (400, "model_load_error"),
     InferenceError: (500, "inference_error"),
     SpecError: (400, "invalid_spec"),
+    BatchInputError: (400, "invalid_input"),
     NotFound: (404, "not_found"),
     Conflict: (409, "conflict"),
     ControlPlaneError: (400, "control_plane_error"),

@@ -312,6 +312,80 @@ def openapi_document() -> dict[str, Any]:
                 secured=admin,
             )
         },
+        "/management/batch/endpoints": {
+            "get": _op(
+                "List batch endpoints", "batch", _responses({"type": "array"}, 401), secured=admin
+            ),
+            "post": _op(
+                "Create a batch endpoint (batch-endpoint.yml as JSON)",
+                "batch",
+                _responses(_JSON_OBJECT, 400, 401, 409, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                secured=admin,
+            ),
+        },
+        "/management/batch/endpoints/{endpoint}/deployments": {
+            "get": _op(
+                "List a batch endpoint's deployments",
+                "batch",
+                _responses({"type": "array"}, 401),
+                params=[ep],
+                secured=admin,
+            ),
+            "post": _op(
+                "Create or update a batch deployment",
+                "batch",
+                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                [ep],
+                secured=admin,
+            ),
+        },
+        "/management/batch/jobs": {
+            "get": _op(
+                "List batch jobs, newest first",
+                "batch",
+                _responses({"type": "array"}, 401),
+                params=[_query("endpoint", {"type": "string"})],
+                secured=admin,
+            ),
+            "post": _op(
+                "Invoke a batch (or online) endpoint on an input: endpoint, deployment, "
+                "input, input_type, output, mini_batch_size, instance_count, "
+                "error_threshold, output_file_name",
+                "batch",
+                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
+                {"application/json": {"schema": _JSON_OBJECT}},
+                secured=admin,
+            ),
+        },
+        "/management/batch/jobs/{job}": {
+            "get": _op(
+                "A job: state, mini-batches done/failed/pending, items/s, errors",
+                "batch",
+                _responses(_JSON_OBJECT, 401, 404),
+                params=[_path("job")],
+                secured=admin,
+            )
+        },
+        "/management/batch/jobs/{job}/logs": {
+            "get": _op(
+                "The job's log",
+                "batch",
+                {"200": {"description": "text"}},
+                params=[_path("job")],
+                secured=admin,
+            )
+        },
+        "/management/batch/jobs/{job}/{action}": {
+            "post": _op(
+                "cancel, resume (after a crash), or retry (only the failed mini-batches)",
+                "batch",
+                _responses(_JSON_OBJECT, 401, 404, 409),
+                params=[_path("job"), _path("action")],
+                secured=admin,
+            )
+        },
         "/management/audit": {
             "get": _op(
                 "The audit log, newest first",

@@ -104,6 +104,14 @@ class ScriptRuntime:
                 f"scoring script returned a value that is not JSON: {exc}"
             ) from exc
 
+    def run_batch(self, mini_batch: Any) -> Any:
+        """A batch scoring script's `run(mini_batch)`: a list of file paths or a table;
+        returns what the script returns (a list, a DataFrame or a pyarrow Table)."""
+        try:
+            return self._run(mini_batch)
+        except Exception as exc:
+            raise InferenceFailed(f"scoring script raised {type(exc).__name__}: {exc}") from exc
+
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:

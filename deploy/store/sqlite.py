@@ -48,6 +48,25 @@ MIGRATIONS: list[str] = [
         record TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
     CREATE INDEX rollouts_endpoint ON rollouts(endpoint, created_at);
     """,
+    # 3: batch endpoints, deployments, jobs and their mini-batches (issue 5).
+    """
+    CREATE TABLE batch_endpoints (
+        name TEXT PRIMARY KEY, spec TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE batch_deployments (
+        endpoint TEXT NOT NULL REFERENCES batch_endpoints(name) ON DELETE CASCADE,
+        name TEXT NOT NULL, spec TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (endpoint, name));
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, state TEXT NOT NULL,
+        record TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX jobs_endpoint ON jobs(endpoint, created_at);
+    CREATE TABLE mini_batches (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, items INTEGER NOT NULL,
+        failed_items INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+        seconds REAL NOT NULL DEFAULT 0, updated_at TEXT NOT NULL, PRIMARY KEY (job_id, idx));
+    """,
 ]
 
 
@@ -304,6 +323,106 @@ class SqliteStore:
                 (endpoint, limit),
             )
         return [_loads(r["record"]) for r in rows]
+
+    # -- batch endpoints and deployments --------------------------------------
+    def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO batch_endpoints VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, _dumps(spec), now, now),
+            )
+            self._audit(audit)
+
+    def get_batch_endpoint(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT spec FROM batch_endpoints WHERE name = ?", (name,))
+        return _loads(rows[0]["spec"]) if rows else None
+
+    def list_batch_endpoints(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT spec FROM batch_endpoints ORDER BY name")
+        return [_loads(r["spec"]) for r in rows]
+
+    def put_batch_deployment(
+        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
+    ) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO batch_deployments VALUES (?, ?, ?, ?, ?) ON CONFLICT(endpoint, name) "
+                "DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (endpoint, name, _dumps(spec), now, now),
+            )
+            self._audit(audit)
+
+    def get_batch_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT spec FROM batch_deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+        )
+        return _loads(rows[0]["spec"]) if rows else None
+
+    def list_batch_deployments(self, endpoint: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT spec FROM batch_deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
+        )
+        return [_loads(r["spec"]) for r in rows]
+
+    # -- batch jobs and mini-batches -------------------------------------------
+    def put_job(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
+        now = utc_now()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "state = excluded.state, record = excluded.record, "
+                "updated_at = excluded.updated_at",
+                (record["id"], record["endpoint"], record["state"], _dumps(record), now, now),
+            )
+            if audit is not None:
+                self._audit(audit)
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT record FROM jobs WHERE id = ?", (job_id,))
+        return _loads(rows[0]["record"]) if rows else None
+
+    def list_jobs(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if endpoint is None:
+            rows = self._query(
+                "SELECT record FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._query(
+                "SELECT record FROM jobs WHERE endpoint = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (endpoint, limit),
+            )
+        return [_loads(r["record"]) for r in rows]
+
+    def add_mini_batches(self, job_id: str, items: list[int]) -> None:
+        """Register a job's mini-batches (item counts: rows or files), all pending."""
+        now = utc_now()
+        with self.transaction():
+            self._db.execute("DELETE FROM mini_batches WHERE job_id = ?", (job_id,))
+            self._db.executemany(
+                "INSERT INTO mini_batches (job_id, idx, state, items, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                [(job_id, i, n, now) for i, n in enumerate(items)],
+            )
+
+    def update_mini_batch(self, job_id: str, index: int, **fields: Any) -> None:
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction():
+            self._db.execute(
+                f"UPDATE mini_batches SET {columns}, updated_at = ? WHERE job_id = ? AND idx = ?",
+                (*fields.values(), utc_now(), job_id, index),
+            )
+
+    def list_mini_batches(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT idx, state, attempts, items, failed_items, error, seconds "
+            "FROM mini_batches WHERE job_id = ? ORDER BY idx",
+            (job_id,),
+        )
+        return [dict(r) for r in rows]
 
     # -- audit -------------------------------------------------------------
     def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:

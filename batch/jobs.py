@@ -1,0 +1,329 @@
+"""Batch endpoints, batch deployments and jobs: the control-plane side.
+
+A job is a record in the store plus a folder under `$SERVEGATE_HOME/jobs/<id>`;
+its runner is a detached process (`batch.runner`), so a job outlives the gateway
+process that started it, and a killed runner can be started again (`resume`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from batch.sources import list_inputs
+from deploy.control import ControlPlane
+from deploy.errors import Conflict, NotFound, SpecError
+from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, BatchSettings, parse_spec
+from deploy.store import AuditEntry, utc_now
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+class BatchJobs:
+    def __init__(self, control: ControlPlane, home: Path) -> None:
+        self.control = control
+        self.store = control.store
+        self.home = home
+
+    # -- endpoints and deployments ---------------------------------------------------
+    def create_endpoint(self, spec: BatchEndpointSpec, actor: str) -> dict[str, Any]:
+        data = spec.model_dump(exclude={"schema_url"})
+        with self.store.transaction():
+            if self.store.get_batch_endpoint(spec.name) is not None:
+                raise Conflict(f"batch endpoint '{spec.name}' already exists")
+            self.store.put_batch_endpoint(
+                spec.name,
+                data,
+                AuditEntry(
+                    actor, "batch_endpoint.create", f"batch-endpoints/{spec.name}", None, data
+                ),
+            )
+        return data
+
+    def put_deployment(self, spec: BatchDeploymentSpec, actor: str) -> dict[str, Any]:
+        endpoint = self.store.get_batch_endpoint(spec.endpoint_name)
+        if endpoint is None:
+            raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
+        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
+        if spec.model is not None:
+            if spec.model.path is not None:
+                path = Path(spec.model.path)
+                if not path.is_file():
+                    raise SpecError(
+                        f"field 'model.path': no model file at '{path}' on the gateway host"
+                    )
+                record = self.control.register_model(
+                    f"{spec.endpoint_name}-{spec.name}",
+                    path.name,
+                    path,
+                    actor,
+                    runtime=spec.runtime,
+                )
+            else:
+                assert spec.model.name is not None
+                record = self.control.get_model(spec.model.name, spec.model.version)
+            data["model"] = {"name": record.name, "version": record.version}
+            data["runtime"] = spec.runtime or record.runtime
+        with self.store.transaction():
+            before = self.store.get_batch_deployment(spec.endpoint_name, spec.name)
+            self.store.put_batch_deployment(
+                spec.endpoint_name,
+                spec.name,
+                data,
+                AuditEntry(
+                    actor,
+                    "batch_deployment.create" if before is None else "batch_deployment.update",
+                    f"batch-endpoints/{spec.endpoint_name}/deployments/{spec.name}",
+                    before,
+                    data,
+                ),
+            )
+            if not endpoint["defaults"].get("deployment_name"):
+                # The first deployment becomes the default, as in Azure ML.
+                updated = {**endpoint, "defaults": {"deployment_name": spec.name}}
+                self.store.put_batch_endpoint(
+                    spec.endpoint_name,
+                    updated,
+                    AuditEntry(
+                        actor,
+                        "batch_endpoint.update",
+                        f"batch-endpoints/{spec.endpoint_name}",
+                        endpoint,
+                        updated,
+                        f"default deployment {spec.name}",
+                    ),
+                )
+        return data
+
+    # -- jobs ------------------------------------------------------------------------
+    def _runtime(self, deployment: dict[str, Any]) -> dict[str, Any]:
+        runtime: dict[str, Any] = {
+            "name": deployment.get("runtime") or "onnx",
+            "device": deployment.get("device", "cpu"),
+            "options": {
+                "intra_op_num_threads": 1,
+                "num_threads": 1,
+                **(deployment.get("runtime_options") or {}),
+            },
+            "signature": deployment.get("signature"),
+            "environment": deployment.get("environment_variables")
+            or (deployment.get("settings") or {}).get("environment_variables")
+            or {},
+        }
+        if deployment.get("model"):
+            record = self.control.get_model(
+                deployment["model"]["name"], deployment["model"]["version"]
+            )
+            runtime["model_path"] = str(self.control.model_dir(record) / record.filename)
+        code = deployment.get("code_configuration")
+        if code:
+            runtime.update(code_dir=code["code"], scoring_script=code["scoring_script"])
+        if runtime["name"] == "remote":
+            raise SpecError("a remote deployment cannot run batch jobs (it has no model here)")
+        return runtime
+
+    def invoke(
+        self,
+        endpoint: str,
+        deployment: str | None,
+        input_uri: str,
+        input_type: str | None,
+        output_uri: str,
+        overrides: dict[str, Any],
+        actor: str,
+    ) -> dict[str, Any]:
+        """Create a job on a batch endpoint, or on an online endpoint's deployment (one
+        definition for both worlds), and start its runner."""
+        if not input_uri:
+            raise SpecError("field 'input' is required")
+        if not output_uri:
+            raise SpecError(
+                "field 'output' is required (a folder: local path or s3://bucket/prefix)"
+            )
+        if input_type not in (None, "uri_file", "uri_folder"):
+            raise SpecError(
+                f"field 'input_type': must be uri_file or uri_folder, got '{input_type}'"
+            )
+        list_inputs(
+            input_uri, input_type
+        )  # a missing or unreadable input: 400 now, nothing written
+        batch_endpoint = self.store.get_batch_endpoint(endpoint)
+        if batch_endpoint is not None:
+            name = deployment or batch_endpoint["defaults"].get("deployment_name")
+            if not name:
+                raise SpecError(f"batch endpoint '{endpoint}' has no deployment yet")
+            spec = self.store.get_batch_deployment(endpoint, name)
+            if spec is None:
+                raise NotFound(f"deployment '{name}' does not exist in batch endpoint '{endpoint}'")
+            kind = "batch"
+            settings = dict(spec.get("settings") or {})
+            instance_count = spec.get("compute", {}).get("instance_count", 1)
+        elif self.store.get_endpoint(endpoint) is not None:
+            online = self.store.get_endpoint(endpoint)
+            assert online is not None
+            name = deployment or max(
+                online["traffic"], key=lambda d: online["traffic"][d], default=None
+            )
+            spec = self.store.get_deployment(endpoint, name) if name else None
+            if spec is None:
+                raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
+            kind = "online"
+            settings = {}
+            instance_count = spec.get("instance_count", 1)
+        else:
+            raise NotFound(f"no batch or online endpoint named '{endpoint}'")
+        merged = parse_spec(
+            BatchSettings,
+            {
+                **settings,
+                **{k: v for k, v in overrides.items() if k != "instance_count" and v is not None},
+            },
+            "job settings",
+        ).model_dump()
+        merged["instance_count"] = overrides.get("instance_count") or instance_count
+        job_id = f"{endpoint}-{utc_now()[:10].replace('-', '')}-{secrets.token_hex(4)}"
+        record = {
+            "id": job_id,
+            "endpoint": endpoint,
+            "deployment": name,
+            "kind": kind,
+            "input": input_uri,
+            "input_type": input_type,
+            "output": output_uri.rstrip("/"),
+            "settings": merged,
+            "runtime": self._runtime(spec),
+            "state": "queued",
+            "planned": False,
+            "created_at": utc_now(),
+            "created_by": actor,
+            "reason": "",
+        }
+        self.store.put_job(
+            record,
+            AuditEntry(
+                actor,
+                "batch_job.create",
+                f"jobs/{job_id}",
+                None,
+                {k: record[k] for k in ("endpoint", "deployment", "input", "output", "settings")},
+            ),
+        )
+        return self._spawn(record)
+
+    def _spawn(self, record: dict[str, Any]) -> dict[str, Any]:
+        job_dir = self.home / "jobs" / record["id"]
+        job_dir.mkdir(parents=True, exist_ok=True)
+        with (job_dir / "runner.out").open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "batch.runner", "--home", str(self.home), record["id"]],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        record = {**(self.store.get_job(record["id"]) or record), "pid": process.pid}
+        self.store.put_job(record)
+        return record
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        record = self.store.get_job(job_id)
+        if record is None:
+            raise NotFound(f"job '{job_id}' does not exist")
+        batches = self.store.list_mini_batches(job_id)
+        counts: dict[str, int] = {}
+        for mb in batches:
+            counts[mb["state"]] = counts.get(mb["state"], 0) + 1
+        runner_alive = _alive(record.get("pid"))
+        return {
+            **record,
+            "mini_batch_states": counts,
+            "runner_alive": runner_alive,
+            "errors": [
+                {"mini_batch": mb["idx"], "attempts": mb["attempts"], "error": mb["error"]}
+                for mb in batches
+                if mb["error"]
+            ][:50],
+        }
+
+    def cancel(self, job_id: str, actor: str) -> dict[str, Any]:
+        record = self.get(job_id)
+        if record["state"] in FINAL:
+            raise Conflict(f"job '{job_id}' is already {record['state']}")
+        if record["runner_alive"]:
+            record["state"] = "cancelling"  # the runner stops its workers and finishes
+        else:
+            record.update(state="cancelled", reason=f"cancelled by {actor}", finished_at=utc_now())
+        self.store.put_job(
+            {
+                k: v
+                for k, v in record.items()
+                if k not in ("mini_batch_states", "runner_alive", "errors")
+            },
+            AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None),
+        )
+        return record
+
+    def resume(self, job_id: str, actor: str) -> dict[str, Any]:
+        record = self.get(job_id)
+        if record["state"] == "completed":
+            raise Conflict(f"job '{job_id}' is already completed")
+        if record["runner_alive"]:
+            raise Conflict(f"job '{job_id}' is running (runner pid {record['pid']})")
+        clean = {
+            k: v
+            for k, v in record.items()
+            if k not in ("mini_batch_states", "runner_alive", "errors")
+        }
+        clean.update(state="queued", reason="")
+        self.store.put_job(
+            clean, AuditEntry(actor, "batch_job.resume", f"jobs/{job_id}", None, None)
+        )
+        return self._spawn(clean)
+
+    def retry(self, job_id: str, actor: str) -> dict[str, Any]:
+        """Re-run only the mini-batches that failed, then rebuild the output."""
+        record = self.get(job_id)
+        if record["runner_alive"]:
+            raise Conflict(f"job '{job_id}' is still running")
+        failed = [
+            mb["idx"] for mb in self.store.list_mini_batches(job_id) if mb["state"] == "failed"
+        ]
+        if not failed:
+            raise Conflict(f"job '{job_id}' has no failed mini-batches")
+        for index in failed:
+            self.store.update_mini_batch(
+                job_id, index, state="pending", attempts=0, failed_items=0, error=""
+            )
+        clean = {
+            k: v
+            for k, v in record.items()
+            if k not in ("mini_batch_states", "runner_alive", "errors")
+        }
+        clean.update(state="queued", reason="", retried_mini_batches=failed)
+        self.store.put_job(
+            clean,
+            AuditEntry(actor, "batch_job.retry", f"jobs/{job_id}", None, {"mini_batches": failed}),
+        )
+        return self._spawn(clean)
+
+    def logs(self, job_id: str) -> str:
+        self.get(job_id)
+        log = self.home / "jobs" / job_id / "job.log"
+        return log.read_text() if log.exists() else ""

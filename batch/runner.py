@@ -1,0 +1,320 @@
+"""The job runner: one process per running job (`python -m batch.runner --home H JOB`).
+
+It plans the job once (mini-batches staged in the job's folder, their states in the
+store), then runs the pending mini-batches on `instance_count x
+max_concurrency_per_instance` worker processes: per-mini-batch timeout and
+retries, failures counted against `error_threshold`, cancellation, and at the end
+the output assembled from the completed parts plus `summary.json`.
+
+Everything it needs to continue is in the store and the job folder: killing it
+(even with SIGKILL) and starting it again (`batch resume`) finishes the job
+without redoing completed mini-batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from batch import planner, sinks, worker
+from batch.errors import BatchInputError
+from batch.sources import list_inputs, locate, tabular_format
+from deploy.store import SqliteStore, utc_now
+from runtimes.base import RuntimeConfig
+from runtimes.types import Signature
+
+log = logging.getLogger("servegate.batch")
+POLL_S = 0.2
+
+
+def runtime_config(record: dict[str, Any]) -> RuntimeConfig:
+    runtime = record["runtime"]
+    signature = runtime.get("signature")
+    return RuntimeConfig(
+        model_path=Path(runtime["model_path"]) if runtime.get("model_path") else None,
+        device=runtime.get("device", "cpu"),
+        options=runtime.get("options", {}),
+        signature=Signature.from_dict(signature) if signature else None,
+        code_dir=Path(runtime["code_dir"]) if runtime.get("code_dir") else None,
+        scoring_script=runtime.get("scoring_script"),
+        environment=runtime.get("environment", {}),
+    )
+
+
+class JobRunner:
+    def __init__(self, home: Path, job_id: str) -> None:
+        self.store = SqliteStore(home / "store.db")
+        self.job_id = job_id
+        self.job_dir = home / "jobs" / job_id
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.job_dir / "job.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+    def record(self) -> dict[str, Any]:
+        job = self.store.get_job(self.job_id)
+        if job is None:
+            raise SystemExit(f"no job {self.job_id}")
+        return job
+
+    def save(self, **changes: Any) -> dict[str, Any]:
+        job = {**self.record(), **changes}
+        self.store.put_job(job)
+        return job
+
+    # -- the job -------------------------------------------------------------------
+    def run(self) -> None:
+        job = self.record()
+        if job["state"] in ("completed", "failed", "cancelled"):
+            log.info("job %s is already %s", self.job_id, job["state"])
+            return
+        started = time.time()
+        job = self.save(
+            state="running",
+            pid=os.getpid(),
+            started_at=job.get("started_at") or utc_now(),
+            runner_started=started,
+            reason="",
+        )
+        try:
+            if not job.get("planned"):
+                job = self.plan(job)
+            self.execute(job)
+        except BatchInputError as exc:
+            # Bad input: the job fails with the reason and writes nothing to the output.
+            log.error("job %s failed: %s", self.job_id, exc)
+            self.finish("failed", str(exc), write_summary=False)
+
+    def plan(self, job: dict[str, Any]) -> dict[str, Any]:
+        settings = job["settings"]
+        location, files = list_inputs(job["input"], job.get("input_type"))
+        fmt = tabular_format(files)
+        if fmt is not None and not job["runtime"].get("files_only"):
+            size = settings["mini_batch_size"] or 10_000  # rows: sized for throughput
+            counts = planner.stage_tabular(location.filesystem, files, fmt, size, self.job_dir)
+            mode = "tabular"
+        else:
+            if job["runtime"]["name"] != "script":
+                raise BatchInputError(
+                    f"input '{job['input']}' is not a tabular dataset (Parquet, CSV, JSON lines); "
+                    "a folder of arbitrary files needs a scoring script (code_configuration)"
+                )
+            size = settings["mini_batch_size"] or 10  # files, as Azure ML
+            counts = planner.plan_files(files, size, self.job_dir)
+            mode = "files"
+        self.store.add_mini_batches(self.job_id, counts)
+        log.info(
+            "planned %d mini-batches (%s, %d items) from %d files",
+            len(counts),
+            mode,
+            sum(counts),
+            len(files),
+        )
+        return self.save(planned=True, mode=mode, mini_batches=len(counts), items=sum(counts))
+
+    def execute(self, job: dict[str, Any]) -> None:
+        settings = job["settings"]
+        retries, timeout_s = (
+            settings["retry_settings"]["max_retries"],
+            settings["retry_settings"]["timeout"],
+        )
+        threshold = settings["error_threshold"]
+        workers = settings["instance_count"] * settings["max_concurrency_per_instance"]
+        batches = {mb["idx"]: mb for mb in self.store.list_mini_batches(self.job_id)}
+        for mb in batches.values():
+            if mb["state"] == "running":  # left by a runner that was killed
+                mb["state"] = "pending"
+                self.store.update_mini_batch(self.job_id, mb["idx"], state="pending")
+        pending = [i for i, mb in sorted(batches.items()) if mb["state"] == "pending"]
+        running: dict[Future[tuple[int, float]], tuple[int, float]] = {}
+        pool = self._pool(job, workers)
+        try:
+            while pending or running:
+                if self.record()["state"] == "cancelling":
+                    self._stop(pool)
+                    self.finish("cancelled", "cancelled by request")
+                    return
+                while pending and len(running) < workers * 2:
+                    index = pending.pop(0)
+                    self.store.update_mini_batch(self.job_id, index, state="running")
+                    running[pool.submit(worker.score, str(self.job_dir), index, job["mode"])] = (
+                        index,
+                        time.monotonic(),
+                    )
+                done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    index, _ = running.pop(future)
+                    try:
+                        _, seconds = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        self._failed_attempt(
+                            batches[index], "a worker process died", retries, pending
+                        )
+                        continue
+                    except Exception as exc:
+                        self._failed_attempt(
+                            batches[index], f"{type(exc).__name__}: {exc}", retries, pending
+                        )
+                        continue
+                    batches[index].update(state="done", seconds=seconds)
+                    self.store.update_mini_batch(self.job_id, index, state="done", seconds=seconds)
+                now = time.monotonic()
+                stuck = [f for f, (_, t0) in running.items() if now - t0 > timeout_s]
+                if broken or stuck:
+                    # A dead or stuck worker: replace every worker; the stuck mini-batches lose
+                    # an attempt, the others go back to the queue as they were.
+                    for future in list(running):
+                        index, _ = running.pop(future)
+                        if future in stuck:
+                            self._failed_attempt(
+                                batches[index], f"timed out after {timeout_s:g} s", retries, pending
+                            )
+                        else:
+                            pending.insert(0, index)
+                            self.store.update_mini_batch(self.job_id, index, state="pending")
+                    self._stop(pool)
+                    pool = self._pool(job, workers)
+                failed_items = sum(
+                    mb["items"] for mb in batches.values() if mb["state"] == "failed"
+                )
+                if threshold != -1 and failed_items > threshold:
+                    self._stop(pool)
+                    self.finish(
+                        "failed", f"{failed_items} failed items exceed error_threshold={threshold}"
+                    )
+                    return
+                self._progress(batches)
+        finally:
+            self._stop(pool)
+        self.complete(job, batches)
+
+    def _failed_attempt(
+        self, mb: dict[str, Any], error: str, retries: int, pending: list[int]
+    ) -> None:
+        mb["attempts"] += 1
+        if mb["attempts"] <= retries:
+            log.warning(
+                "mini-batch %d failed (attempt %d, retrying): %s", mb["idx"], mb["attempts"], error
+            )
+            mb["state"] = "pending"
+            pending.append(mb["idx"])
+        else:
+            log.error(
+                "mini-batch %d failed for good after %d attempts: %s",
+                mb["idx"],
+                mb["attempts"],
+                error,
+            )
+            mb["state"] = "failed"
+        mb["error"] = error
+        self.store.update_mini_batch(
+            self.job_id,
+            mb["idx"],
+            state=mb["state"],
+            attempts=mb["attempts"],
+            error=error,
+            failed_items=mb["items"] if mb["state"] == "failed" else 0,
+        )
+
+    def _progress(self, batches: dict[int, dict[str, Any]]) -> None:
+        done = [mb for mb in batches.values() if mb["state"] == "done"]
+        job = self.record()
+        elapsed = max(time.time() - job["runner_started"], 1e-9)
+        rate = sum(mb["items"] for mb in done) / elapsed if job.get("mode") == "tabular" else None
+        self.save(
+            done=len(done),
+            failed=sum(mb["state"] == "failed" for mb in batches.values()),
+            items_per_s=rate,
+        )
+
+    def complete(self, job: dict[str, Any], batches: dict[int, dict[str, Any]]) -> None:
+        settings = job["settings"]
+        output = locate(job["output"])
+        done = sorted(i for i, mb in batches.items() if mb["state"] == "done")
+        rows = None
+        if settings["output_action"] == "append_row":
+            rows = sinks.assemble(self.job_dir, done, output, settings["output_file_name"])
+        self.finish("completed", "", output_rows=rows)
+
+    def finish(self, state: str, reason: str, write_summary: bool = True, **extra: Any) -> None:
+        job = self.record()
+        batches = self.store.list_mini_batches(self.job_id)
+        seconds = time.time() - job.get("runner_started", time.time())
+        done_items = sum(mb["items"] for mb in batches if mb["state"] == "done")
+        summary = {
+            "job": self.job_id,
+            "state": state,
+            "reason": reason,
+            "input": job["input"],
+            "output": job["output"],
+            "mini_batches": {
+                "total": len(batches),
+                "done": sum(mb["state"] == "done" for mb in batches),
+                "failed": sum(mb["state"] == "failed" for mb in batches),
+                "pending": sum(mb["state"] in ("pending", "running") for mb in batches),
+            },
+            "items": {
+                "total": sum(mb["items"] for mb in batches),
+                "done": done_items,
+                "failed": sum(mb["failed_items"] for mb in batches),
+            },
+            "failures": [
+                {
+                    "mini_batch": mb["idx"],
+                    "items": mb["items"],
+                    "attempts": mb["attempts"],
+                    "error": mb["error"],
+                }
+                for mb in batches
+                if mb["state"] == "failed"
+            ],
+            "seconds": round(seconds, 3),
+            "items_per_s": round(done_items / seconds, 1) if seconds > 0 else None,
+            **extra,
+        }
+        if write_summary:
+            try:
+                sinks.write_summary(locate(job["output"]), summary)
+            except OSError as exc:
+                log.error("cannot write summary.json: %s", exc)
+        log.info("job %s %s %s", self.job_id, state, reason)
+        self.save(state=state, reason=reason, finished_at=utc_now(), summary=summary)
+
+    # -- workers -------------------------------------------------------------------
+    def _pool(self, job: dict[str, Any], workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=worker.init,
+            initargs=(job["runtime"]["name"], runtime_config(job), job["input"]),
+        )
+
+    @staticmethod
+    def _stop(pool: ProcessPoolExecutor) -> None:
+        processes = list(getattr(pool, "_processes", {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run (or resume) one batch job.")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("job")
+    args = parser.parse_args()
+    JobRunner(args.home, args.job).run()
+
+
+if __name__ == "__main__":
+    main()

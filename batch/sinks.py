@@ -1,0 +1,86 @@
+"""Outputs: one part per mini-batch, written atomically (a temporary name, then a
+rename), and the final file assembled only from completed parts, in input order.
+A crash can leave a stray temporary part, never a half-written or duplicated row."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pyarrow.types as pat
+
+from batch.sources import Location
+
+
+def part_path(job_dir: Path, index: int) -> Path:
+    return job_dir / "parts" / f"{index:08d}.parquet"
+
+
+def write_part(job_dir: Path, index: int, table: pa.Table) -> None:
+    final = part_path(job_dir, index)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+
+
+def _for_csv(table: pa.Table) -> pa.Table:
+    """CSV has no list cells: a list column `p` becomes `p_0`, `p_1`, ..."""
+    columns, names = [], []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pat.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            flat = column.combine_chunks().flatten()
+            for i in range(width):
+                columns.append(flat.take(pa.array(range(i, len(flat), width))))
+                names.append(f"{name}_{i}")
+        else:
+            columns.append(column)
+            names.append(name)
+    return pa.table(columns, names=names)
+
+
+def assemble(job_dir: Path, indexes: list[int], output: Location, file_name: str) -> int:
+    """Concatenate the parts of `indexes` (in order) into `output/file_name`; return rows.
+
+    The file is written under a temporary name next to its final one, then moved, so
+    readers never see a partial file."""
+    fs = output.filesystem
+    fs.create_dir(output.path, recursive=True)
+    final = f"{output.path}/{file_name}"
+    tmp = f"{output.path}/.{file_name}.incomplete"
+    rows = 0
+    writer: Any = None
+    with fs.open_output_stream(tmp) as sink:
+        try:
+            for index in indexes:
+                table = pq.read_table(part_path(job_dir, index))
+                rows += table.num_rows
+                if file_name.endswith(".parquet"):
+                    if writer is None:
+                        writer = pq.ParquetWriter(sink, table.schema)
+                    writer.write_table(table)
+                else:
+                    table = _for_csv(table)
+                    if writer is None:
+                        writer = pacsv.CSVWriter(sink, table.schema)
+                    writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    fs.move(tmp, final)
+    return rows
+
+
+def write_summary(output: Location, summary: dict[str, Any]) -> None:
+    fs = output.filesystem
+    fs.create_dir(output.path, recursive=True)
+    tmp, final = f"{output.path}/.summary.json.incomplete", f"{output.path}/summary.json"
+    with fs.open_output_stream(tmp) as sink:
+        sink.write(json.dumps(summary, indent=2).encode())
+    fs.move(tmp, final)

@@ -1,0 +1,92 @@
+"""Data references: a file, a folder or a glob, on local disk or object storage
+(`s3://bucket/key`, through pyarrow filesystems).
+
+The S3 endpoint comes from `AWS_ENDPOINT_URL` (or `SERVEGATE_S3_ENDPOINT_URL`),
+credentials from the usual AWS variables, so an S3-compatible server on loopback
+works as well as AWS.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from batch.errors import BatchInputError
+
+#: file suffix -> pyarrow dataset format, for tabular inputs
+TABULAR = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URI split into a pyarrow filesystem and the path on it."""
+
+    uri: str
+    filesystem: pafs.FileSystem
+    path: str
+
+    def child(self, name: str) -> Location:
+        sep = "" if self.uri.endswith("/") else "/"
+        return locate(f"{self.uri}{sep}{name}")
+
+
+def _s3() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("SERVEGATE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, object] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        parts = urlsplit(endpoint)
+        options.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
+    return pafs.S3FileSystem(**options)
+
+
+def locate(uri: str) -> Location:
+    """`s3://bucket/key`, `file:///path` or a local path."""
+    if uri.startswith("s3://"):
+        return Location(uri, _s3(), uri[len("s3://") :].rstrip("/"))
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return Location(uri, pafs.LocalFileSystem(), os.path.abspath(path))
+
+
+def list_inputs(uri: str, input_type: str | None = None) -> tuple[Location, list[str]]:
+    """The input files a URI names, sorted: one file, every file under a folder, or the
+    files a glob (`*`, `?`) matches. Raises BatchInputError naming the URI."""
+    location = locate(uri)
+    fs = location.filesystem
+    pattern = None
+    if any(c in location.path for c in "*?["):
+        base, _, _ = location.path.partition("*")
+        folder = base.rsplit("/", 1)[0]
+        pattern, location = location.path, Location(uri, fs, folder)
+    try:
+        info = fs.get_file_info(location.path)
+    except OSError as exc:
+        raise BatchInputError(f"input '{uri}': cannot read it: {exc}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise BatchInputError(f"input '{uri}': no such file or folder")
+    if info.type == pafs.FileType.File:
+        if input_type == "uri_folder":
+            raise BatchInputError(f"input '{uri}' is a file, but --input-type is uri_folder")
+        return location, [location.path]
+    if input_type == "uri_file":
+        raise BatchInputError(f"input '{uri}' is a folder, but --input-type is uri_file")
+    selector = pafs.FileSelector(location.path, recursive=True)
+    files = sorted(
+        f.path
+        for f in fs.get_file_info(selector)
+        if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith(".")
+    )
+    if pattern is not None:
+        files = [f for f in files if fnmatch.fnmatch(f, pattern)]
+    if not files:
+        raise BatchInputError(f"input '{uri}': no files in it")
+    return location, files
+
+
+def tabular_format(files: list[str]) -> str | None:
+    """The dataset format if every file is tabular of one kind, else None (files mode)."""
+    formats = {TABULAR.get(os.path.splitext(f)[1].lower()) for f in files}
+    return formats.pop() if len(formats) == 1 and None not in formats else None

@@ -1,0 +1,104 @@
+"""Between Arrow tables (rows of a tabular input or output) and model tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.types as pat
+
+from batch.errors import BatchInputError
+from runtimes.types import DATATYPE_TO_NUMPY, Signature, TensorSpec
+
+
+def _column_tensor(table: pa.Table, name: str, spec: TensorSpec) -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    dtype = DATATYPE_TO_NUMPY[spec.datatype]
+    if (
+        pat.is_fixed_size_list(column.type)
+        or pat.is_list(column.type)
+        or pat.is_large_list(column.type)
+    ):
+        width = spec.shape[-1] if len(spec.shape) == 2 and spec.shape[-1] > 0 else None
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        rows = len(column)
+        if width is None:
+            width = len(values) // rows if rows else 0
+        if len(values) != rows * width:
+            raise BatchInputError(f"column '{name}': rows do not all hold {width} values")
+        return values.reshape(rows, width).astype(dtype, copy=False)
+    if spec.datatype == "BYTES":
+        return np.array(
+            [v.encode() if isinstance(v, str) else v for v in column.to_pylist()], dtype=object
+        )
+    return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def tensors_from_table(table: pa.Table, signature: Signature) -> dict[str, np.ndarray]:
+    """Model inputs from a table: a column per input (lists become a second axis), or,
+    for a model with one [-1, k] input, the table's k numeric columns side by side."""
+    names = set(table.column_names)
+    if all(spec.name in names for spec in signature.inputs):
+        return {spec.name: _column_tensor(table, spec.name, spec) for spec in signature.inputs}
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        spec = signature.inputs[0]
+        width = spec.shape[1]
+        numeric = [
+            f.name for f in table.schema if pat.is_integer(f.type) or pat.is_floating(f.type)
+        ]
+        if width in (-1, len(numeric)) and len(numeric) == table.num_columns:
+            dtype = DATATYPE_TO_NUMPY[spec.datatype]
+            return {
+                spec.name: np.column_stack(
+                    [table.column(n).to_numpy().astype(dtype, copy=False) for n in numeric]
+                )
+            }
+        raise BatchInputError(
+            f"the model's input '{spec.name}' takes {width} values per row; the input has "
+            f"{table.num_columns} columns ({', '.join(table.column_names[:8])}...) of which "
+            f"{len(numeric)} are numeric: give {width} numeric columns or a list column "
+            f"named '{spec.name}'"
+        )
+    missing = [spec.name for spec in signature.inputs if spec.name not in names]
+    raise BatchInputError(
+        f"the input has no column '{missing[0]}' (the model's inputs: "
+        f"{', '.join(s.name for s in signature.inputs)})"
+    )
+
+
+def table_from_outputs(outputs: Mapping[str, np.ndarray]) -> pa.Table:
+    """Outputs as columns: 1-D as values, 2-D as fixed-size lists, more as flat lists."""
+    columns: dict[str, pa.Array] = {}
+    for name, array in outputs.items():
+        if array.dtype == object:
+            array = np.array(
+                [
+                    v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                    for v in array.ravel()
+                ],
+                dtype=object,
+            ).reshape(array.shape)
+        if array.ndim <= 1:
+            columns[name] = pa.array(array)
+        else:
+            flat = array.reshape(array.shape[0], -1)
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+    return pa.table(columns)
+
+
+def table_from_result(result: Any) -> pa.Table:
+    """A batch scoring script's return value as a table: a pyarrow Table, a pandas
+    DataFrame, a list of dicts, or a list of values (one column, `result`)."""
+    if isinstance(result, pa.Table):
+        return result
+    if hasattr(result, "to_dict") and hasattr(result, "columns"):  # pandas, without importing it
+        return pa.Table.from_pandas(result, preserve_index=False)
+    items = list(result)
+    if items and all(isinstance(item, dict) for item in items):
+        return pa.Table.from_pylist(items)
+    try:
+        return pa.table({"result": pa.array(items)})
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.table({"result": pa.array([str(item) for item in items])})

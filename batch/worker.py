@@ -1,0 +1,73 @@
+"""A batch job's worker processes: each loads the model once (`init`), then scores
+mini-batches (`score`), writing each one's output part atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from batch.planner import SOURCE_FILE, SOURCE_ROW, stage_path
+from batch.sinks import write_part
+from batch.sources import locate
+from batch.tensors import table_from_outputs, table_from_result, tensors_from_table
+from runtimes.base import RuntimeConfig
+from runtimes.registry import load_runtime
+
+_state: dict[str, Any] = {}
+
+
+def init(runtime_name: str, config: RuntimeConfig, input_uri: str) -> None:
+    os.environ.update(config.environment)
+    _state["runtime"] = load_runtime(runtime_name, config)
+    _state["script"] = runtime_name == "script"
+    _state["input"] = locate(input_uri)
+
+
+def score(job_dir: str, index: int, mode: str) -> tuple[int, float]:
+    """Score mini-batch `index`; return (items scored, seconds)."""
+    started = time.perf_counter()
+    folder = Path(job_dir)
+    runtime = _state["runtime"]
+    if mode == "tabular":
+        with pa.memory_map(str(stage_path(folder, index, ".arrow"))) as source:
+            table = pa.ipc.open_file(source).read_all()
+        origin = table.select([SOURCE_FILE, SOURCE_ROW])
+        data = table.drop_columns([SOURCE_FILE, SOURCE_ROW])
+        if _state["script"]:
+            result = table_from_result(runtime.run_batch(data))
+        else:
+            result = table_from_outputs(runtime.infer(tensors_from_table(data, runtime.signature)))
+        if result.num_rows == origin.num_rows:
+            for name, column in zip(origin.column_names, origin.columns, strict=True):
+                result = result.append_column(name, column)
+        items = table.num_rows
+    else:
+        paths = json.loads(stage_path(folder, index, ".json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _local_copies(paths, tmp)
+            result = table_from_result(runtime.run_batch(local))
+        if result.num_rows == len(paths):  # one answer per file: say which
+            result = result.append_column(SOURCE_FILE, pa.array(paths, pa.string()))
+        items = len(paths)
+    write_part(folder, index, result)
+    return items, time.perf_counter() - started
+
+
+def _local_copies(paths: list[str], tmp: str) -> list[str]:
+    """Scripts get local paths, as Azure ML mounts inputs: remote files are downloaded."""
+    source = _state["input"]
+    if source.uri.startswith("s3://"):
+        local = []
+        for i, path in enumerate(paths):
+            target = Path(tmp) / f"{i:06d}-{os.path.basename(path)}"
+            with source.filesystem.open_input_stream(path) as remote:
+                target.write_bytes(remote.read())
+            local.append(str(target))
+        return local
+    return list(paths)
