@@ -2,9 +2,12 @@
 folder, so every later step (workers, retries, a resume) reads small immutable
 pieces and the input is never loaded whole.
 
-- tabular inputs (Parquet, CSV, JSON lines) are streamed record batch by record
-  batch and staged as Arrow IPC files of exactly `mini_batch_size` rows (the
-  last one shorter), each row carrying its source file and row number;
+- Parquet is planned from its metadata alone: a mini-batch is up to
+  `mini_batch_size` rows of one row group, and workers read those rows straight
+  from the file (staging 1M rows x 64 floats cost 1.4 s of a 3.3 s job);
+- CSV and JSON lines are streamed record batch by record batch and staged as
+  Arrow IPC files of exactly `mini_batch_size` rows (the last one shorter);
+- every row carries its source file and row number;
 - folders of other files become lists of `mini_batch_size` file paths.
 """
 
@@ -14,9 +17,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from batch.errors import BatchInputError
 
@@ -58,7 +63,9 @@ def stage_tabular(
 
     def flush(final: bool) -> None:
         nonlocal pending, pending_rows
-        table = pa.concat_tables(pending) if pending else None
+        # Rows from several files carry several source-file dictionaries: unify them, as
+        # an IPC file holds one dictionary per column.
+        table = pa.concat_tables(pending).unify_dictionaries() if pending else None
         while table is not None and (
             table.num_rows >= mini_batch_size or (final and table.num_rows)
         ):
@@ -87,13 +94,7 @@ def stage_tabular(
             for batch in dataset.to_batches(batch_size=STAGE_BATCH_ROWS):
                 if not batch.num_rows:
                     continue
-                table = (
-                    pa.Table.from_batches([batch])
-                    .append_column(SOURCE_FILE, pa.array([path] * batch.num_rows, pa.string()))
-                    .append_column(
-                        SOURCE_ROW, pa.array(range(row, row + batch.num_rows), pa.int64())
-                    )
-                )
+                table = with_origin(pa.Table.from_batches([batch]), path, row)
                 row += batch.num_rows
                 pending.append(table)
                 pending_rows += table.num_rows
@@ -103,6 +104,57 @@ def stage_tabular(
             raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
     flush(final=True)
     return counts
+
+
+def plan_parquet(
+    fs: pafs.FileSystem, files: list[str], mini_batch_size: int, job_dir: Path
+) -> list[int]:
+    """Mini-batches as (file, row group, offset, rows) descriptors; no data is copied."""
+    (job_dir / "inputs").mkdir(parents=True, exist_ok=True)
+    counts: list[int] = []
+    schema: pa.Schema | None = None
+    for path in files:
+        try:
+            with fs.open_input_file(path) as source:
+                metadata = pq.ParquetFile(source).metadata
+                file_schema = metadata.schema.to_arrow_schema()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BatchInputError(f"input file '{path}' cannot be read as parquet: {exc}") from None
+        if schema is None:
+            schema = file_schema
+        elif not file_schema.equals(schema):
+            raise BatchInputError(
+                f"input file '{path}': {_describe_mismatch(schema, file_schema)} "
+                f"(as in the first file)"
+            )
+        first_row = 0
+        for group in range(metadata.num_row_groups):
+            group_rows = metadata.row_group(group).num_rows
+            for offset in range(0, group_rows, mini_batch_size):
+                rows = min(mini_batch_size, group_rows - offset)
+                descriptor = {
+                    "file": path,
+                    "row_group": group,
+                    "offset": offset,
+                    "rows": rows,
+                    "first_row": first_row + offset,
+                }
+                target = stage_path(job_dir, len(counts), ".json")
+                target.with_suffix(".tmp").write_text(json.dumps(descriptor))
+                os.replace(target.with_suffix(".tmp"), target)
+                counts.append(rows)
+            first_row += group_rows
+    return counts
+
+
+def with_origin(table: pa.Table, path: str, first_row: int) -> pa.Table:
+    """Append the source file (dictionary-encoded: once, not per row) and row numbers."""
+    n = table.num_rows
+    source = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, np.int32)), pa.array([path], pa.string())
+    )
+    rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+    return table.append_column(SOURCE_FILE, source).append_column(SOURCE_ROW, rows)
 
 
 def plan_files(files: list[str], mini_batch_size: int, job_dir: Path) -> list[int]:

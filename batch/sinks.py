@@ -18,22 +18,33 @@ from batch.sources import Location
 
 
 def part_path(job_dir: Path, index: int) -> Path:
-    return job_dir / "parts" / f"{index:08d}.parquet"
+    return job_dir / "parts" / f"{index:08d}.arrow"
 
 
 def write_part(job_dir: Path, index: int, table: pa.Table) -> None:
     final = part_path(job_dir, index)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    # Uncompressed Arrow IPC: cheap to write here, memory-mapped at assembly, so the
+    # rows are encoded once, into the final file.
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
     os.replace(tmp, final)
+
+
+def read_part(job_dir: Path, index: int) -> pa.Table:
+    with pa.memory_map(str(part_path(job_dir, index))) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 def _for_csv(table: pa.Table) -> pa.Table:
     """CSV has no list cells: a list column `p` becomes `p_0`, `p_1`, ..."""
     columns, names = [], []
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if pat.is_fixed_size_list(column.type):
+        if pat.is_dictionary(column.type):
+            columns.append(column.cast(column.type.value_type))
+            names.append(name)
+        elif pat.is_fixed_size_list(column.type):
             width = column.type.list_size
             flat = column.combine_chunks().flatten()
             for i in range(width):
@@ -59,7 +70,7 @@ def assemble(job_dir: Path, indexes: list[int], output: Location, file_name: str
     with fs.open_output_stream(tmp) as sink:
         try:
             for index in indexes:
-                table = pq.read_table(part_path(job_dir, index))
+                table = read_part(job_dir, index)
                 rows += table.num_rows
                 if file_name.endswith(".parquet"):
                     if writer is None:

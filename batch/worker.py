@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from batch.planner import SOURCE_FILE, SOURCE_ROW, stage_path
+from batch.planner import SOURCE_FILE, SOURCE_ROW, stage_path, with_origin
 from batch.sinks import write_part
 from batch.sources import locate
 from batch.tensors import table_from_outputs, table_from_result, tensors_from_table
@@ -34,9 +35,12 @@ def score(job_dir: str, index: int, mode: str) -> tuple[int, float]:
     started = time.perf_counter()
     folder = Path(job_dir)
     runtime = _state["runtime"]
-    if mode == "tabular":
-        with pa.memory_map(str(stage_path(folder, index, ".arrow"))) as source:
-            table = pa.ipc.open_file(source).read_all()
+    if mode in ("tabular", "parquet"):
+        if mode == "parquet":
+            table = _parquet_rows(json.loads(stage_path(folder, index, ".json").read_text()))
+        else:
+            with pa.memory_map(str(stage_path(folder, index, ".arrow"))) as source:
+                table = pa.ipc.open_file(source).read_all()
         origin = table.select([SOURCE_FILE, SOURCE_ROW])
         data = table.drop_columns([SOURCE_FILE, SOURCE_ROW])
         if _state["script"]:
@@ -57,6 +61,19 @@ def score(job_dir: str, index: int, mode: str) -> tuple[int, float]:
         items = len(paths)
     write_part(folder, index, result)
     return items, time.perf_counter() - started
+
+
+def _parquet_rows(descriptor: dict[str, Any]) -> pa.Table:
+    """The mini-batch's rows, read from its row group (the last group read is kept:
+    consecutive mini-batches usually share one)."""
+    key = (descriptor["file"], descriptor["row_group"])
+    cached = _state.get("row_group")
+    if cached is None or cached[0] != key:
+        with _state["input"].filesystem.open_input_file(descriptor["file"]) as source:
+            group = pq.ParquetFile(source).read_row_group(descriptor["row_group"])
+        cached = _state["row_group"] = (key, group)
+    rows = cached[1].slice(descriptor["offset"], descriptor["rows"])
+    return with_origin(rows, descriptor["file"], descriptor["first_row"])
 
 
 def _local_copies(paths: list[str], tmp: str) -> list[str]:

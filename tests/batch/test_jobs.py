@@ -116,7 +116,8 @@ def invoke(
 def check_predictions(table: pa.Table, model_dir: Path, inputs: dict[str, np.ndarray]) -> None:
     """Every input row exactly once, in order, and equal to onnxruntime in-process."""
     for source, x in inputs.items():
-        part = table.filter(pa.compute.ends_with(table["source_file"], source))
+        names = table["source_file"].cast(pa.string())
+        part = table.filter(pa.compute.ends_with(names, source))
         assert part["row"].to_pylist() == list(range(len(x)))
         want = in_process(model_dir / "classifier.onnx", {"input": x})
         np.testing.assert_array_equal(part["label"].to_numpy(), want["label"])
