@@ -54,6 +54,7 @@ class JobRunner:
     def __init__(self, home: Path, job_id: str) -> None:
         self.store = SqliteStore(home / "store.db")
         self.job_id = job_id
+        self._last_progress = 0.0
         self.job_dir = home / "jobs" / job_id
         self.job_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.job_dir / "job.log")
@@ -243,6 +244,10 @@ class JobRunner:
         )
 
     def _progress(self, batches: dict[int, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < 0.5:
+            return
+        self._last_progress = now
         done = [mb for mb in batches.values() if mb["state"] == "done"]
         job = self.record()
         elapsed = max(time.time() - job["runner_started"], 1e-9)
