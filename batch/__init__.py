@@ -1,1 +1,2 @@
-"""Batch endpoints and jobs (mini-batches over data references). Built in a later issue."""
+"""Batch endpoints and jobs: data references cut into mini-batches, scored by worker
+processes, results written back to storage; jobs survive crashes and resume."""

@@ -462,5 +462,16 @@ def test_inputs_and_outputs_on_s3(s3: dict[str, str], tmp_path: Path, model_dir:
         check_predictions(table, model_dir, {"s3rows.parquet": x})
         with fs.open_input_stream("data/out/summary.json") as f:
             assert json.loads(f.read())["state"] == "completed"
+        # A folder of files on S3 for a scoring script: workers get local copies.
+        texts = {f"doc{i}.txt": "y" * (i + 3) for i in range(5)}
+        for name, text in texts.items():
+            with fs.open_output_stream(f"data/docs/{name}") as out:
+                out.write(text.encode())
+        files_endpoint(gw, tmp_path, model_dir, "s3-files")
+        invoke(gw, "s3-files", "s3://data/docs", "s3://data/docs-out")
+        with fs.open_input_file("data/docs-out/predictions.parquet") as f:
+            table = pq.read_table(f)
+        assert table["length"].to_pylist() == [len(texts[n]) for n in sorted(texts)]
+        assert table["source_file"].to_pylist() == [f"data/docs/{n}" for n in sorted(texts)]
     finally:
         assert_clean_exit(gw)
