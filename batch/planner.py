@@ -51,6 +51,15 @@ def _describe_mismatch(first: pa.Schema, other: pa.Schema) -> str:
     return f"unexpected column '{extra[0]}'" if extra else "schemas differ"
 
 
+def _same_schema(first: pa.Schema | None, schema: pa.Schema, path: str) -> pa.Schema:
+    """Every input file must have the first file's columns and types."""
+    if first is not None and not schema.equals(first):
+        raise BatchInputError(
+            f"input file '{path}': {_describe_mismatch(first, schema)} (as in the first file)"
+        )
+    return first or schema
+
+
 def stage_tabular(
     fs: pafs.FileSystem, files: list[str], fmt: str, mini_batch_size: int, job_dir: Path
 ) -> list[int]:
@@ -82,13 +91,7 @@ def stage_tabular(
             file_schema = dataset.schema
         except (pa.ArrowInvalid, OSError) as exc:
             raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
-        if schema is None:
-            schema = file_schema
-        elif not file_schema.equals(schema):
-            raise BatchInputError(
-                f"input file '{path}': {_describe_mismatch(schema, file_schema)} "
-                f"(as in the first file)"
-            )
+        schema = _same_schema(schema, file_schema, path)
         row = 0
         try:
             for batch in dataset.to_batches(batch_size=STAGE_BATCH_ROWS):
@@ -120,13 +123,7 @@ def plan_parquet(
                 file_schema = metadata.schema.to_arrow_schema()
         except (pa.ArrowInvalid, OSError) as exc:
             raise BatchInputError(f"input file '{path}' cannot be read as parquet: {exc}") from None
-        if schema is None:
-            schema = file_schema
-        elif not file_schema.equals(schema):
-            raise BatchInputError(
-                f"input file '{path}': {_describe_mismatch(schema, file_schema)} "
-                f"(as in the first file)"
-            )
+        schema = _same_schema(schema, file_schema, path)
         first_row = 0
         for group in range(metadata.num_row_groups):
             group_rows = metadata.row_group(group).num_rows

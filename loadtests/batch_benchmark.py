@@ -14,21 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loadtests import models
-from loadtests.benchmark import free_port, wait_ready
+from loadtests.gateway_process import GatewayProcess
 
 
 def write_input(path: Path, rows: int) -> np.ndarray:
@@ -63,37 +59,13 @@ def main() -> None:
     x = write_input(work / "rows.parquet", args.rows)
     raw = in_process(mlp, x, args.mini_batch_size)
 
-    port = free_port()
-    home = work / "home"
-    with (work / "gateway.log").open("wb") as log:
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deploy.cli",
-                "--home",
-                str(home),
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    with GatewayProcess(work / "home") as gateway:
+        gateway.call(
+            "POST", "/management/models/mlp/versions", params={"filename": "mlp.onnx"}, content=mlp
         )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{url}/v2/health/ready")
-        token = (home / "admin_token").read_text().strip()
-        admin = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-        )
-        admin.post(
-            "/management/models/mlp/versions", params={"filename": "mlp.onnx"}, content=mlp
-        ).raise_for_status()
-        admin.post("/management/batch/endpoints", json={"name": "bench"}).raise_for_status()
-        admin.post(
+        gateway.call("POST", "/management/batch/endpoints", json={"name": "bench"})
+        gateway.call(
+            "POST",
             "/management/batch/endpoints/bench/deployments",
             json={
                 "name": "mlp",
@@ -104,24 +76,22 @@ def main() -> None:
                     "output_file_name": "predictions.parquet",
                 },
             },
-        ).raise_for_status()
+        )
         started = time.perf_counter()
-        job = admin.post(
+        job = gateway.call(
+            "POST",
             "/management/batch/jobs",
             json={
                 "endpoint": "bench",
                 "input": str(work / "rows.parquet"),
                 "output": str(work / "out"),
             },
-        ).json()
-        while True:
-            job = admin.get(f"/management/batch/jobs/{job['id']}").json()
-            if job["state"] in ("completed", "failed", "cancelled"):
-                break
+        )
+        while job["state"] not in ("completed", "failed", "cancelled"):
             time.sleep(0.05)
+            job = gateway.call("GET", f"/management/batch/jobs/{job['id']}")
         wall = time.perf_counter() - started
         assert job["state"] == "completed", job
-        log_text = (home / "jobs" / job["id"] / "job.log").read_text()
         output_rows = pq.ParquetFile(work / "out" / "predictions.parquet").metadata.num_rows
         result = {
             "rows": args.rows,
@@ -134,13 +104,9 @@ def main() -> None:
             "ratio_job_vs_in_process_x_workers": args.rows / wall / (raw * args.workers),
             "output_rows": output_rows,
         }
-        del log_text
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(60)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,31 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
 from loadtests import models
+from loadtests.gateway_process import GatewayProcess, free_port, wait_ready
 
 SERVER_CORE, LOAD_CORE = "0", "1"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 @contextmanager
@@ -176,18 +158,20 @@ def v2_binary(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 
 # -- (c) servegate ----------------------------------------------------------------------
-def deploy(url: str, token: str, mlp_path: Path, cnn_path: Path) -> str:
-    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
-    admin.post("/management/endpoints", json={"name": "bench"}).raise_for_status()
+def deploy(gateway: GatewayProcess, mlp_path: Path, cnn_path: Path) -> str:
+    gateway.call("POST", "/management/endpoints", json={"name": "bench"})
     for name, path, batching in (
         ("mlp", mlp_path, {"max_batch_size": 32}),
         ("cnn", cnn_path, {"max_batch_size": 8}),
     ):
-        with path.open("rb") as f:
-            admin.post(
-                f"/management/models/{name}/versions", params={"filename": path.name}, content=f
-            ).raise_for_status()
-        admin.post(
+        gateway.call(
+            "POST",
+            f"/management/models/{name}/versions",
+            params={"filename": path.name},
+            content=path.read_bytes(),
+        )
+        gateway.call(
+            "POST",
             "/management/endpoints/bench/deployments",
             json={
                 "name": name,
@@ -197,13 +181,9 @@ def deploy(url: str, token: str, mlp_path: Path, cnn_path: Path) -> str:
                 "request_settings": {"max_concurrent_requests_per_instance": 32},
                 "runtime_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1},
             },
-        ).raise_for_status()
-    admin.patch(
-        "/management/endpoints/bench", json={"traffic": {"mlp": 100, "cnn": 0}}
-    ).raise_for_status()
-    key = admin.post("/management/endpoints/bench/listKeys").json()["primaryKey"]
-    admin.close()
-    return str(key)
+        )
+    gateway.call("PATCH", "/management/endpoints/bench", json={"traffic": {"mlp": 100, "cnn": 0}})
+    return str(gateway.call("POST", "/management/endpoints/bench/listKeys")["primaryKey"])
 
 
 def main() -> None:
@@ -249,26 +229,9 @@ def main() -> None:
         results["bare_cnn_json"] = wrk(base, v2_json("image", cnn_x), {}, 32, d, work)
 
     print("(c) servegate", flush=True)
-    port = free_port()
-    home = work / "home"
-    with process(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "--home",
-            str(home),
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        work / "servegate.log",
-    ):
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{url}/v2/health/ready")
-        key = deploy(url, (home / "admin_token").read_text().strip(), mlp_path, cnn_path)
+    with GatewayProcess(work / "home", core=SERVER_CORE) as gateway:
+        url = gateway.url
+        key = deploy(gateway, mlp_path, cnn_path)
         auth = {"Authorization": f"Bearer {key}"}
         mlp_url, cnn_url = (
             f"{url}/v2/models/bench/versions/mlp/infer",

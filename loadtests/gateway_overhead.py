@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.demo import DEMO_INPUT, build_classifier
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from loadtests.gateway_process import GatewayProcess
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -98,41 +89,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="sg-bench-"))
-    port = _free_port()
-    log = open(home / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the gateway
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "--home",
-            str(home / "h"),
-            "serve",
-            "--demo",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        token = (home / "h" / "admin_token").read_text().strip()
-        keys = httpx.post(
-            f"{base}/management/endpoints/demo/listKeys",
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()
+    home = Path(tempfile.mkdtemp(prefix="sg-bench-")) / "home"
+    with GatewayProcess(home, "--demo") as gateway:
+        base = gateway.url
+        keys = gateway.call("POST", "/management/endpoints/demo/listKeys")
         auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
 
         raw = raw_runtime(args.requests)
@@ -177,10 +137,6 @@ def main() -> None:
                 indent=2,
             )
         )
-    finally:
-        gateway.terminate()
-        gateway.wait(30)
-        log.close()
 
 
 if __name__ == "__main__":

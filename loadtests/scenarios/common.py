@@ -4,9 +4,6 @@ load from `servegate loadtest`, a sampler of the traffic split, and the plot."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,14 +15,10 @@ from typing import Any
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from loadtests.gateway_process import GatewayProcess
 
 
-class Scenario:
+class Scenario(GatewayProcess):
     """A gateway in a temporary home, driven through its HTTP APIs only."""
 
     def __init__(self, name: str, out_dir: Path) -> None:
@@ -33,45 +26,8 @@ class Scenario:
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=f"sg-{name}-"))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = (self.work / "gateway.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deploy.cli",
-                "--home",
-                str(self.work / "home"),
-                "serve",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        token = (self.work / "home" / "admin_token").read_text().strip()
-        self.admin = httpx.Client(
-            base_url=self.url,
-            timeout=120,
-            headers={"Authorization": f"Bearer {token}", "x-servegate-actor": f"scenario {name}"},
-        )
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.admin.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json() if response.content else None
+        super().__init__(self.work / "home", actor=f"scenario {name}")
+        self.__enter__()
 
     def register(self, name: str, data: bytes, filename: str) -> None:
         self.call(
@@ -133,10 +89,7 @@ class Scenario:
         return RolloutRun(record, report, sampler, started_wall, rollout_started, output)
 
     def close(self) -> None:
-        self.admin.close()
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
-        self._log.close()
+        self.__exit__(None, None, None)
 
 
 @dataclass
