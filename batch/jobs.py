@@ -114,7 +114,8 @@ class BatchJobs:
         return data
 
     # -- jobs ------------------------------------------------------------------------
-    def _runtime(self, deployment: dict[str, Any]) -> dict[str, Any]:
+    def runtime_of(self, deployment: dict[str, Any]) -> dict[str, Any]:
+        """What a process needs to load a deployment's runtime (JSON-able)."""
         runtime: dict[str, Any] = {
             "name": deployment.get("runtime") or "onnx",
             "device": deployment.get("device", "cpu"),
@@ -209,7 +210,7 @@ class BatchJobs:
             "input_type": input_type,
             "output": output_uri.rstrip("/"),
             "settings": merged,
-            "runtime": self._runtime(spec),
+            "runtime": self.runtime_of(spec),
             "state": "queued",
             "planned": False,
             "created_at": utc_now(),

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from deploy.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
-from deploy.errors import SpecError
+from deploy.errors import ControlPlaneError, SpecError
 from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
@@ -63,7 +63,7 @@ class ServegateGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ClientError, SpecError) as exc:
+        except (ClientError, ControlPlaneError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -668,6 +668,61 @@ def batch_retry(ctx: Ctx, job_id: str, failed_only: bool, wait: bool) -> None:
 @pass_ctx
 def batch_logs(ctx: Ctx, job_id: str) -> None:
     click.echo(ctx.client.job_logs(job_id), nl=False)
+
+
+# -- streaming --------------------------------------------------------------------
+@main.group()
+def stream() -> None:
+    """Score Kafka topics (any Kafka-compatible broker)."""
+
+
+@stream.command("run")
+@click.option("--endpoint", "-e", required=True)
+@click.option("--deployment", "-d", default=None, help="Default: the one with most traffic.")
+@click.option("--bootstrap-servers", required=True, help="host:port[,host:port]")
+@click.option("--input-topic", required=True)
+@click.option("--output-topic", required=True)
+@click.option("--group-id", default=None, help="Default: servegate-<endpoint>.")
+@click.option("--dead-letter-topic", default=None)
+@click.option("--max-batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
+@click.option("--max-batch-delay-ms", type=click.IntRange(0, 60_000), default=20, show_default=True)
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@pass_ctx
+def stream_run(
+    ctx: Ctx,
+    endpoint: str,
+    deployment: str | None,
+    bootstrap_servers: str,
+    input_topic: str,
+    output_topic: str,
+    group_id: str | None,
+    dead_letter_topic: str | None,
+    max_batch_size: int,
+    max_batch_delay_ms: int,
+    metrics_port: int | None,
+) -> None:
+    """Consume INPUT_TOPIC, score each record, produce results (at least once)."""
+    logging_setup()
+    from batch.streaming import StreamSettings, run_stream
+
+    settings = StreamSettings(
+        bootstrap_servers,
+        input_topic,
+        output_topic,
+        group_id or f"servegate-{endpoint}",
+        dead_letter_topic,
+        max_batch_size,
+        max_batch_delay_ms,
+    )
+    run_stream(ctx.home, endpoint, deployment, settings, metrics_port)
+
+
+def logging_setup() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 # -- loadtest ---------------------------------------------------------------------

@@ -1,0 +1,327 @@
+"""Streaming scoring: consume a Kafka topic, score each record with a deployment
+through the same runtime code as the gateway (scheduler, dynamic batching), and
+produce one result per record.
+
+Delivery is at least once: a polled batch's offsets are committed only after
+every result (and every dead letter) of that batch is acknowledged by the broker.
+A record that cannot be decoded or scored goes to the dead-letter topic with the
+error in a header and never stalls its partition. After a crash or a rebalance,
+records after the last commit are delivered again (duplicates, never losses).
+
+Records are JSON: `{"input_data": ...}` (the /score shape) or
+`{"inputs": [...]}` (Open Inference Protocol JSON). Results are JSON objects
+keyed by output name. Any Kafka-compatible broker works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from runtimes.errors import InferenceError, InvalidInput
+from runtimes.scheduler import Scheduler
+from runtimes.tensor_codec import array_from_json, reshape
+from runtimes.types import Signature
+
+log = logging.getLogger("servegate.stream")
+
+
+def decode(value: bytes | None, signature: Signature) -> dict[str, np.ndarray]:
+    """A record's tensors; InvalidInput names what is wrong."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"record is not JSON: {exc}") from None
+    if isinstance(doc, dict) and "inputs" in doc:
+        inputs = {}
+        for item in doc["inputs"] or []:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidInput("field 'inputs[].name' must be a string")
+            inputs[item["name"]] = reshape(
+                item["name"],
+                array_from_json(item["name"], item.get("data"), str(item.get("datatype"))),
+                item.get("shape") or [],
+            )
+        return inputs
+    if not isinstance(doc, dict) or "input_data" not in doc:
+        raise InvalidInput("record needs 'input_data' (the /score shape) or 'inputs' (OIP JSON)")
+    data = doc["input_data"]
+    names = [t.name for t in signature.inputs]
+    by_name = data if isinstance(data, dict) else {names[0]: data} if len(names) == 1 else None
+    if by_name is None:
+        raise InvalidInput(
+            f"field 'input_data': the model has inputs {', '.join(names)}; "
+            "give an object keyed by input name"
+        )
+    out = {}
+    for name, item in by_name.items():
+        spec = signature.input(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown input '{name}'; the model's inputs are: {', '.join(names)}"
+            )
+        out[name] = array_from_json(name, item, spec.datatype)
+    return out
+
+
+def encode(results: Mapping[str, np.ndarray]) -> bytes:
+    return orjson.dumps(
+        {
+            k: np.ascontiguousarray(v)
+            if v.dtype != object
+            else [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.tolist()]
+            for k, v in results.items()
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+@dataclass
+class StreamStats:
+    records_in: int = 0
+    records_out: int = 0
+    records_failed: int = 0
+    batches: int = 0
+    batch_rows: int = 0
+    lag: int = 0
+    latency_s: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    group_id: str
+    dead_letter_topic: str | None = None
+    max_batch_size: int = 256
+    max_batch_delay_ms: int = 20
+    request_timeout_s: float = 30.0
+
+
+class StreamScorer:
+    def __init__(self, scheduler: Scheduler, settings: StreamSettings, deployment: str) -> None:
+        self.scheduler = scheduler
+        self.settings = settings
+        self.deployment = deployment
+        self.stats = StreamStats()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.input_topic,
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_batch_size,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=2)
+        await consumer.start()
+        await producer.start()
+        try:
+            while not self._stop.is_set():
+                polled = await consumer.getmany(
+                    timeout_ms=s.max_batch_delay_ms or 1, max_records=s.max_batch_size
+                )
+                records = [r for batch in polled.values() for r in batch]
+                if not records:
+                    continue
+                await self._process(records, producer)
+                self.stats.lag = sum(
+                    max(0, (consumer.highwater(tp) or 0) - batch[-1].offset - 1)
+                    for tp, batch in polled.items()
+                    if batch
+                )
+                offsets = {
+                    TopicPartition(tp.topic, tp.partition): batch[-1].offset + 1
+                    for tp, batch in polled.items()
+                    if batch
+                }
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, KafkaError) as exc:
+                    # A rebalance took the partitions: their new owner will redeliver.
+                    log.warning("commit failed (%s); records will be delivered again", exc)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _process(self, records: list[Any], producer: AIOKafkaProducer) -> None:
+        s = self.settings
+        self.stats.records_in += len(records)
+        self.stats.batches += 1
+        self.stats.batch_rows += len(records)
+
+        async def one(record: Any) -> Any:
+            headers = [
+                (
+                    "request-id",
+                    (dict(record.headers or []).get("request-id") or str(uuid.uuid4()).encode()),
+                ),
+                ("deployment", self.deployment.encode()),
+                ("source-partition", str(record.partition).encode()),
+                ("source-offset", str(record.offset).encode()),
+            ]
+            try:
+                inputs = decode(record.value, self.scheduler.signature)
+                self.scheduler.signature.validate(inputs)
+                results = await self.scheduler.infer(inputs, None, s.request_timeout_s)
+            except (InferenceError, ValueError, TypeError) as exc:
+                self.stats.records_failed += 1
+                if s.dead_letter_topic is None:
+                    log.warning(
+                        "record %s/%s failed and has no dead-letter topic: %s",
+                        record.partition,
+                        record.offset,
+                        exc,
+                    )
+                    return None
+                error = f"{type(exc).__name__}: {exc}".encode()[:4000]
+                return await producer.send(
+                    s.dead_letter_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=[*headers, ("error", error)],
+                )
+            self.stats.records_out += 1
+            self.stats.latency_s.append(time.time() - record.timestamp / 1000)
+            del self.stats.latency_s[:-10_000]
+            return await producer.send(
+                s.output_topic, value=encode(results), key=record.key, headers=headers
+            )
+
+        # Every record is scored (batched by the scheduler) and sent; then all sends must be
+        # acknowledged before the caller commits the offsets.
+        sends = await asyncio.gather(*(one(r) for r in records))
+        await asyncio.gather(*(f for f in sends if f is not None))
+
+
+class _StatsCollector:
+    def __init__(self, scorer: StreamScorer) -> None:
+        self._scorer = scorer
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self._scorer.stats
+        for name, value, doc in (
+            ("records_in", stats.records_in, "Records consumed."),
+            ("records_out", stats.records_out, "Results produced."),
+            ("records_failed", stats.records_failed, "Records sent to the dead-letter topic."),
+            ("batches", stats.batches, "Polled batches processed."),
+            ("batch_rows", stats.batch_rows, "Records in processed batches."),
+        ):
+            yield CounterMetricFamily(f"servegate_stream_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "servegate_stream_lag", "Records behind the end of the input topic.", value=stats.lag
+        )
+        latency = sorted(stats.latency_s)
+        p99 = latency[int(0.99 * (len(latency) - 1))] if latency else 0.0
+        yield GaugeMetricFamily(
+            "servegate_stream_latency_p99_seconds",
+            "End-to-end latency (record timestamp to result), p99 of recent.",
+            value=p99,
+        )
+
+
+def run_stream(
+    home: Any,
+    endpoint: str,
+    deployment: str | None,
+    settings: StreamSettings,
+    metrics_port: int | None = None,
+) -> None:
+    """`servegate stream run`: load the online deployment from the store and score the topic
+    until SIGTERM/SIGINT."""
+    import signal
+    from pathlib import Path
+
+    from batch.jobs import BatchJobs
+    from batch.runner import runtime_config
+    from deploy.artifacts import ArtifactStore
+    from deploy.control import ControlPlane
+    from deploy.credentials import Credentials
+    from deploy.errors import NotFound
+    from deploy.store import SqliteStore
+    from runtimes.hosts import ThreadHost
+    from runtimes.registry import load_runtime
+    from runtimes.scheduler import Batching, SchedulerSettings
+
+    home = Path(home)
+    control = ControlPlane(
+        SqliteStore(home / "store.db"), ArtifactStore(home), Credentials.from_home(home)
+    )
+    online = control.get_endpoint(endpoint)
+    name = deployment or max(online["traffic"], key=lambda d: online["traffic"][d], default=None)
+    spec = control.store.get_deployment(endpoint, name) if name else None
+    if spec is None or name is None:
+        raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
+    runtime = BatchJobs(control, home).runtime_of(spec)
+    config = runtime_config({"runtime": runtime})
+    host = ThreadHost.load(
+        f"{endpoint}/{name}",
+        spec["instance_count"],
+        1,
+        lambda: load_runtime(runtime["name"], config),
+    )
+    scheduler = Scheduler(
+        f"{endpoint}/{name}",
+        host,
+        SchedulerSettings(
+            settings.max_batch_size,
+            spec["instance_count"],
+            settings.request_timeout_s,
+            Batching(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
+        ),
+    )
+    scorer = StreamScorer(scheduler, settings, name)
+    if metrics_port:
+        from prometheus_client import REGISTRY, start_http_server
+
+        REGISTRY.register(_StatsCollector(scorer))
+        start_http_server(metrics_port, addr="127.0.0.1")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, scorer.stop)
+        reporter = loop.create_task(_report(scorer))
+        try:
+            await scorer.run()
+        finally:
+            reporter.cancel()
+            await scheduler.close()
+
+    log.info(
+        "scoring %s -> %s with %s/%s", settings.input_topic, settings.output_topic, endpoint, name
+    )
+    asyncio.run(main())
+
+
+async def _report(scorer: StreamScorer) -> None:
+    last, at = 0, time.monotonic()
+    while True:
+        await asyncio.sleep(5)
+        now = time.monotonic()
+        stats = scorer.stats
+        print(
+            f"records in {stats.records_in} out {stats.records_out} failed {stats.records_failed} "
+            f"({(stats.records_in - last) / (now - at):.0f}/s)",
+            flush=True,
+        )
+        last, at = stats.records_in, now
