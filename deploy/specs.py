@@ -154,6 +154,37 @@ class SignatureSpec(Spec):
     outputs: Annotated[list[TensorSpecModel], Field(min_length=1)]
 
 
+class CollectionSpec(Spec):
+    enabled: bool = False
+
+
+class KafkaDestination(Spec):
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
+    topic: Annotated[str, Field(min_length=1)]
+
+
+class CollectorDestination(Spec):
+    """Where collected payloads go: a Kafka topic, or Parquet files under a URI."""
+
+    kafka: KafkaDestination | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> CollectorDestination:
+        if (self.kafka is None) == (self.path is None):
+            raise ValueError("give either 'kafka' (bootstrap_servers, topic) or 'path'")
+        return self
+
+
+class DataCollectorSpec(Spec):
+    """Azure ML's `data_collector`, plus a destination."""
+
+    sampling_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    rolling_rate: Literal["Minute", "Hour", "Day", "Month", "Year"] = "Hour"
+    collections: dict[Literal["request", "response"], CollectionSpec] = Field(default_factory=dict)
+    destination: CollectorDestination
+
+
 #: Runtimes that need no model file.
 _MODEL_OPTIONAL = ("script", "remote")
 
@@ -225,6 +256,7 @@ class OnlineDeploymentSpec(Spec):
     signature: SignatureSpec | None = None
     host: Literal["thread", "process"] | None = None
     batching: Batching | None = None
+    data_collector: DataCollectorSpec | None = None
     instance_type: str | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
     device: Annotated[str, AfterValidator(_device)] = "cpu"

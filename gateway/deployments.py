@@ -19,6 +19,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
+from gateway.collector import PayloadCollector
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
@@ -62,6 +63,7 @@ class DeploymentHosts:
         self._failed: dict[tuple[str, str], str] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._replaced: list[Scheduler] = []
+        self.collectors: dict[tuple[str, str], PayloadCollector] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -122,6 +124,7 @@ class DeploymentHosts:
     def adopt(self, resolved: dict[str, Any], scheduler: Scheduler) -> None:
         """Take ownership of a scheduler made by `load`, retiring the one it replaces."""
         key = (resolved["endpoint_name"], resolved["name"])
+        self._collector_for(key, resolved.get("data_collector"))
         old = self._schedulers.get(key)
         self._schedulers[key] = (_fingerprint(resolved), scheduler)
         self._failed.pop(key, None)
@@ -145,11 +148,21 @@ class DeploymentHosts:
         self.snapshot = await run_in_threadpool(self._build, wanted)
         for key in [k for k in self._schedulers if k not in wanted]:
             self._retire(self._schedulers.pop(key)[1])
+            self._collector_for(key, None)
         while self._replaced:
             self._retire(self._replaced.pop())
         for key in [k for k in self._failed if k not in wanted]:
             del self._failed[key]
         return self.snapshot
+
+    def _collector_for(self, key: tuple[str, str], spec: dict[str, Any] | None) -> None:
+        old = self.collectors.pop(key, None)
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
+        if spec:
+            collector = PayloadCollector(*key, spec)
+            collector.start()
+            self.collectors[key] = collector
 
     def _build(self, wanted: dict[tuple[str, str], dict[str, Any]]) -> RoutingSnapshot:
         store = self.control.store
@@ -172,6 +185,7 @@ class DeploymentHosts:
                         model_version=model.get("version", 0),
                         runtime=resolved["runtime"],
                         request_timeout_s=resolved["request_settings"]["request_timeout_ms"] / 1000,
+                        collector=self.collectors.get((endpoint, deployment)),
                     )
                 else:
                     unavailable[deployment] = self._failed.get((endpoint, deployment), "not loaded")
@@ -213,5 +227,8 @@ class DeploymentHosts:
         for _, scheduler in self._schedulers.values():
             self._retire(scheduler)
         self._schedulers.clear()
+        for collector in self.collectors.values():
+            await collector.close()
+        self.collectors.clear()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from runtimes.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from gateway.collector import PayloadCollector
     from gateway.mirror import MirrorStats
 
 # Scoring latencies run from sub-millisecond to the 180 s request_timeout_ms cap.
@@ -213,6 +214,32 @@ class _MirrorSeries(Collector):
         yield diff
 
 
+class _CollectorSeries(Collector):
+    """The data collector's logged and dropped payloads, per deployment."""
+
+    def __init__(
+        self, collectors: Callable[[], Mapping[tuple[str, str], PayloadCollector]]
+    ) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        logged = CounterMetricFamily(
+            "servegate_collector_records",
+            "Payloads the data collector delivered.",
+            labels=["endpoint", "deployment"],
+        )
+        dropped = CounterMetricFamily(
+            "servegate_collector_dropped",
+            "Payloads dropped (buffer full, destination slow or down).",
+            labels=["endpoint", "deployment"],
+        )
+        for labels, collector in dict(self._collectors()).items():
+            logged.add_metric(list(labels), collector.collected)
+            dropped.add_metric(list(labels), collector.dropped)
+        yield logged
+        yield dropped
+
+
 class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -249,9 +276,11 @@ class GatewayMetrics:
         self,
         schedulers: Callable[[], Iterable[Scheduler]],
         mirrors: Callable[[], Mapping[tuple[str, str], MirrorStats]],
+        collectors: Callable[[], Mapping[tuple[str, str], PayloadCollector]],
     ) -> None:
         self.registry.register(_SchedulerGauges(schedulers))
         self.registry.register(_MirrorSeries(mirrors))
+        self.registry.register(_CollectorSeries(collectors))
 
     def for_deployment(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         key = (endpoint, deployment)

@@ -16,6 +16,7 @@ from gateway.errors import DeploymentUnavailable, EndpointNotFound
 from runtimes.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from gateway.collector import PayloadCollector
     from gateway.metrics import DeploymentMetrics
 from runtimes.types import Signature
 
@@ -30,6 +31,7 @@ class DeploymentRoute:
     model_version: int
     runtime: str
     request_timeout_s: float
+    collector: PayloadCollector | None = None
 
     @property
     def signature(self) -> Signature:

@@ -11,6 +11,7 @@ OpenAPI document, 405s and everything else behave as for any route.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -157,6 +158,7 @@ class ScoringEndpoint:
         mirror: DeploymentRoute | None = None
         outputs: dict[str, np.ndarray] | None = None
         extra: list[tuple[bytes, bytes]] = []
+        body = b""
         status = 499  # the client left before an answer (nginx's convention)
         try:
             endpoint = state.hosts.snapshot.endpoint(endpoint_name)
@@ -202,6 +204,15 @@ class ScoringEndpoint:
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
+        if route is not None and route.collector is not None:
+            route.collector.offer(
+                headers.get("x-request-id") or uuid.uuid4().hex,
+                status,
+                time.perf_counter() - started,
+                body,
+                payload,
+                state.rng,
+            )
         if mirror is not None and status == 200:
 
             async def run_mirror(

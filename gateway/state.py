@@ -38,7 +38,7 @@ class GatewayState:
         metrics = GatewayMetrics()
         hosts = DeploymentHosts(control, metrics)
         mirror = Mirror()
-        metrics.watch(lambda: hosts.schedulers, lambda: mirror.stats)
+        metrics.watch(lambda: hosts.schedulers, lambda: mirror.stats, lambda: hosts.collectors)
         return cls(
             settings=settings,
             control=control,

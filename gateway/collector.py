@@ -1,0 +1,158 @@
+"""The data collector: request and response payloads of a deployment, logged from
+the gateway through a bounded buffer, to a Kafka topic or to Parquet files.
+
+It never delays or fails a scoring request: `offer` is a non-blocking put, and a
+full buffer (a slow or absent broker) drops the record and counts it. A sender
+task drains the buffer; when the broker is down its sends fail and are counted
+as drops, and logging resumes by itself when the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BUFFER = 10_000
+SEND_TIMEOUT_S = 2.0
+FLUSH_EVERY_S = 1.0
+ROLL_FORMATS = {
+    "Minute": "%Y/%m/%d/%H/%M",
+    "Hour": "%Y/%m/%d/%H",
+    "Day": "%Y/%m/%d",
+    "Month": "%Y/%m",
+    "Year": "%Y",
+}
+
+
+class PayloadCollector:
+    def __init__(self, endpoint: str, deployment: str, spec: dict[str, Any]) -> None:
+        self.endpoint, self.deployment = endpoint, deployment
+        self.sampling_rate = float(spec.get("sampling_rate", 1.0))
+        collections = spec.get("collections") or {}
+        self.requests = bool((collections.get("request") or {}).get("enabled"))
+        self.responses = bool((collections.get("response") or {}).get("enabled"))
+        self.destination = spec["destination"]
+        self.rolling_rate = spec.get("rolling_rate", "Hour")
+        self.collected = 0
+        self.dropped = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(BUFFER)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        sender = self._kafka if "kafka" in self.destination else self._files
+        self._task = asyncio.get_running_loop().create_task(sender())
+
+    def offer(
+        self,
+        request_id: str,
+        status: int,
+        latency_s: float,
+        request: bytes,
+        response: bytes,
+        rng: Any,
+    ) -> None:
+        """Hand a payload over; never waits. Sampled by `sampling_rate`."""
+        if not (self.requests or self.responses) or rng.random() >= self.sampling_rate:
+            return
+        record = {
+            "request_id": request_id,
+            "endpoint": self.endpoint,
+            "deployment": self.deployment,
+            "time": time.time(),
+            "status": status,
+            "latency_ms": round(latency_s * 1000, 3),
+            "request": request.decode("utf-8", "replace") if self.requests else None,
+            "response": response.decode("utf-8", "replace") if self.responses else None,
+        }
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _kafka(self) -> None:
+        import orjson
+        from aiokafka import AIOKafkaProducer
+
+        settings = self.destination["kafka"]
+        producer: AIOKafkaProducer | None = None
+        while True:
+            record = await self._queue.get()
+            try:
+                if producer is None:
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=settings["bootstrap_servers"],
+                        request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
+                    )
+                    await asyncio.wait_for(producer.start(), SEND_TIMEOUT_S)
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        settings["topic"], orjson.dumps(record), key=record["request_id"].encode()
+                    ),
+                    SEND_TIMEOUT_S,
+                )
+                self.collected += 1
+            except Exception as exc:  # broker slow or down: count, keep serving, retry later
+                self.dropped += 1
+                log.debug("data collector send failed: %r", exc)
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    producer = None
+
+    async def _files(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from batch.sources import locate
+
+        target = locate(self.destination["path"])
+        rows: list[dict[str, Any]] = []
+        deadline = time.monotonic() + FLUSH_EVERY_S
+        while True:
+            with contextlib.suppress(TimeoutError):
+                rows.append(
+                    await asyncio.wait_for(
+                        self._queue.get(), max(0.01, deadline - time.monotonic())
+                    )
+                )
+            if rows and (len(rows) >= 1000 or time.monotonic() >= deadline):
+                batch, rows = rows, []
+                roll = datetime.now(timezone.utc).strftime(ROLL_FORMATS[self.rolling_rate])
+                folder = f"{target.path}/{self.endpoint}/{self.deployment}/{roll}"
+                name = f"{folder}/{uuid.uuid4().hex}.parquet"
+                try:
+                    await asyncio.to_thread(
+                        _write_parquet,
+                        target.filesystem,
+                        folder,
+                        name,
+                        pa.Table.from_pylist(batch),
+                        pq,
+                    )
+                    self.collected += len(batch)
+                except OSError as exc:
+                    self.dropped += len(batch)
+                    log.warning("data collector cannot write %s: %s", name, exc)
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + FLUSH_EVERY_S
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _write_parquet(fs: Any, folder: str, name: str, table: Any, pq: Any) -> None:
+    fs.create_dir(folder, recursive=True)
+    tmp = name + ".incomplete"
+    with fs.open_output_stream(tmp) as sink:
+        pq.write_table(table, sink)
+    fs.move(tmp, name)
