@@ -150,6 +150,7 @@ class BatchJobs:
         output_uri: str,
         overrides: dict[str, Any],
         actor: str,
+        job_id: str | None = None,
     ) -> dict[str, Any]:
         """Create a job on a batch endpoint, or on an online endpoint's deployment (one
         definition for both worlds), and start its runner."""
@@ -200,7 +201,9 @@ class BatchJobs:
             "job settings",
         ).model_dump()
         merged["instance_count"] = overrides.get("instance_count") or instance_count
-        job_id = f"{endpoint}-{utc_now()[:10].replace('-', '')}-{secrets.token_hex(4)}"
+        if job_id is not None and self.store.get_job(job_id) is not None:
+            raise Conflict(f"job '{job_id}' already exists")
+        job_id = job_id or f"{endpoint}-{utc_now()[:10].replace('-', '')}-{secrets.token_hex(4)}"
         record = {
             "id": job_id,
             "endpoint": endpoint,

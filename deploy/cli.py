@@ -717,6 +717,22 @@ def stream_run(
     run_stream(ctx.home, endpoint, deployment, settings, metrics_port)
 
 
+@stream.command("jobs")
+@click.option("--bootstrap-servers", required=True)
+@click.option("--jobs-topic", default="servegate-jobs", show_default=True)
+@click.option("--events-topic", default="servegate-job-events", show_default=True)
+@click.option("--group-id", default="servegate-jobs", show_default=True)
+@pass_ctx
+def stream_jobs(
+    ctx: Ctx, bootstrap_servers: str, jobs_topic: str, events_topic: str, group_id: str
+) -> None:
+    """Create batch jobs from JOBS_TOPIC (once per job id); publish their state changes."""
+    logging_setup()
+    from batch.job_topics import run_job_topics
+
+    run_job_topics(ctx.home, bootstrap_servers, jobs_topic, events_topic, group_id)
+
+
 def logging_setup() -> None:
     import logging
 

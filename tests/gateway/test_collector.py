@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
-from tests.batch.test_streaming import TANSU, consume_all, create_topics
+from tests.batch.conftest import TANSU
+from tests.batch.test_streaming import consume_all, create_topics
 from tests.conftest import Gateway, free_port, wait_for
 from tests.gateway.test_engine import metric
 
