@@ -99,6 +99,19 @@ data_collector:
     assert dropped > 0
     logged = sum(metric(gateway, "servegate_collector_records_total", unique_name).values())
     assert logged >= 50
+    # The broker comes back (empty: memory storage): logging resumes by itself.
+    broker = start_broker(address, tmp_path / "tansu-2.log")
+    try:
+        create_topics(address, ("payloads", 1))
+
+        def resumed() -> bool:
+            timed_requests(url, auth, 5)
+            return len(consume_all(address, "payloads")) > 0
+
+        wait_for(resumed, 60, every_s=1.0)
+    finally:
+        broker.terminate()
+        broker.wait(10)
 
 
 def test_payloads_to_parquet_files_with_sampling(
