@@ -30,7 +30,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from runtimes.errors import InferenceError, InvalidInput
 from runtimes.scheduler import Scheduler
-from runtimes.tensor_codec import array_from_json, reshape
+from runtimes.tensor_codec import array_from_json, inputs_from_input_data, reshape
 from runtimes.types import Signature
 
 log = logging.getLogger("servegate.stream")
@@ -55,23 +55,7 @@ def decode(value: bytes | None, signature: Signature) -> dict[str, np.ndarray]:
         return inputs
     if not isinstance(doc, dict) or "input_data" not in doc:
         raise InvalidInput("record needs 'input_data' (the /score shape) or 'inputs' (OIP JSON)")
-    data = doc["input_data"]
-    names = [t.name for t in signature.inputs]
-    by_name = data if isinstance(data, dict) else {names[0]: data} if len(names) == 1 else None
-    if by_name is None:
-        raise InvalidInput(
-            f"field 'input_data': the model has inputs {', '.join(names)}; "
-            "give an object keyed by input name"
-        )
-    out = {}
-    for name, item in by_name.items():
-        spec = signature.input(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown input '{name}'; the model's inputs are: {', '.join(names)}"
-            )
-        out[name] = array_from_json(name, item, spec.datatype)
-    return out
+    return inputs_from_input_data(doc["input_data"], signature)
 
 
 def encode(results: Mapping[str, np.ndarray]) -> bytes:

@@ -20,6 +20,7 @@ from runtimes.errors import InvalidInput
 from runtimes.tensor_codec import (
     array_from_binary,
     array_from_json,
+    inputs_from_input_data,
     json_data,
     reshape,
     tensor_bytes,
@@ -266,28 +267,7 @@ def parse_score_request(body: bytes, signature: Signature) -> dict[str, np.ndarr
     doc = _json(body, "request body")
     if not isinstance(doc, dict) or "input_data" not in doc:
         raise MalformedRequest("field 'input_data' is required")
-    data = doc["input_data"]
-    names = [t.name for t in signature.inputs]
-    if isinstance(data, dict):
-        by_name = data
-    elif isinstance(data, list):
-        if len(names) != 1:
-            raise InvalidInput(
-                f"field 'input_data': the model has {len(names)} inputs ({', '.join(names)}); "
-                "give input_data as an object keyed by input name"
-            )
-        by_name = {names[0]: data}
-    else:
-        raise MalformedRequest("field 'input_data' must be a list or an object keyed by input name")
-    inputs = {}
-    for name, value in by_name.items():
-        spec = signature.input(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown input '{name}'; the model's inputs are: {', '.join(names)}"
-            )
-        inputs[name] = array_from_json(name, value, spec.datatype)
-    return inputs
+    return inputs_from_input_data(doc["input_data"], signature)
 
 
 def encode_score_response(results: Mapping[str, np.ndarray]) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.errors import InvalidInput
-from runtimes.types import DATATYPE_TO_NUMPY
+from runtimes.types import DATATYPE_TO_NUMPY, Signature
 
 _LENGTH_PREFIX = struct.Struct("<I")
 
@@ -122,3 +122,29 @@ def json_data(array: np.ndarray) -> Any:
     if array.dtype == object:
         return [_as_bytes(v).decode("utf-8", "replace") for v in array.ravel()]
     return np.ascontiguousarray(array).ravel()
+
+
+def inputs_from_input_data(data: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """Azure ML's `input_data`: a list (single-input model) or an object keyed by input
+    name, as arrays of the signature's datatypes. Raises InvalidInput naming the field."""
+    names = [t.name for t in signature.inputs]
+    if isinstance(data, dict):
+        by_name = data
+    elif isinstance(data, list):
+        if len(names) != 1:
+            raise InvalidInput(
+                f"field 'input_data': the model has {len(names)} inputs ({', '.join(names)}); "
+                "give input_data as an object keyed by input name"
+            )
+        by_name = {names[0]: data}
+    else:
+        raise InvalidInput("field 'input_data' must be a list or an object keyed by input name")
+    inputs = {}
+    for name, value in by_name.items():
+        spec = signature.input(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown input '{name}'; the model's inputs are: {', '.join(names)}"
+            )
+        inputs[name] = array_from_json(name, value, spec.datatype)
+    return inputs

