@@ -659,6 +659,7 @@ def batch_resume(ctx: Ctx, job_id: str, wait: bool) -> None:
 @pass_ctx
 def batch_retry(ctx: Ctx, job_id: str, failed_only: bool, wait: bool) -> None:
     """Re-run only the mini-batches that failed and rebuild the output."""
+    del failed_only  # the one retry there is; the flag says so, as Azure users ask for it
     job = ctx.client.job_action(job_id, "retry")
     _print(_wait_for_job(ctx, job["id"]).get("summary") if wait else job)
 

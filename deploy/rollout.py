@@ -10,17 +10,15 @@ rolls back to the traffic the rollout started from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
 from deploy.specs import DeploymentName, Spec
 
 ACTIVE_STATES = ("mirroring", "stepping")
-FINAL_STATES = ("succeeded", "rolled_back", "aborted")
-State = Literal["mirroring", "stepping", "succeeded", "rolled_back", "aborted"]
 
 #: Statuses that count against a candidate: its own failures and its overload.
 #: Client errors (400, 401, 404, 413) are the caller's, not the candidate's.
@@ -190,7 +188,3 @@ def judge_mirror(
             summary,
         )
     return Verdict(True, None, summary)
-
-
-def plan_steps(steps: Sequence[int]) -> str:
-    return ",".join(str(s) for s in steps)

@@ -177,10 +177,6 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._pending)
 
-    @property
-    def batching_enabled(self) -> bool:
-        return self._can_batch
-
     # -- submitting ------------------------------------------------------------
     async def infer(
         self,

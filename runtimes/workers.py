@@ -188,10 +188,6 @@ class ProcessHost:
     def slots(self) -> Sequence[int]:
         return list(range(len(self._workers)))
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process is not None]
-
     async def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         worker.ready.clear()
