@@ -114,33 +114,6 @@ class BatchJobs:
         return data
 
     # -- jobs ------------------------------------------------------------------------
-    def runtime_of(self, deployment: dict[str, Any]) -> dict[str, Any]:
-        """What a process needs to load a deployment's runtime (JSON-able)."""
-        runtime: dict[str, Any] = {
-            "name": deployment.get("runtime") or "onnx",
-            "device": deployment.get("device", "cpu"),
-            "options": {
-                "intra_op_num_threads": 1,
-                "num_threads": 1,
-                **(deployment.get("runtime_options") or {}),
-            },
-            "signature": deployment.get("signature"),
-            "environment": deployment.get("environment_variables")
-            or (deployment.get("settings") or {}).get("environment_variables")
-            or {},
-        }
-        if deployment.get("model"):
-            record = self.control.get_model(
-                deployment["model"]["name"], deployment["model"]["version"]
-            )
-            runtime["model_path"] = str(self.control.model_dir(record) / record.filename)
-        code = deployment.get("code_configuration")
-        if code:
-            runtime.update(code_dir=code["code"], scoring_script=code["scoring_script"])
-        if runtime["name"] == "remote":
-            raise SpecError("a remote deployment cannot run batch jobs (it has no model here)")
-        return runtime
-
     def invoke(
         self,
         endpoint: str,
@@ -192,6 +165,8 @@ class BatchJobs:
             instance_count = spec.get("instance_count", 1)
         else:
             raise NotFound(f"no batch or online endpoint named '{endpoint}'")
+        if spec.get("runtime") == "remote":
+            raise SpecError("a remote deployment cannot run batch jobs (it has no model here)")
         merged = parse_spec(
             BatchSettings,
             {
@@ -213,7 +188,8 @@ class BatchJobs:
             "input_type": input_type,
             "output": output_uri.rstrip("/"),
             "settings": merged,
-            "runtime": self.runtime_of(spec),
+            "runtime_name": spec.get("runtime") or "onnx",
+            "deployment_spec": spec,
             "state": "queued",
             "planned": False,
             "created_at": utc_now(),

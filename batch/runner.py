@@ -27,32 +27,22 @@ from typing import Any
 from batch import planner, sinks, worker
 from batch.errors import BatchInputError
 from batch.sources import list_inputs, locate, tabular_format
+from deploy.artifacts import ArtifactStore
+from deploy.control import ControlPlane
+from deploy.credentials import Credentials
 from deploy.store import SqliteStore, utc_now
-from runtimes.base import RuntimeConfig
 from runtimes.registry import RUNTIMES
-from runtimes.types import Signature
 
 log = logging.getLogger("servegate.batch")
 POLL_S = 0.2
 
 
-def runtime_config(record: dict[str, Any]) -> RuntimeConfig:
-    runtime = record["runtime"]
-    signature = runtime.get("signature")
-    return RuntimeConfig(
-        model_path=Path(runtime["model_path"]) if runtime.get("model_path") else None,
-        device=runtime.get("device", "cpu"),
-        options=runtime.get("options", {}),
-        signature=Signature.from_dict(signature) if signature else None,
-        code_dir=Path(runtime["code_dir"]) if runtime.get("code_dir") else None,
-        scoring_script=runtime.get("scoring_script"),
-        environment=runtime.get("environment", {}),
-    )
-
-
 class JobRunner:
     def __init__(self, home: Path, job_id: str) -> None:
         self.store = SqliteStore(home / "store.db")
+        # Workers load the model with one compute thread each: the job's parallelism is
+        # its worker processes.
+        self.control = ControlPlane(self.store, ArtifactStore(home), Credentials.from_home(home))
         self.job_id = job_id
         self._last_progress = 0.0
         self.job_dir = home / "jobs" / job_id
@@ -118,7 +108,7 @@ class JobRunner:
                 counts = planner.stage_tabular(location.filesystem, files, fmt, size, self.job_dir)
                 mode = "tabular"
         else:
-            if job["runtime"]["name"] != "script":
+            if job["runtime_name"] != "script":
                 raise BatchInputError(
                     f"input '{job['input']}' is not a tabular dataset (Parquet, CSV, JSON lines); "
                     "a folder of arbitrary files needs a scoring script (code_configuration)"
@@ -321,13 +311,17 @@ class JobRunner:
         methods = multiprocessing.get_all_start_methods()
         if "fork" in methods:
             import_module(
-                RUNTIMES.get(job["runtime"]["name"], ("runtimes.base:x", ""))[0].split(":")[0]
+                RUNTIMES.get(job["runtime_name"], ("runtimes.base:x", ""))[0].split(":")[0]
             )
         return ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("fork" if "fork" in methods else "spawn"),
             initializer=worker.init,
-            initargs=(job["runtime"]["name"], runtime_config(job), job["input"]),
+            initargs=(
+                job["runtime_name"],
+                self.control.runtime_config(job["deployment_spec"], 1),
+                job["input"],
+            ),
         )
 
     @staticmethod

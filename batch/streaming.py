@@ -235,8 +235,6 @@ def run_stream(
     import signal
     from pathlib import Path
 
-    from batch.jobs import BatchJobs
-    from batch.runner import runtime_config
     from deploy.artifacts import ArtifactStore
     from deploy.control import ControlPlane
     from deploy.credentials import Credentials
@@ -255,13 +253,13 @@ def run_stream(
     spec = control.store.get_deployment(endpoint, name) if name else None
     if spec is None or name is None:
         raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
-    runtime = BatchJobs(control, home).runtime_of(spec)
-    config = runtime_config({"runtime": runtime})
+    runtime_name = spec.get("runtime") or "onnx"
+    config = control.runtime_config(spec, 1)
     host = ThreadHost.load(
         f"{endpoint}/{name}",
         spec["instance_count"],
         1,
-        lambda: load_runtime(runtime["name"], config),
+        lambda: load_runtime(runtime_name, config),
     )
     scheduler = Scheduler(
         f"{endpoint}/{name}",

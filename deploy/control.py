@@ -22,7 +22,9 @@ from deploy.specs import (
     parse_spec,
 )
 from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
+from runtimes.base import RuntimeConfig
 from runtimes.registry import read_signature, runtime_for_path
+from runtimes.types import Signature
 
 
 class ControlPlane:
@@ -102,6 +104,35 @@ class ControlPlane:
             except OSError:  # another filesystem: a copy does as well
                 shutil.copyfile(source, target)
         return folder
+
+    def runtime_config(self, spec: dict[str, Any], threads: int) -> RuntimeConfig:
+        """What a process needs to load one instance of a deployment's runtime (an online
+        or a batch deployment's resolved spec). `threads` is the default compute threads
+        per instance, unless the deployment's runtime_options say otherwise."""
+        model_path: Path | None = None
+        if spec.get("model"):
+            record = self.get_model(spec["model"]["name"], spec["model"]["version"])
+            model_path = self.model_dir(record) / record.filename
+        options = dict(spec.get("runtime_options") or {})
+        options.setdefault("intra_op_num_threads", threads)
+        options.setdefault("num_threads", threads)
+        code = spec.get("code_configuration")
+        signature = spec.get("signature")
+        environment = (
+            spec.get("environment_variables")
+            or (spec.get("settings") or {}).get("environment_variables")
+            or {}
+        )
+        return RuntimeConfig(
+            model_path=model_path,
+            device=spec.get("device", "cpu"),
+            options=options,
+            signature=Signature.from_dict(signature) if signature else None,
+            code_dir=Path(code["code"]) if code else None,
+            scoring_script=code["scoring_script"] if code else None,
+            url=spec.get("url"),
+            environment=environment,
+        )
 
     def store_code(self, archive: Path) -> Path:
         """Unpack a scoring-script folder (tar.gz) into a content-addressed folder."""

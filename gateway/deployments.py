@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +26,6 @@ from runtimes.errors import ModelLoadError
 from runtimes.hosts import ThreadHost
 from runtimes.registry import load_runtime
 from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
-from runtimes.types import Signature
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +70,10 @@ class DeploymentHosts:
         return self._lock
 
     def runtime_config(self, resolved: dict[str, Any]) -> RuntimeConfig:
-        """Everything a runtime instance needs, resolved from the store (blocking)."""
-        model_path: Path | None = None
-        if resolved.get("model"):
-            record = self.control.get_model(resolved["model"]["name"], resolved["model"]["version"])
-            model_path = self.control.model_dir(record) / record.filename
-        options = dict(resolved.get("runtime_options") or {})
+        """Everything a runtime instance needs, resolved from the store (blocking). The
+        cores are split between instances unless the deployment says otherwise."""
         threads = max(1, (os.cpu_count() or 1) // int(resolved["instance_count"]))
-        # Split the cores between instances unless the deployment says otherwise.
-        options.setdefault("intra_op_num_threads", threads)
-        options.setdefault("num_threads", threads)
-        code = resolved.get("code_configuration")
-        signature = resolved.get("signature")
-        return RuntimeConfig(
-            model_path=model_path,
-            device=resolved["device"],
-            options=options,
-            signature=Signature.from_dict(signature) if signature else None,
-            code_dir=Path(code["code"]) if code else None,
-            scoring_script=code["scoring_script"] if code else None,
-            url=resolved.get("url"),
-            environment=resolved.get("environment_variables") or {},
-        )
+        return self.control.runtime_config(resolved, threads)
 
     async def load(self, resolved: dict[str, Any]) -> Scheduler:
         """Load and warm a deployment's instances; raise ModelLoadError on failure."""
