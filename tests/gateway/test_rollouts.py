@@ -50,6 +50,11 @@ signature:
     return f"{gw.url}/endpoints/{name}/score", gw.auth(name)
 
 
+def start_rollout(gw: Gateway, name: str, *flags: str, ok: bool = True) -> tuple[int, str]:
+    """`servegate rollout start -e NAME --to green FLAGS...`"""
+    return gw.cli("rollout", "start", "-e", name, "--to", "green", *flags, ok=ok)
+
+
 def status(gw: Gateway, name: str) -> dict:
     _, out = gw.cli("rollout", "status", "-e", name)
     return json.loads(out)
@@ -65,13 +70,9 @@ def test_a_healthy_rollout_completes_and_deletes_the_old(
 ) -> None:
     url, auth = setup(gateway, tmp_path, model_dir, unique_name)
     with Load(url, BODY, auth) as load:
-        _, out = gateway.cli(
-            "rollout",
-            "start",
-            "-e",
+        _, out = start_rollout(
+            gateway,
             unique_name,
-            "--to",
-            "green",
             "--steps",
             "25,50,100",
             "--step-interval",
@@ -107,13 +108,9 @@ def test_a_failing_candidate_is_rolled_back_with_the_reason(
 ) -> None:
     url, auth = setup(gateway, tmp_path, model_dir, unique_name, green="broken")
     with Load(url, BODY, auth) as load:
-        gateway.cli(
-            "rollout",
-            "start",
-            "-e",
+        start_rollout(
+            gateway,
             unique_name,
-            "--to",
-            "green",
             "--steps",
             "10,50,100",
             "--step-interval",
@@ -145,13 +142,9 @@ def test_abort_rolls_back_and_manual_changes_wait(
 ) -> None:
     url, auth = setup(gateway, tmp_path, model_dir, unique_name)
     with Load(url, BODY, auth):
-        gateway.cli(
-            "rollout",
-            "start",
-            "-e",
+        start_rollout(
+            gateway,
             unique_name,
-            "--to",
-            "green",
             "--steps",
             "30,100",
             "--step-interval",
@@ -164,7 +157,7 @@ def test_abort_rolls_back_and_manual_changes_wait(
             "endpoint", "update", "-n", unique_name, "--traffic", "blue=100", ok=False
         )
         assert code != 0 and "abort it first" in out
-        code, out = gateway.cli("rollout", "start", "-e", unique_name, "--to", "green", ok=False)
+        code, out = start_rollout(gateway, unique_name, ok=False)
         assert code != 0 and "already has a rollout in progress" in out
         _, out = gateway.cli("rollout", "abort", "-e", unique_name)
     record = json.loads(out)
@@ -185,13 +178,9 @@ def test_mirror_first_judges_agreement(
     url, auth = setup(gateway, tmp_path, model_dir, unique_name, green=green)
     rows = {"input_data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [0.1, 9.0, -2.0, 1.0]]}
     with Load(url, rows, auth):
-        gateway.cli(
-            "rollout",
-            "start",
-            "-e",
+        start_rollout(
+            gateway,
             unique_name,
-            "--to",
-            "green",
             "--steps",
             "100",
             "--mirror-first",
@@ -227,13 +216,9 @@ def test_a_rollout_survives_a_gateway_restart(tmp_path: Path, model_dir: Path) -
     gw = start_gateway(home)
     url, auth = setup(gw, tmp_path, model_dir, "restart")
     with Load(url, BODY, auth):
-        gw.cli(
-            "rollout",
-            "start",
-            "-e",
+        start_rollout(
+            gw,
             "restart",
-            "--to",
-            "green",
             "--steps",
             "20,60,100",
             "--step-interval",
