@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,8 @@ class BatchJobs:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # Reap the runner when it exits, or it stays a zombie until this process ends.
+        threading.Thread(target=process.wait, name=f"reap-{record['id']}", daemon=True).start()
         record = {**(self.store.get_job(record["id"]) or record), "pid": process.pid}
         self.store.put_job(record)
         return record

@@ -60,6 +60,17 @@ def _same_schema(first: pa.Schema | None, schema: pa.Schema, path: str) -> pa.Sc
     return first or schema
 
 
+def read_schema(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Schema:
+    """A tabular file's schema, from its metadata (Parquet) or its first block."""
+    try:
+        if fmt == "parquet":
+            with fs.open_input_file(path) as source:
+                return pq.ParquetFile(source).metadata.schema.to_arrow_schema()
+        return ds.dataset(path, filesystem=fs, format=fmt).schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
+
+
 def stage_tabular(
     fs: pafs.FileSystem, files: list[str], fmt: str, mini_batch_size: int, job_dir: Path
 ) -> list[int]:

@@ -26,12 +26,14 @@ from typing import Any
 
 from batch import planner, sinks, worker
 from batch.errors import BatchInputError
-from batch.sources import list_inputs, locate, tabular_format
+from batch.sources import Location, list_inputs, locate, tabular_format
+from batch.tensors import check_schema
 from deploy.artifacts import ArtifactStore
 from deploy.control import ControlPlane
 from deploy.credentials import Credentials
 from deploy.store import SqliteStore, utc_now
 from runtimes.registry import RUNTIMES
+from runtimes.types import Signature
 
 log = logging.getLogger("servegate.batch")
 POLL_S = 0.2
@@ -79,26 +81,57 @@ class JobRunner:
         )
         settings = job["settings"]
         workers = settings["instance_count"] * settings["max_concurrency_per_instance"]
-        # Workers import their libraries and load the model while the planner works.
-        pool = self._pool(job, workers)
-        for _ in range(workers):
-            pool.submit(int)
+        pool: ProcessPoolExecutor | None = None
         try:
-            if not job.get("planned"):
+            inputs = None if job.get("planned") else self.inspect(job)
+            # Workers import their libraries and load the model while the planner works.
+            pool = self._pool(job, workers)
+            for _ in range(workers):
+                pool.submit(int)
+            if inputs is not None:
                 phase = time.perf_counter()
-                job = self.plan(job)
+                job = self.plan(job, *inputs)
                 log.info("planning took %.3f s", time.perf_counter() - phase)
             self.execute(job, pool)
         except BatchInputError as exc:
             # Bad input: the job fails with the reason and writes nothing to the output.
-            self._stop(pool)
+            if pool is not None:
+                self._stop(pool)
             log.error("job %s failed: %s", self.job_id, exc)
             self.finish("failed", str(exc), write_summary=False)
 
-    def plan(self, job: dict[str, Any]) -> dict[str, Any]:
-        settings = job["settings"]
+    def inspect(self, job: dict[str, Any]) -> tuple[Location, list[str], str | None]:
+        """List the inputs and check, from the first file's schema, that they fit the
+        model: a mismatch fails the job here, once, before any worker starts (every
+        file has the first one's schema; planning checks that)."""
         location, files = list_inputs(job["input"], job.get("input_type"))
         fmt = tabular_format(files)
+        signature = self._signature(job)
+        if fmt is not None and signature is not None and signature.inputs:
+            schema = planner.read_schema(location.filesystem, files[0], fmt)
+            try:
+                check_schema(schema, signature)
+            except BatchInputError as exc:
+                raise BatchInputError(f"input file '{files[0]}': {exc}") from None
+        return location, files, fmt
+
+    def _signature(self, job: dict[str, Any]) -> Signature | None:
+        """The model's signature as registered (None for scoring scripts, which take
+        tables as they are, and for models registered without one)."""
+        spec = job["deployment_spec"]
+        if job["runtime_name"] == "script":
+            return None
+        if spec.get("signature"):
+            return Signature.from_dict(spec["signature"])
+        if spec.get("model"):
+            record = self.control.get_model(spec["model"]["name"], spec["model"]["version"])
+            return Signature.from_dict(record.signature) if record.signature else None
+        return None
+
+    def plan(
+        self, job: dict[str, Any], location: Location, files: list[str], fmt: str | None
+    ) -> dict[str, Any]:
+        settings = job["settings"]
         if fmt is not None:
             size = settings["mini_batch_size"] or 10_000  # rows: sized for throughput
             if fmt == "parquet":
@@ -166,6 +199,10 @@ class JobRunner:
                         self._failed_attempt(
                             batches[index], "a worker process died", retries, pending
                         )
+                        continue
+                    except BatchInputError as exc:
+                        # The data itself does not fit: the same error on every attempt.
+                        self._failed_attempt(batches[index], str(exc), 0, pending)
                         continue
                     except Exception as exc:
                         self._failed_attempt(
@@ -321,6 +358,7 @@ class JobRunner:
                 job["runtime_name"],
                 self.control.runtime_config(job["deployment_spec"], 1),
                 job["input"],
+                os.getpid(),
             ),
         )
 

@@ -60,7 +60,10 @@ def assemble(job_dir: Path, indexes: list[int], output: Location, file_name: str
     """Concatenate the parts of `indexes` (in order) into `output/file_name`; return rows.
 
     The file is written under a temporary name next to its final one, then moved, so
-    readers never see a partial file."""
+    readers never see a partial file. With no completed part there is no schema to
+    write, so there is no file: an output file is always a valid one."""
+    if not indexes:
+        return 0
     fs = output.filesystem
     fs.create_dir(output.path, recursive=True)
     final = f"{output.path}/{file_name}"

@@ -36,6 +36,69 @@ def _column_tensor(table: pa.Table, name: str, spec: TensorSpec) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
+def _numeric(data_type: pa.DataType) -> bool:
+    return bool(pat.is_integer(data_type) or pat.is_floating(data_type))
+
+
+def _column_fits(field: pa.Field, spec: TensorSpec) -> str | None:
+    """Why a column cannot feed `spec`, or None if it can."""
+    data_type = field.type
+    if pat.is_dictionary(data_type):
+        data_type = data_type.value_type
+    if pat.is_fixed_size_list(data_type) or pat.is_list(data_type) or pat.is_large_list(data_type):
+        width = spec.shape[-1] if len(spec.shape) == 2 else -1
+        if pat.is_fixed_size_list(data_type) and width > 0 and data_type.list_size != width:
+            return f"holds {data_type.list_size} values per row; input '{spec.name}' takes {width}"
+        data_type = data_type.value_type
+    if spec.datatype == "BYTES":
+        ok = pat.is_string(data_type) or pat.is_large_string(data_type) or pat.is_binary(data_type)
+        return None if ok else f"is {field.type}; input '{spec.name}' takes text (BYTES)"
+    if spec.datatype == "BOOL":
+        return (
+            None
+            if pat.is_boolean(data_type)
+            else f"is {field.type}; input '{spec.name}' takes BOOL"
+        )
+    if not _numeric(data_type):
+        return f"is {field.type}; input '{spec.name}' takes {spec.datatype} numbers"
+    return None
+
+
+def check_schema(schema: pa.Schema, signature: Signature) -> None:
+    """Refuse a table schema that cannot feed the model, naming the column: decided once,
+    from the schema, before any row is read (the same rules as `tensors_from_table`)."""
+    names = set(schema.names)
+    if all(spec.name in names for spec in signature.inputs):
+        for spec in signature.inputs:
+            problem = _column_fits(schema.field(spec.name), spec)
+            if problem:
+                raise BatchInputError(f"column '{spec.name}' {problem}")
+        return
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        spec = signature.inputs[0]
+        width = spec.shape[1]
+        for field in schema:
+            if not _numeric(field.type):
+                raise BatchInputError(
+                    f"column '{field.name}' is {field.type}: the model's input '{spec.name}' "
+                    f"takes {'its' if width < 0 else width} numeric columns side by side "
+                    f"(or one list column named '{spec.name}')"
+                )
+        if width not in (-1, len(schema)):
+            raise BatchInputError(
+                f"the model's input '{spec.name}' takes {width} values per row; the file has "
+                f"{len(schema)} numeric columns (column '{schema.names[0]}' to column "
+                f"'{schema.names[-1]}'): give {width} numeric columns or a list column "
+                f"named '{spec.name}'"
+            )
+        return
+    missing = [spec.name for spec in signature.inputs if spec.name not in names]
+    raise BatchInputError(
+        f"no column '{missing[0]}' (the model's inputs: "
+        f"{', '.join(s.name for s in signature.inputs)})"
+    )
+
+
 def tensors_from_table(table: pa.Table, signature: Signature) -> dict[str, np.ndarray]:
     """Model inputs from a table: a column per input (lists become a second axis), or,
     for a model with one [-1, k] input, the table's k numeric columns side by side."""

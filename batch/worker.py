@@ -3,8 +3,10 @@ mini-batches (`score`), writing each one's output part atomically."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +25,24 @@ from runtimes.registry import load_runtime
 _state: dict[str, Any] = {}
 
 
-def init(runtime_name: str, config: RuntimeConfig, input_uri: str) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (the job runner) dies, even by
+    SIGKILL: an orphaned worker would hold its loaded model forever. Linux only; elsewhere
+    workers notice the broken pipe when they next take work."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def init(runtime_name: str, config: RuntimeConfig, input_uri: str, parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
     os.environ.update(config.environment)
     _state["runtime"] = load_runtime(runtime_name, config)
     _state["script"] = runtime_name == "script"

@@ -15,6 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CHUNK = 1 << 20
+#: A scoring-script folder unpacked: code, not models (those are registered apart).
+MAX_CODE_BYTES = 256 * 1024 * 1024
+MAX_CODE_FILES = 10_000
+
+
+def _check_unpacked_size(members: list[tarfile.TarInfo]) -> None:
+    """Refuse archives that would unpack past the caps: a small tar.gz of zeros can
+    expand a thousandfold."""
+    if len(members) > MAX_CODE_FILES:
+        raise ValueError(f"code archive has {len(members)} entries; at most {MAX_CODE_FILES}")
+    total = sum(m.size for m in members if m.isfile())
+    if total > MAX_CODE_BYTES:
+        raise ValueError(
+            f"code archive unpacks to {total} bytes; at most {MAX_CODE_BYTES} "
+            "(register large files as a model instead)"
+        )
 
 
 @dataclass(frozen=True)
@@ -68,9 +84,14 @@ class ArtifactStore:
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".incoming-"))
         try:
             with tarfile.open(archive, "r:gz") as tar:
+                members = tar.getmembers()
+                _check_unpacked_size(members)
                 # The "data" filter refuses absolute paths, links out of the folder, devices.
-                tar.extractall(staging, filter="data")
+                tar.extractall(staging, members, filter="data")
             os.replace(staging, final)
+        except ValueError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except (tarfile.TarError, OSError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if final.exists():  # another request unpacked the same archive first

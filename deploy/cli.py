@@ -4,6 +4,7 @@ management API (`--url` / SERVEGATE_URL, `--token` / SERVEGATE_TOKEN), except
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -121,6 +122,38 @@ def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> 
     show_default=True,
 )
 @click.option(
+    "--max-header-bytes",
+    envvar="SERVEGATE_MAX_HEADER_BYTES",
+    type=click.IntRange(min=1024),
+    default=64 * 1024,
+    show_default=True,
+    help="Request line plus headers above this are answered 431.",
+)
+@click.option(
+    "--header-timeout-s",
+    envvar="SERVEGATE_HEADER_TIMEOUT_S",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="A connection must send a request's headers within this, else 408 and closed.",
+)
+@click.option(
+    "--max-connections",
+    envvar="SERVEGATE_MAX_CONNECTIONS",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Open connections above this are answered 503 [default: 0 = the open-files "
+    "limit less 256, at most 10000].",
+)
+@click.option(
+    "--cpus",
+    envvar="SERVEGATE_CPUS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPUs to size thread pools and workers for (default: detected from the CPU "
+    "affinity and the cgroup CPU quota, whichever is smaller).",
+)
+@click.option(
     "--log-level",
     envvar="SERVEGATE_LOG_LEVEL",
     default="info",
@@ -135,11 +168,20 @@ def serve(
     demo: bool,
     max_request_body_bytes: int,
     graceful_shutdown_s: float,
+    max_header_bytes: int,
+    header_timeout_s: float,
+    max_connections: int,
+    cpus: int | None,
     log_level: str,
 ) -> None:
     """Run the gateway."""
     from gateway.app import serve as run
     from gateway.settings import GatewaySettings
+    from runtimes.resources import CPUS_ENV
+
+    if cpus is not None:
+        # Through the environment, so batch runners and worker processes see it too.
+        os.environ[CPUS_ENV] = str(cpus)
 
     run(
         GatewaySettings(
@@ -149,6 +191,9 @@ def serve(
             demo=demo,
             max_request_body_bytes=max_request_body_bytes,
             graceful_shutdown_s=graceful_shutdown_s,
+            max_header_bytes=max_header_bytes,
+            header_timeout_s=header_timeout_s,
+            max_connections=max_connections,
         ),
         log_level,
     )
@@ -203,7 +248,7 @@ def _percentages(text: str, option: str) -> dict[str, int]:
     result: dict[str, int] = {}
     for part in filter(None, re.split(r"[,\s]+", text.strip())):
         name, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit():
+        if not sep or not (value.strip().isascii() and value.strip().isdigit()):
             raise click.BadParameter(f"'{part}' is not NAME=PERCENT", param_hint=option)
         result[name.strip()] = int(value)
     return result
@@ -572,6 +617,26 @@ def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
             time.sleep(0.3)
 
 
+#: `--wait` exit codes; the commands' help repeats them.
+EXIT_COMPLETED, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
+_WAIT_HELP = (
+    "Show progress until the job ends. Exit code: 0 completed with every mini-batch "
+    "done; 3 completed, but some mini-batches failed (tolerated by error_threshold); "
+    "1 failed, cancelled or its runner stopped."
+)
+
+
+def _finish_waiting(ctx: Ctx, job_id: str) -> None:
+    """Wait for the job, print its summary, and exit with the code for its outcome."""
+    final = _wait_for_job(ctx, job_id)
+    _print(final.get("summary") or final)
+    if final["state"] != "completed":
+        raise SystemExit(EXIT_FAILED)
+    failed = (final.get("summary") or {}).get("mini_batches", {}).get("failed", 0)
+    if failed:
+        raise SystemExit(EXIT_COMPLETED_WITH_FAILURES)
+
+
 @batch.command("invoke")
 @click.option("--endpoint", "-e", required=True, help="A batch endpoint, or an online one.")
 @click.option("--deployment", "--deployment-name", "-d", default=None)
@@ -582,7 +647,7 @@ def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
 @click.option("--instance-count", type=click.IntRange(min=1), default=None)
 @click.option("--error-threshold", type=click.IntRange(min=-1), default=None)
 @click.option("--output-file-name", default=None)
-@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@click.option("--wait", is_flag=True, help=_WAIT_HELP)
 @pass_ctx
 def batch_invoke(
     ctx: Ctx,
@@ -614,10 +679,7 @@ def batch_invoke(
     if not wait:
         _print(job)
         return
-    final = _wait_for_job(ctx, job["id"])
-    _print(final.get("summary") or final)
-    if final["state"] != "completed":
-        raise SystemExit(1)
+    _finish_waiting(ctx, job["id"])
 
 
 @batch.command("show")
@@ -644,24 +706,30 @@ def batch_cancel(ctx: Ctx, job_id: str) -> None:
 
 @batch.command("resume")
 @click.argument("job_id")
-@click.option("--wait", is_flag=True)
+@click.option("--wait", is_flag=True, help=_WAIT_HELP)
 @pass_ctx
 def batch_resume(ctx: Ctx, job_id: str, wait: bool) -> None:
     """Continue a job whose runner died; finished mini-batches are not redone."""
     job = ctx.client.job_action(job_id, "resume")
-    _print(_wait_for_job(ctx, job["id"]).get("summary") if wait else job)
+    if wait:
+        _finish_waiting(ctx, job["id"])
+    else:
+        _print(job)
 
 
 @batch.command("retry")
 @click.argument("job_id")
 @click.option("--failed-only", is_flag=True, required=True, help="Re-run only failed mini-batches.")
-@click.option("--wait", is_flag=True)
+@click.option("--wait", is_flag=True, help=_WAIT_HELP)
 @pass_ctx
 def batch_retry(ctx: Ctx, job_id: str, failed_only: bool, wait: bool) -> None:
     """Re-run only the mini-batches that failed and rebuild the output."""
     del failed_only  # the one retry there is; the flag says so, as Azure users ask for it
     job = ctx.client.job_action(job_id, "retry")
-    _print(_wait_for_job(ctx, job["id"]).get("summary") if wait else job)
+    if wait:
+        _finish_waiting(ctx, job["id"])
+    else:
+        _print(job)
 
 
 @batch.command("logs")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.artifacts import ArtifactStore
-from deploy.credentials import KEY_TYPES, Credentials, expiry_text, hash_key
+from deploy.credentials import KEY_TYPES, Credentials, expiry_text, hash_key, key_generation
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.specs import (
     EndpointSpec,
@@ -115,6 +115,9 @@ class ControlPlane:
             model_path = self.model_dir(record) / record.filename
         options = dict(spec.get("runtime_options") or {})
         options.setdefault("intra_op_num_threads", threads)
+        # Sequential execution uses no inter-op pool; 1 keeps onnxruntime from sizing
+        # one from the host's core count anyway.
+        options.setdefault("inter_op_num_threads", 1)
         options.setdefault("num_threads", threads)
         code = spec.get("code_configuration")
         signature = spec.get("signature")
@@ -241,7 +244,8 @@ class ControlPlane:
             raise SpecError(
                 f"endpoint '{endpoint}' uses auth_mode '{spec['auth_mode']}', not token"
             )
-        token, expiry = self.credentials.issue_token(endpoint)
+        generation = key_generation(k.key_hash for k in self.store.get_keys(endpoint).values())
+        token, expiry = self.credentials.issue_token(endpoint, generation)
         return {"accessToken": token, "tokenType": "Bearer", "expiryTimeUtc": expiry_text(expiry)}
 
     def credentials_of(self, endpoint: str) -> dict[str, Any]:

@@ -8,18 +8,20 @@ old key's hash is gone at once. Keys are 256-bit random-equivalent values,
 so a plain SHA-256 (not a slow password hash) is the right check.
 
 Tokens (`auth_mode: token`) are `<endpoint>.<expiry unix s>.<hmac>`, verified
-without any lookup; they expire after `TOKEN_LIFETIME_S`.
+without any lookup; they expire after `TOKEN_LIFETIME_S`. The HMAC also covers the
+endpoint's current key hashes (its key generation), so `regenerate-keys`, or
+deleting and recreating the endpoint, revokes every token issued before.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,11 +33,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@functools.lru_cache(maxsize=4096)
 def hash_key(key: str) -> str:
-    """SHA-256 of a key. Cached: every scoring request hashes the key it presents,
-    and a client presents the same key again and again."""
+    """SHA-256 of a key (hex)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_generation(key_hashes: Iterable[str]) -> str:
+    """What tokens are bound to: changes whenever any of the endpoint's keys does."""
+    return ":".join(sorted(key_hashes))
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
@@ -70,18 +75,27 @@ class Credentials:
     def new_nonce() -> str:
         return secrets.token_hex(16)
 
-    def issue_token(self, endpoint: str, now: float | None = None) -> tuple[str, int]:
-        """A token for `endpoint` and its expiry (unix seconds)."""
+    def issue_token(
+        self, endpoint: str, generation: str, now: float | None = None
+    ) -> tuple[str, int]:
+        """A token for `endpoint` at key `generation`, and its expiry (unix seconds)."""
         expiry = int((now if now is not None else time.time()) + TOKEN_LIFETIME_S)
-        signature = _b64(self._mac(f"token:{endpoint}:{expiry}"))
+        signature = _b64(self._mac(f"token:{endpoint}:{expiry}:{generation}"))
         return f"{endpoint}.{expiry}.{signature}", expiry
 
-    def verify_token(self, endpoint: str, token: str, now: float | None = None) -> bool:
+    def verify_token(
+        self, endpoint: str, token: str, generation: str, now: float | None = None
+    ) -> bool:
         parts = token.rsplit(".", 2)
-        if len(parts) != 3 or parts[0] != endpoint or not parts[1].isdigit():
+        # isascii first: str.isdigit() also accepts digits such as '²' that int() refuses.
+        if (
+            len(parts) != 3
+            or parts[0] != endpoint
+            or not (parts[1].isascii() and parts[1].isdigit())
+        ):
             return False
-        expected = _b64(self._mac(f"token:{endpoint}:{parts[1]}"))
-        if not hmac.compare_digest(expected, parts[2]):
+        expected = _b64(self._mac(f"token:{endpoint}:{parts[1]}:{generation}"))
+        if not hmac.compare_digest(expected.encode(), parts[2].encode("utf-8", "replace")):
             return False
         return int(parts[1]) > (now if now is not None else time.time())
 

@@ -3,7 +3,8 @@
 ControlPlaneError
 ├── SpecError      a YAML/JSON spec or a request field is invalid
 ├── NotFound       a named model, endpoint or deployment does not exist
-└── Conflict       the change clashes with current state (exists, in use)
+├── Conflict       the change clashes with current state (exists, in use)
+└── StoreUnavailable  the store cannot be written safely (file gone or replaced)
 """
 
 from __future__ import annotations
@@ -23,3 +24,8 @@ class NotFound(ControlPlaneError):
 
 class Conflict(ControlPlaneError):
     """The change clashes with the current state."""
+
+
+class StoreUnavailable(ControlPlaneError):
+    """The store cannot take writes: its file was removed or replaced under the process,
+    so a write would land in a file nobody reads."""

@@ -7,6 +7,8 @@ Every spec rejects unknown fields, wrong types and out-of-range values with a
 from __future__ import annotations
 
 import re
+import reprlib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,13 +27,15 @@ from pydantic import (
 from deploy.errors import SpecError
 from runtimes.registry import RUNTIMES, runtime_for_path
 
-_AZURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# fullmatch everywhere: `$` in re.match also matches before a trailing newline.
+_AZURE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 def _azure_name(value: str) -> str:
     # Azure ML's rule for endpoint and deployment names.
-    if not _AZURE_NAME.match(value):
+    if not _AZURE_NAME.fullmatch(value):
         raise ValueError(
             f"'{value}' is not a valid name: use 3-32 letters, digits or dashes, "
             "starting with a letter and not ending with a dash"
@@ -40,7 +44,7 @@ def _azure_name(value: str) -> str:
 
 
 def _model_name(value: str) -> str:
-    if not _MODEL_NAME.match(value):
+    if not _MODEL_NAME.fullmatch(value):
         raise ValueError(
             f"'{value}' is not a valid model name: use letters, digits, '.', '_' or '-' "
             "(at most 255), starting with a letter or digit"
@@ -49,7 +53,7 @@ def _model_name(value: str) -> str:
 
 
 def _device(value: str) -> str:
-    if not re.match(r"^(cpu|cuda(:\d+)?)$", value):
+    if not _DEVICE.fullmatch(value):
         raise ValueError(f"'{value}' is not a device: use cpu, cuda or cuda:N")
     return value
 
@@ -60,7 +64,7 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 
 _SHORT_MODEL = re.compile(
-    r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>\d+))?$"
+    r"(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>[0-9]+))?"
 )
 
 
@@ -83,7 +87,7 @@ class ModelRef(Spec):
     @classmethod
     def _short_form(cls, value: Any) -> Any:
         if isinstance(value, str):
-            match = _SHORT_MODEL.match(value)
+            match = _SHORT_MODEL.fullmatch(value)
             if not match:
                 raise ValueError(
                     f"'{value}' is not a model reference; use 'name:version', "
@@ -415,6 +419,12 @@ class BatchDeploymentSpec(Spec):
 
 SpecT = TypeVar("SpecT", bound=Spec)
 
+#: Bounded rendering of a bad value: a YAML alias bomb expands to billions of elements,
+#: and a plain repr() of it never returns.
+_ERROR_REPR = reprlib.Repr()
+_ERROR_REPR.maxlevel, _ERROR_REPR.maxlist, _ERROR_REPR.maxdict = 2, 4, 4
+_ERROR_REPR.maxstring = _ERROR_REPR.maxother = 80
+
 
 def parse_spec(
     kind: type[SpecT], data: Any, source: str, overrides: dict[str, Any] | None = None
@@ -422,11 +432,34 @@ def parse_spec(
     """Validate `data` as `kind`; `source` (a file name, "request body") prefixes errors."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    _check_size(data, source)
     merged = {**data, **(overrides or {})}
     try:
         return kind.model_validate(merged)
     except ValidationError as exc:
         raise SpecError(_describe(exc, kind, source)) from None
+
+
+#: More values than any spec has; YAML aliases can expand a small file past it.
+MAX_SPEC_VALUES = 100_000
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse documents that expand to more than MAX_SPEC_VALUES values (alias bombs),
+    walking no further than that."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"{source}: expands to more than {MAX_SPEC_VALUES} values "
+                "(YAML aliases?); a spec is far smaller"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def load_spec(
@@ -456,17 +489,29 @@ def _describe(exc: ValidationError, kind: type[Spec], source: str) -> str:
         elif error["type"] == "missing":
             message = "required field is missing"
         elif "input" in error and error["type"] not in ("value_error",):
-            message = f"{message} (got {error['input']!r})"
+            message = f"{message} (got {_ERROR_REPR.repr(error['input'])})"
         lines.append(f"{source}: field '{loc}': {message}" if loc else f"{source}: {message}")
     return "\n".join(lines)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field's annotation, also inside `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _fields_at(kind: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    model: Any = kind
+    model: type[BaseModel] | None = kind
     for part in loc:
+        if model is None:
+            break
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
+        model = _model_in(field.annotation) if field else None
+    if model is None:
+        return []
     return [f.alias or name for name, f in model.model_fields.items()]

@@ -18,13 +18,16 @@ from starlette.routing import Route
 
 from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
+from deploy.store import SqliteStore
 from gateway import batch_api, demo, management, metadata, scoring
+from gateway.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from gateway.errors import GatewayError, error_response
 from gateway.openapi import openapi_document
 from gateway.rollouts import RolloutController
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from runtimes.errors import InferenceError
+from runtimes.resources import cpu_reading
 
 log = logging.getLogger("servegate")
 
@@ -111,9 +114,21 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
 
 
 def serve(settings: GatewaySettings, log_level: str = "info") -> None:
-    """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests."""
+    """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests.
+    Raises StoreUnavailable (before anything starts) when the store cannot be opened."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    SqliteStore(settings.store_path).close()  # a corrupt store: one clear error, no traceback
+    nofile = raise_fd_limit()
+    limits = ConnectionLimits(
+        settings.max_header_bytes, settings.header_timeout_s, settings.max_connections
+    )
+    log.info(
+        "usable CPUs: %s; open files limit %d, max connections %d",
+        cpu_reading().describe(),
+        nofile,
+        limits.resolved_max_connections(),
     )
     uvicorn.run(
         create_app(settings),
@@ -125,4 +140,5 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         # The gateway never uses client addresses; X-Forwarded-* parsing cost 1.5%
         # of a scoring request in the profile.
         proxy_headers=False,
+        http=guarded_protocol(limits),
     )

@@ -1,13 +1,25 @@
 """Authentication: endpoint keys/tokens on the data plane, the admin token on
-the management API. Every comparison is constant-time."""
+the management API. Every comparison is constant-time.
+
+Nothing an unauthenticated client sends is kept: credentials longer than any
+real key or token are refused before hashing, and only keys that matched are
+remembered (so each request need not hash its key again).
+"""
 
 from __future__ import annotations
 
 import hmac
 
-from deploy.credentials import Credentials, hash_key
+from deploy.credentials import Credentials, hash_key, key_generation
 from gateway.errors import Unauthorized
 from gateway.routing import EndpointRoute
+
+#: Keys are 43 characters and tokens under 100 plus the endpoint name; anything far
+#: longer is no credential of ours.
+MAX_CREDENTIAL_CHARS = 512
+#: Matched keys -> their SHA-256; bounded, and only ever holds valid keys.
+_VERIFIED_MAX = 4096
+_verified: dict[str, str] = {}
 
 
 def bearer(authorization: str | None, what: str) -> str:
@@ -15,9 +27,20 @@ def bearer(authorization: str | None, what: str) -> str:
     if not authorization:
         raise Unauthorized(f"header 'Authorization' is missing; send 'Bearer <{what}>'")
     scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
         raise Unauthorized(f"header 'Authorization' must be 'Bearer <{what}>'")
-    return value.strip()
+    if len(value) > MAX_CREDENTIAL_CHARS or not (value.isascii() and value.isprintable()):
+        raise Unauthorized(
+            f"header 'Authorization': not a valid {what} (printable ASCII, at most "
+            f"{MAX_CREDENTIAL_CHARS} characters)"
+        )
+    return value
+
+
+def _digest(key: str) -> str:
+    digest = _verified.get(key)
+    return digest if digest is not None else hash_key(key)
 
 
 def authenticate(route: EndpointRoute, authorization: str | None, credentials: Credentials) -> None:
@@ -26,19 +49,25 @@ def authenticate(route: EndpointRoute, authorization: str | None, credentials: C
         return
     if route.auth_mode == "token":
         token = bearer(authorization, "token")
-        if not credentials.verify_token(route.name, token):
+        if not credentials.verify_token(route.name, token, key_generation(route.key_hashes)):
             raise Unauthorized(
                 f"header 'Authorization': invalid or expired token for endpoint '{route.name}'"
             )
         return
-    digest = hash_key(bearer(authorization, "key"))
+    key = bearer(authorization, "key")
+    digest = _digest(key)
     matched = False
     for key_hash in route.key_hashes:  # no early exit: compare against every key
         matched |= hmac.compare_digest(key_hash, digest)
     if not matched:
         raise Unauthorized(f"header 'Authorization': invalid key for endpoint '{route.name}'")
+    if key not in _verified:
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        _verified[key] = digest
 
 
 def authenticate_admin(authorization: str | None, admin_token: str) -> None:
-    if not hmac.compare_digest(bearer(authorization, "admin token"), admin_token):
+    presented = bearer(authorization, "admin token").encode()
+    if not hmac.compare_digest(presented, admin_token.encode()):
         raise Unauthorized("header 'Authorization': invalid admin token")

@@ -1,10 +1,15 @@
 """The data collector: request and response payloads of a deployment, logged from
 the gateway through a bounded buffer, to a Kafka topic or to Parquet files.
 
-It never delays or fails a scoring request: `offer` is a non-blocking put, and a
-full buffer (a slow or absent broker) drops the record and counts it. A sender
-task drains the buffer; when the broker is down its sends fail and are counted
-as drops, and logging resumes by itself when the broker is back.
+It never delays or fails a scoring request: `offer` is a non-blocking put. The
+buffer is bounded in bytes (`BUFFER_BYTES`) as well as in records; when it is full
+(a slow or absent broker) the oldest records are dropped first and counted, so
+memory stays bounded and the newest payloads are kept. One payload is stored up to
+`MAX_PAYLOAD_BYTES`; a longer one is cut, and its record says so
+(`request_truncated`, `request_bytes`). Answers other than 2xx are logged without
+bodies: anyone can send a malformed body, and it is no model input. A sender task
+drains the buffer; when the broker is down its sends fail and are counted as drops,
+and logging resumes by itself when the broker is back.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 BUFFER = 10_000
+BUFFER_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 256 * 1024
 SEND_TIMEOUT_S = 2.0
 FLUSH_EVERY_S = 1.0
 ROLL_FORMATS = {
@@ -42,7 +50,9 @@ class PayloadCollector:
         self.rolling_rate = spec.get("rolling_rate", "Hour")
         self.collected = 0
         self.dropped = 0
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(BUFFER)
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._waiting = asyncio.Event()
+        self._buffered_bytes = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -61,20 +71,49 @@ class PayloadCollector:
         """Hand a payload over; never waits. Sampled by `sampling_rate`."""
         if not (self.requests or self.responses) or rng.random() >= self.sampling_rate:
             return
-        record = {
+        with_bodies = 200 <= status < 300
+        record: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": self.endpoint,
             "deployment": self.deployment,
             "time": time.time(),
             "status": status,
             "latency_ms": round(latency_s * 1000, 3),
-            "request": request.decode("utf-8", "replace") if self.requests else None,
-            "response": response.decode("utf-8", "replace") if self.responses else None,
         }
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
+        size = 256
+        for name, payload, enabled in (
+            ("request", request, self.requests),
+            ("response", response, self.responses),
+        ):
+            text = None
+            if enabled and with_bodies:
+                text = payload[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace")
+                size += len(text)
+            record[name] = text
+            record[f"{name}_bytes"] = len(payload)
+            record[f"{name}_truncated"] = text is not None and len(payload) > MAX_PAYLOAD_BYTES
+        record["_size"] = size
+        # Oldest first out: keep the buffer under both bounds.
+        while self._buffer and (
+            len(self._buffer) >= BUFFER or self._buffered_bytes + size > BUFFER_BYTES
+        ):
+            self._take()
             self.dropped += 1
+        self._buffer.append(record)
+        self._buffered_bytes += size
+        self._waiting.set()
+
+    def _take(self) -> dict[str, Any]:
+        record = self._buffer.popleft()
+        self._buffered_bytes -= record.pop("_size")
+        return record
+
+    async def _next(self) -> dict[str, Any]:
+        """The oldest buffered record, waiting for one."""
+        while not self._buffer:
+            self._waiting.clear()
+            await self._waiting.wait()
+        return self._take()
 
     async def _kafka(self) -> None:
         import orjson
@@ -83,7 +122,7 @@ class PayloadCollector:
         settings = self.destination["kafka"]
         producer: AIOKafkaProducer | None = None
         while True:
-            record = await self._queue.get()
+            record = await self._next()
             try:
                 if producer is None:
                     producer = AIOKafkaProducer(
@@ -118,9 +157,7 @@ class PayloadCollector:
         while True:
             with contextlib.suppress(TimeoutError):
                 rows.append(
-                    await asyncio.wait_for(
-                        self._queue.get(), max(0.01, deadline - time.monotonic())
-                    )
+                    await asyncio.wait_for(self._next(), max(0.01, deadline - time.monotonic()))
                 )
             if rows and (len(rows) >= 1000 or time.monotonic() >= deadline):
                 batch, rows = rows, []

@@ -78,6 +78,9 @@ def ensure_demo(control: ControlPlane) -> None:
                 "name": name,
                 "endpoint_name": DEMO_ENDPOINT,
                 "model": {"name": DEMO_MODEL, "version": version},
+                # Room for the README's load example: 2 x 32 requests in flight, batched.
+                "batching": {"max_batch_size": 32},
+                "request_settings": {"max_concurrent_requests_per_instance": 32},
             }
         )
         control.put_deployment(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
 from runtimes.hosts import ThreadHost
 from runtimes.registry import load_runtime
+from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,20 @@ class DeploymentHosts:
 
     def runtime_config(self, resolved: dict[str, Any]) -> RuntimeConfig:
         """Everything a runtime instance needs, resolved from the store (blocking). The
-        cores are split between instances unless the deployment says otherwise."""
-        threads = max(1, (os.cpu_count() or 1) // int(resolved["instance_count"]))
+        CPUs this process may use are split between its instances (worker processes for
+        `host: process`) unless the deployment's runtime_options say otherwise."""
+        instances = int(resolved["instance_count"])
+        if resolved["host"] == "process":
+            instances *= scheduler_settings(resolved).max_concurrent_requests_per_instance
+        threads = max(1, usable_cpus() // instances)
+        log.info(
+            "deployment %s/%s: %d instance(s), %d compute thread(s) each (usable CPUs: %s)",
+            resolved["endpoint_name"],
+            resolved["name"],
+            instances,
+            threads,
+            cpu_reading().describe(),
+        )
         return self.control.runtime_config(resolved, threads)
 
     async def load(self, resolved: dict[str, Any]) -> Scheduler:

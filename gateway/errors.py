@@ -21,7 +21,7 @@ import orjson
 from starlette.responses import Response
 
 from batch.errors import BatchInputError
-from deploy.errors import Conflict, ControlPlaneError, NotFound, SpecError
+from deploy.errors import Conflict, ControlPlaneError, NotFound, SpecError, StoreUnavailable
 from runtimes.errors import (
     DeviceUnavailable,
     InferenceError,
@@ -85,6 +85,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     BatchInputError: (400, "invalid_input"),
     NotFound: (404, "not_found"),
     Conflict: (409, "conflict"),
+    StoreUnavailable: (503, "store_unavailable"),
     ControlPlaneError: (400, "control_plane_error"),
 }
 

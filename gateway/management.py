@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deploy.errors import Conflict, SpecError
+from deploy.masking import mask_secrets
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
 from gateway.auth import authenticate_admin
@@ -30,7 +31,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status, media_type="application/json")
+    """A management answer; secrets (remote runtime headers, secret-looking environment
+    variables) are masked in every one."""
+    return Response(orjson.dumps(mask_secrets(doc)), status, media_type="application/json")
 
 
 def admin(handler: Callable[[Request, GatewayState], Awaitable[Response]]) -> Endpoint:
@@ -49,9 +52,27 @@ def _actor(request: Request) -> str:
     return request.headers.get(ACTOR_HEADER) or "admin"
 
 
+#: Management documents (specs, traffic, plans) are small; model files are uploads.
+MAX_JSON_BODY_BYTES = 1024 * 1024
+
+
+def _number(raw: str, what: str) -> int:
+    """A positive decimal integer from a query or path value. ASCII digits only:
+    str.isdigit() also accepts '²', which int() refuses."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise SpecError(f"{what}: must be a positive integer, got '{raw}'")
+    return int(raw)
+
+
 async def _body(request: Request) -> dict[str, Any]:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BODY_BYTES:
+            raise PayloadTooLarge(f"request body exceeds {MAX_JSON_BODY_BYTES} bytes")
+        chunks.append(chunk)
     try:
-        doc = orjson.loads(await request.body())
+        doc = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -93,10 +114,7 @@ async def register_model(request: Request, state: GatewayState) -> Response:
     if not filename:
         raise SpecError("query parameter 'filename' is required (the model file's name)")
     raw_version = query.get("version")
-    if raw_version is not None and not raw_version.isdigit():
-        raise SpecError(
-            f"query parameter 'version': must be a positive integer, got '{raw_version}'"
-        )
+    version = _number(raw_version, "query parameter 'version'") if raw_version else None
     upload = await _upload(request, state, Path(filename).suffix)
     try:
         async with state.hosts.lock:
@@ -106,7 +124,7 @@ async def register_model(request: Request, state: GatewayState) -> Response:
                 filename,
                 upload,
                 _actor(request),
-                int(raw_version) if raw_version else None,
+                version,
                 query.get("runtime"),
                 query.get("description", ""),
             )
@@ -128,7 +146,7 @@ async def list_models(request: Request, state: GatewayState) -> Response:
 async def show_model(request: Request, state: GatewayState) -> Response:
     """GET /management/models/{name}/versions/{version} ('latest' for the newest)"""
     raw = request.path_params["version"]
-    if raw != "latest" and not raw.isdigit():
+    if raw != "latest" and not (raw.isascii() and raw.isdigit()):
         raise SpecError(f"model version must be a positive integer or 'latest', got '{raw}'")
     record = await run_in_threadpool(
         state.control.get_model, request.path_params["name"], None if raw == "latest" else int(raw)
@@ -331,10 +349,11 @@ async def _refuse_during_rollout(state: GatewayState, endpoint: str, what: str) 
 async def list_audit(request: Request, state: GatewayState) -> Response:
     """GET /management/audit[?target=endpoints/e&limit=100]"""
     raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+    limit = _number(raw_limit, "query parameter 'limit'")
+    if not 1 <= limit <= 10_000:
         raise SpecError(f"query parameter 'limit': must be 1-10000, got '{raw_limit}'")
     entries = await run_in_threadpool(
-        state.control.store.list_audit, request.query_params.get("target"), int(raw_limit)
+        state.control.store.list_audit, request.query_params.get("target"), limit
     )
     return _json([e.to_dict() for e in entries])
 

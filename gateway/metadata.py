@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from deploy.errors import StoreUnavailable
 from gateway.auth import authenticate
 from gateway.errors import DeploymentUnavailable
 from gateway.routing import DeploymentRoute, EndpointRoute
@@ -57,8 +58,13 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """GET /v2/health/ready: 200 once every stored deployment had its load attempted."""
-    if not _state(request).ready:
+    state = _state(request)
+    if not state.ready:
         return _json({"error": "the gateway is still loading deployments", "ready": False}, 503)
+    try:
+        state.control.store.check_file()
+    except StoreUnavailable as exc:
+        return _json({"error": str(exc), "ready": False}, 503)
     return _json({"ready": True})
 
 

@@ -9,18 +9,29 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _JSON_OBJECT = {"type": "object"}
 
 
+def _errors(*statuses: int) -> dict[str, Any]:
+    error = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+    return {str(status): error for status in statuses}
+
+
 def _responses(ok: dict[str, Any] | None, *errors: int, ok_status: str = "200") -> dict[str, Any]:
     out: dict[str, Any] = {
         ok_status: {"description": "OK"}
         if ok is None
         else {"description": "OK", "content": {"application/json": {"schema": ok}}}
     }
-    for status in errors:
-        out[str(status)] = {
-            "description": "error",
-            "content": {"application/json": {"schema": _ERROR}},
-        }
-    return out
+    return {**out, **_errors(*errors)}
+
+
+#: Statuses that follow from an operation's shape, so no route can forget them: a
+#: credential can be wrong (401), a named thing missing (404), a body or query value
+#: malformed (400) or too large (413); a write can meet an unusable store (503).
+_ERROR_BY_SHAPE = {
+    "secured": (401,),
+    "path": (404,),
+    "query": (400,),
+    "body": (400, 413),
+}
 
 
 def _op(
@@ -31,6 +42,18 @@ def _op(
     params: list[dict[str, Any]] | None = None,
     secured: str | None = "endpointKey",
 ) -> dict[str, Any]:
+    shapes = {"secured": secured is not None, "body": body is not None}
+    for param in params or ():
+        shapes[param["in"]] = True
+    derived = [
+        status for shape, on in shapes.items() if on for status in _ERROR_BY_SHAPE.get(shape, ())
+    ]
+    if secured == "adminToken" and (
+        body is not None or summary.startswith(("Delete", "Regenerate"))
+    ):
+        derived.append(503)
+    responses = {**_errors(*derived), **responses}
+    responses = {k: responses[k] for k in sorted(responses)}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": True, "content": body}
@@ -78,7 +101,15 @@ def openapi_document() -> dict[str, Any]:
         "Run inference (Open Inference Protocol v2, JSON or binary tensor data)",
         "v2",
         _responses(
-            {"$ref": "#/components/schemas/InferenceResponse"}, 400, 401, 404, 408, 413, 424, 503
+            {"$ref": "#/components/schemas/InferenceResponse"},
+            400,
+            401,
+            404,
+            408,
+            413,
+            424,
+            429,
+            503,
         ),
         _V2_BODY,
         [ep, _DEPLOYMENT_HEADER],
@@ -105,6 +136,7 @@ def openapi_document() -> dict[str, Any]:
                     408,
                     413,
                     424,
+                    429,
                     503,
                 ),
                 {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
@@ -164,7 +196,7 @@ def openapi_document() -> dict[str, Any]:
             "get": _op(
                 "Show a model version and its signature ('latest' for the newest)",
                 "management",
-                _responses(_JSON_OBJECT, 401, 404),
+                _responses(_JSON_OBJECT, 400, 401, 404),
                 params=[_path("name"), _path("version")],
                 secured=admin,
             )

@@ -22,6 +22,7 @@ from runtimes.tensor_codec import (
     array_from_json,
     inputs_from_input_data,
     json_data,
+    numpy_dtype,
     reshape,
     tensor_bytes,
 )
@@ -99,6 +100,15 @@ def _shape(name: str, value: Any) -> list[int]:
     return value
 
 
+def _parameters(item: dict[str, Any], field_name: str) -> dict[str, Any]:
+    parameters = item.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest(f"field '{field_name}' must be an object")
+    return parameters
+
+
 # -- Open Inference Protocol v2 requests --------------------------------------
 def parse_v2_request(body: bytes, header_length: str | None, signature: Signature) -> InferRequest:
     """Decode a `/v2/.../infer` body: JSON, JSON + binary tensors, or raw binary."""
@@ -145,9 +155,17 @@ def parse_v2_request(body: bytes, header_length: str | None, signature: Signatur
         datatype = item.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}': field 'datatype' must be a string such as FP32")
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        # Against the model before any data is decoded: a body that cannot fit costs nothing.
+        numpy_dtype(name, datatype)  # a datatype the protocol does not know: say so first
+        signature.check_input(name, datatype, shape)
+        size = _parameters(item, f"inputs[{position}].parameters").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or offset + size > len(binary)
+            ):
                 raise InvalidInput(
                     f"input '{name}': parameters.binary_data_size {size!r} does not fit the "
                     f"{len(binary) - offset} binary bytes left"
@@ -176,7 +194,7 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
     for position, item in enumerate(outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise MalformedRequest(f"field 'outputs[{position}].name' must be a string")
-        params = item.get("parameters") or {}
+        params = _parameters(item, f"outputs[{position}].parameters")
         if params.get("classification"):
             raise InvalidInput(
                 f"output '{item['name']}': the classification extension is not supported"

@@ -10,6 +10,7 @@ OpenAPI document, 405s and everything else behave as for any route.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
 from runtimes.scheduler import Timing
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+#: The `endpoint` metric label of requests to endpoints that do not exist.
+UNKNOWN_ENDPOINT = "(unknown)"
 _JSON = (b"content-type", b"application/json")
 
 Headers = dict[str, str]
@@ -43,7 +46,7 @@ class ClientGone(Exception):
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     """The request body, decompressed, refusing more than `limit` bytes either way."""
     declared = headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds max_request_body_bytes={limit}")
     chunks, size, more = [], 0, True
     while more:
@@ -100,6 +103,17 @@ async def _infer(
     )
 
 
+#: Bodies larger than this are decoded in a thread: decoding millions of BYTES elements
+#: takes seconds of Python, and on the event loop it would stall every other request.
+OFFLOAD_DECODE_BYTES = 1 << 20
+
+
+async def _decode(body: bytes, decode: Callable[..., Any], *args: Any) -> Any:
+    if len(body) <= OFFLOAD_DECODE_BYTES:
+        return decode(*args)
+    return await asyncio.to_thread(decode, *args)
+
+
 async def _score(
     state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
 ) -> Answer:
@@ -108,7 +122,7 @@ async def _score(
         timeout_s, timeout_name = _deadline_s(route, {})
         answer = await route.scheduler.score_raw(body, timeout_s, 0, timing, timeout_name)
         return 200, answer, [_JSON], None
-    inputs = protocol.parse_score_request(body, route.signature)
+    inputs = await _decode(body, protocol.parse_score_request, body, route.signature)
     results = await _infer(route, inputs, None, {}, timing)
     return 200, protocol.encode_score_response(results), [_JSON], results
 
@@ -121,7 +135,13 @@ async def _v2_infer(
             f"deployment '{route.name}' runs a scoring script, which takes raw requests: "
             f"use POST /endpoints/{route.endpoint}/score"
         )
-    parsed = protocol.parse_v2_request(body, headers.get(protocol.HEADER_LENGTH), route.signature)
+    parsed = await _decode(
+        body,
+        protocol.parse_v2_request,
+        body,
+        headers.get(protocol.HEADER_LENGTH),
+        route.signature,
+    )
     outputs = protocol.select_outputs(parsed, route.signature)
     results = await _infer(
         route, parsed.inputs, [o.name for o in outputs], parsed.parameters, timing
@@ -244,6 +264,10 @@ class ScoringEndpoint:
         timing: Timing,
     ) -> None:
         if route is None:
+            # Unknown names share one label: clients choose them, so they must not
+            # create label sets (a scan of random names would bloat /metrics).
+            if endpoint not in state.hosts.snapshot.endpoints:
+                endpoint = UNKNOWN_ENDPOINT
             state.metrics.unrouted_request(endpoint, self.protocol_name, str(status))
             return
         metrics = route.metrics

@@ -29,6 +29,12 @@ class GatewaySettings:
     #: On SIGTERM, in-flight requests get this long to finish.
     graceful_shutdown_s: float = 30.0
     demo: bool = False
+    #: Request line + headers above this are answered 431.
+    max_header_bytes: int = 64 * 1024
+    #: A connection must send a request's complete headers within this (else 408).
+    header_timeout_s: float = 10.0
+    #: Open connections above this are answered 503; 0 = derived from the fd limit.
+    max_connections: int = 0
 
     @property
     def store_path(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,9 @@ class GatewayState:
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayState:
         home = settings.home
-        home.mkdir(parents=True, exist_ok=True)
+        # The home holds the server secret, the admin token and the store: owner only.
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
         control = ControlPlane(
             SqliteStore(settings.store_path), ArtifactStore(home), Credentials.from_home(home)
         )

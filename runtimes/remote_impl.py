@@ -11,6 +11,7 @@ InferenceFailed (424, as Azure ML answers for a failing model container).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,8 @@ from runtimes.base import RuntimeConfig
 from runtimes.errors import InferenceFailed, InvalidInput, ModelLoadError
 from runtimes.tensor_codec import array_from_binary, array_from_json, reshape, tensor_bytes
 from runtimes.types import Signature, TensorSpec, datatype_of
+
+log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -86,12 +89,15 @@ def _decode(response: httpx.Response) -> dict[str, np.ndarray]:
 
 
 def _failure(response: httpx.Response, url: str) -> Exception:
-    try:
-        message = orjson.loads(response.content).get("error", response.text)
-    except (orjson.JSONDecodeError, AttributeError):
-        message = response.text
-    text = f"remote {url} answered {response.status_code}: {message}"
+    """The status and its reason only: the remote's body is not ours to reflect to
+    clients (it may carry internals); it goes to the log, cut short."""
+    log.warning("remote %s answered %d: %.500r", url, response.status_code, response.content)
+    text = f"remote {url} answered {response.status_code} {response.reason_phrase}".rstrip()
     return InvalidInput(text) if 400 <= response.status_code < 500 else InferenceFailed(text)
+
+
+#: What a body that is not the answer we expect can raise while it is decoded.
+_MALFORMED = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
 
 
 class RemoteRuntime:
@@ -111,7 +117,13 @@ class RemoteRuntime:
             raise ModelLoadError(f"remote model {self._url} is unreachable: {exc}") from exc
         if response.status_code != 200:
             raise ModelLoadError(f"remote model {self._url}: {_failure(response, self._url)}")
-        self._signature = config.signature or _signature(response.json())
+        try:
+            self._signature = config.signature or _signature(orjson.loads(response.content))
+        except _MALFORMED:
+            raise ModelLoadError(
+                f"field 'url': {self._url} answered 200 but not with Open Inference Protocol "
+                "model metadata (JSON with 'inputs' and 'outputs'); is it a /v2/models/NAME URL?"
+            ) from None
 
     @property
     def signature(self) -> Signature:
@@ -139,7 +151,13 @@ class RemoteRuntime:
     def _answer(self, response: httpx.Response) -> dict[str, np.ndarray]:
         if response.status_code != 200:
             raise _failure(response, self._url)
-        return _decode(response)
+        try:
+            return _decode(response)
+        except _MALFORMED:
+            log.warning("remote %s answered 200 with: %.500r", self._url, response.content)
+            raise InferenceFailed(
+                f"remote {self._url} answered 200 without a valid inference response"
+            ) from None
 
     async def infer_async(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None

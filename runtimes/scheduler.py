@@ -243,8 +243,11 @@ class Scheduler:
                 "queue_full",
                 Overloaded(
                     f"deployment '{self.name}' has {self._in_flight} requests in flight, its limit "
-                    f"(2 x max_concurrent_requests_per_instance x instance_count) is "
-                    f"{self._max_in_flight}",
+                    f"(2 x max_concurrent_requests_per_instance x instance_count = 2 x "
+                    f"{self.settings.max_concurrent_requests_per_instance} x "
+                    f"{self.settings.instance_count}) is {self._max_in_flight}; raise "
+                    "request_settings.max_concurrent_requests_per_instance or instance_count "
+                    "to admit more",
                     self._retry_after_s(),
                 ),
             )
@@ -304,7 +307,8 @@ class Scheduler:
                     Overloaded(
                         f"request waited longer than max_queue_wait_ms="
                         f"{round(self.settings.max_queue_wait_s * 1000)} in deployment "
-                        f"'{self.name}'s queue",
+                        f"'{self.name}'s queue; raise request_settings.max_queue_wait_ms, or "
+                        "instance_count to serve the queue faster",
                         self._retry_after_s(),
                     ),
                 )

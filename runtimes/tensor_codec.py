@@ -19,7 +19,7 @@ from runtimes.types import DATATYPE_TO_NUMPY, Signature
 _LENGTH_PREFIX = struct.Struct("<I")
 
 
-def _numpy_dtype(name: str, datatype: Any) -> np.dtype[Any]:
+def numpy_dtype(name: str, datatype: Any) -> np.dtype[Any]:
     if datatype == "BF16":
         raise InvalidInput(f"input '{name}': datatype BF16 is not supported; send FP32 or FP16")
     try:
@@ -33,7 +33,7 @@ def _numpy_dtype(name: str, datatype: Any) -> np.dtype[Any]:
 
 def array_from_json(name: str, data: Any, datatype: str) -> np.ndarray:
     """A JSON value (nested or flat list, or a scalar) as an array of `datatype`."""
-    dtype = _numpy_dtype(name, datatype)
+    dtype = numpy_dtype(name, datatype)
     if datatype == "BYTES":
         try:
             raw = np.asarray(data, dtype=object)
@@ -75,10 +75,22 @@ def reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _bytes_elements(name: str, raw: memoryview) -> np.ndarray:
+def _bytes_elements(name: str, raw: memoryview, count: int | None) -> np.ndarray:
+    """BYTES elements of binary data; with `count` (from the declared shape), a body that
+    cannot hold that many elements is refused before any is read."""
+    if count is not None and len(raw) < 4 * count:
+        raise InvalidInput(
+            f"input '{name}': {len(raw)} bytes cannot hold the {count} BYTES elements its "
+            "shape declares"
+        )
     items: list[bytes] = []
     offset = 0
     while offset < len(raw):
+        if count is not None and len(items) == count:
+            raise InvalidInput(
+                f"input '{name}': binary data holds more than the {count} BYTES elements its "
+                "shape declares"
+            )
         if offset + 4 > len(raw):
             raise InvalidInput(f"input '{name}': truncated BYTES length prefix")
         (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
@@ -96,9 +108,10 @@ def array_from_binary(
     name: str, raw: memoryview, datatype: str, shape: Sequence[int]
 ) -> np.ndarray:
     """Binary tensor data (little-endian, row-major) as an array; no per-element copies."""
-    dtype = _numpy_dtype(name, datatype)
+    dtype = numpy_dtype(name, datatype)
     if datatype == "BYTES":
-        return reshape(name, _bytes_elements(name, raw), shape)
+        count = None if list(shape) == [-1] else math.prod(shape)
+        return reshape(name, _bytes_elements(name, raw, count), shape)
     if len(raw) % dtype.itemsize:
         raise InvalidInput(
             f"input '{name}': {len(raw)} bytes is not a whole number of {datatype} elements"

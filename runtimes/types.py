@@ -95,23 +95,28 @@ class Signature:
             tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
         )
 
+    def check_input(self, name: str, datatype: str, shape: Sequence[int]) -> None:
+        """Check one input's name, datatype and shape; raise InvalidInput naming it. Used on
+        a request's declared header before its data is decoded, so a body that cannot fit
+        costs no decoding."""
+        spec = self._inputs_by_name.get(name)
+        if spec is None:
+            known = ", ".join(t.name for t in self.inputs)
+            raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {known}")
+        if datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{name}': expected datatype {spec.datatype}, received {datatype}"
+            )
+        if not spec.accepts_shape(shape):
+            raise InvalidInput(
+                f"input '{name}': expected shape {_shape_text(spec.shape)}, "
+                f"received {_shape_text(shape)}"
+            )
+
     def validate(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Check names, datatypes and shapes of `inputs`; raise InvalidInput naming the input."""
         for name, array in inputs.items():
-            spec = self._inputs_by_name.get(name)
-            if spec is None:
-                known = ", ".join(t.name for t in self.inputs)
-                raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {known}")
-            got = datatype_of(array)
-            if got != spec.datatype:
-                raise InvalidInput(
-                    f"input '{name}': expected datatype {spec.datatype}, received {got}"
-                )
-            if not spec.accepts_shape(array.shape):
-                raise InvalidInput(
-                    f"input '{name}': expected shape {_shape_text(spec.shape)}, "
-                    f"received {_shape_text(array.shape)}"
-                )
+            self.check_input(name, datatype_of(array), array.shape)
         missing = [t.name for t in self.inputs if t.name not in inputs]
         if missing:
             raise InvalidInput(f"missing input(s): {', '.join(missing)}")

@@ -7,6 +7,12 @@ worker (inputs, outputs), so large arrays are copied once into shared memory
 and never pickled; only their names, dtypes, shapes and offsets go through the
 worker's pipe. BYTES tensors and raw bodies go through the pipe.
 
+Segments are sized for the `/dev/shm` this process really has (Docker's default
+is 64 MiB): they start small, grow on demand up to a quarter of it, and are
+allocated for real (`posix_fallocate`) when created. A sparse segment that
+outgrows /dev/shm would kill the whole gateway with SIGBUS on first write; an
+allocation that fails instead sends that request's tensors through the pipe.
+
 A worker that dies (or hangs past its deadline, and is killed) fails the call
 it was serving with `InstanceFailed` (503) and is replaced in the background;
 the other workers keep serving.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -32,11 +39,13 @@ import numpy as np
 from runtimes import errors
 from runtimes.base import RuntimeConfig
 from runtimes.errors import InstanceFailed, ModelLoadError
+from runtimes.resources import shm_bytes
 from runtimes.types import Signature
 
 log = logging.getLogger(__name__)
 
-SEGMENT_BYTES = 16 * 1024 * 1024
+#: First size of each segment; inputs grow on demand, up to `_segment_cap()`.
+SEGMENT_BYTES = 1024 * 1024
 _CONTEXT = multiprocessing.get_context("spawn")
 #: Exceptions a worker may report back by name; anything else is InferenceFailed.
 _KNOWN = {
@@ -84,6 +93,31 @@ def _unpack(wire: list[Wire], segment: SharedMemory | None, copy: bool) -> dict[
     return out
 
 
+def _segment_cap() -> int:
+    """Largest segment: a quarter of /dev/shm, so several workers' segments fit."""
+    return max(SEGMENT_BYTES, shm_bytes() // 4)
+
+
+def _allocate(size: int) -> SharedMemory | None:
+    """A shared-memory segment whose pages exist (not sparse), or None if /dev/shm has no
+    room for it."""
+    segment = SharedMemory(create=True, size=size)
+    try:
+        os.posix_fallocate(segment._fd, 0, size)  # type: ignore[attr-defined]
+    except OSError as exc:
+        segment.close()
+        segment.unlink()
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            log.warning("/dev/shm has no room for a %d-byte segment: %s", size, exc)
+            return None
+        raise
+    return segment
+
+
+def _pickled(arrays: Mapping[str, np.ndarray]) -> list[Wire]:
+    return [(name, None, array, 0, 0) for name, array in arrays.items()]
+
+
 def _error_reply(exc: BaseException) -> tuple[str, str, str]:
     return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
 
@@ -119,11 +153,12 @@ def worker_main(
                 conn.send(("ok", runtime.score(message[1])))  # type: ignore[attr-defined]
                 continue
             _, segment_name, wire, output_names = message
-            if segment_name not in segments:  # the parent grew the input segment
+            if segment_name is not None and segment_name not in segments:
+                # the parent grew the input segment
                 for old in segments.values():
                     old.close()
                 segments = {segment_name: _attach(segment_name)}
-            inputs = _unpack(wire, segments[segment_name], copy=False)
+            inputs = _unpack(wire, segments.get(segment_name or ""), copy=False)
             results = runtime.infer(inputs, output_names)
             packed = _pack(results, out_segment)
             # Outputs too large for the segment travel pickled instead.
@@ -191,8 +226,15 @@ class ProcessHost:
     async def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         worker.ready.clear()
-        worker.inputs = SharedMemory(create=True, size=SEGMENT_BYTES)
-        worker.outputs = SharedMemory(create=True, size=SEGMENT_BYTES)
+        worker.inputs = _allocate(SEGMENT_BYTES)
+        worker.outputs = _allocate(SEGMENT_BYTES)
+        if worker.inputs is None or worker.outputs is None:
+            self._stop(worker)
+            raise InstanceFailed(
+                f"deployment '{self.name}': /dev/shm ({shm_bytes() // 2**20} MiB) has no room "
+                f"for worker {worker.index}'s shared memory; give the container more "
+                "(docker run --shm-size) or use fewer workers"
+            )
         parent, child = _CONTEXT.Pipe()
         worker.conn = parent
         worker.process = _CONTEXT.Process(
@@ -258,22 +300,35 @@ class ProcessHost:
         await worker.ready.wait()
         assert worker.inputs is not None
         wire = _pack(inputs, worker.inputs)
-        if wire is None:
-            # Grow the input segment to fit; the worker attaches the new one by name.
-            needed = sum(a.nbytes + 64 for a in inputs.values())
-            old = worker.inputs
-            worker.inputs = SharedMemory(create=True, size=max(needed, 2 * old.size))
-            old.close()
-            old.unlink()
+        if wire is None and self._grow_inputs(worker, sum(a.nbytes + 64 for a in inputs.values())):
             wire = _pack(inputs, worker.inputs)
-            assert wire is not None
+        segment_name: str | None = worker.inputs.name
+        if wire is None:  # larger than any segment /dev/shm allows: through the pipe
+            wire, segment_name = _pickled(inputs), None
         reply = await self._call(
             instance,
-            ("infer", worker.inputs.name, wire, tuple(output_names) if output_names else None),
+            ("infer", segment_name, wire, tuple(output_names) if output_names else None),
         )
         if reply[0] == "pickled":
             return dict(reply[1])
         return _unpack(reply[1], worker.outputs, copy=True)
+
+    @staticmethod
+    def _grow_inputs(worker: _Worker, needed: int) -> bool:
+        """Replace the worker's input segment by one of at least `needed` bytes (the
+        worker attaches it by name); False if that would pass the cap or /dev/shm has
+        no room, and the old segment stays."""
+        assert worker.inputs is not None
+        cap = _segment_cap()
+        if needed > cap:
+            return False
+        grown = _allocate(min(cap, max(needed, 2 * worker.inputs.size)))
+        if grown is None:
+            return False
+        old, worker.inputs = worker.inputs, grown
+        old.close()
+        old.unlink()
+        return True
 
     async def run_raw(self, instance: int, body: bytes) -> bytes:
         reply = await self._call(instance, ("raw", body))

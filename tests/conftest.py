@@ -123,14 +123,17 @@ model: {{path: {local.name}}}
         return self.process.returncode
 
 
-def start_gateway(home: Path, *extra: str) -> Gateway:
+def start_gateway(home: Path, *extra: str, prefix: tuple[str, ...] = ()) -> Gateway:
+    """A `servegate serve` on a free port; `prefix` wraps the command (e.g. taskset)."""
     port = free_port()
     log = home.parent / f"gateway-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SERVEGATE_TOKEN", None)
+    env.pop("SERVEGATE_CPUS", None)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "deploy.cli",
@@ -168,6 +171,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.classifier(root / "classifier-v2.onnx", seed=1)
     models.two_inputs(root / "two_inputs.onnx")
     models.text_model(root / "text.onnx")
+    models.row_sum(root / "row_sum.onnx")
     (root / "fake.bin").write_bytes(b"fake runtime: no weights")
     return root
 

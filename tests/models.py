@@ -49,6 +49,19 @@ def two_inputs(path: Path) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def row_sum(path: Path) -> Path:
+    """`x` FP32 [-1, -1] -> `total` FP32 [-1]: each row's sum (any width: large tensors)."""
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0)],
+        "row_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"])],
+        initializer=[axes],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def text_model(path: Path) -> Path:
     """`text` BYTES [-1] -> `echo` BYTES [-1] and `token_id` INT64 [-1] (a vocabulary lookup)."""
     graph = helper.make_graph(

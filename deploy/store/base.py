@@ -85,6 +85,10 @@ class Store(Protocol):
     """Everything the control plane persists. Mutations take the audit entry that
     explains them and write both in one transaction."""
 
+    def check_file(self) -> None:
+        """Raise StoreUnavailable if the store can no longer be written safely."""
+        ...
+
     def transaction(self) -> AbstractContextManager[None]:
         """Group several calls atomically (re-entrant)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from deploy.errors import StoreUnavailable
+from deploy.masking import mask_secrets
 from deploy.store.base import AuditEntry, KeyRecord, ModelRecord, utc_now
 
 # Each entry upgrades the schema by one version; never edit a released one,
@@ -86,15 +89,39 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._depth = 0
+        # Created 0600 (umask), before SQLite creates it: it holds key nonces and specs.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._identity = self._file_identity()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: commits survive a crash of any process; only power loss can take
-        # the last ones. FULL fsyncs every commit: 3 per batch mini-batch, measurable.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: commits survive a crash of any process; only power loss can
+            # take the last ones. FULL fsyncs every commit: 3 per batch mini-batch.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreUnavailable(f"{self.path}: not a usable servegate store: {exc}") from None
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def check_file(self) -> None:
+        """Raise StoreUnavailable if the store's file was removed or replaced since it was
+        opened: writes would go to an unlinked file and vanish at the next start."""
+        if self._file_identity() != self._identity:
+            raise StoreUnavailable(
+                f"the store file {self.path} was removed or replaced while this process "
+                "ran; changes are refused so none is lost. Restore it, or restart to open "
+                "the new file"
+            )
 
     # -- plumbing -----------------------------------------------------------
     def _migrate(self) -> None:
@@ -121,6 +148,7 @@ class SqliteStore:
         with self._lock:
             outermost = self._depth == 0
             if outermost:
+                self.check_file()
                 self._db.execute("BEGIN IMMEDIATE")
             self._depth += 1
             try:
@@ -147,8 +175,8 @@ class SqliteStore:
                 entry.actor,
                 entry.action,
                 entry.target,
-                _dumps(entry.before),
-                _dumps(entry.after),
+                _dumps(mask_secrets(entry.before)),
+                _dumps(mask_secrets(entry.after)),
                 entry.reason,
             ),
         )

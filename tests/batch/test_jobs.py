@@ -254,8 +254,10 @@ def test_error_threshold_retries_timeout_and_retry_failed_only(
         (folder / f"doc{i}.txt").write_text("bad" if i == 1 else "good")
     (folder / "doc5.txt").write_text("sleep")
     (tmp_path / "marker.bad").write_text("")
-    # Tolerated (-1): the job completes; the failures are listed with their reasons.
-    _, out = invoke(gateway, unique_name, str(folder), str(tmp_path / "out"))
+    # Tolerated (-1): the job completes; the failures are listed with their reasons, and
+    # `--wait` exits 3 (completed with failed mini-batches), so scripts can tell.
+    code, out = invoke(gateway, unique_name, str(folder), str(tmp_path / "out"), ok=False)
+    assert code == 3, out
     summary = json.loads(out[out.index("{") :])
     assert summary["state"] == "completed"
     reasons = {f["mini_batch"]: f["error"] for f in summary["failures"]}
@@ -276,7 +278,7 @@ def test_error_threshold_retries_timeout_and_retry_failed_only(
         "1",
         ok=False,
     )
-    assert code != 0 and "exceed error_threshold=1" in out
+    assert code == 1 and "exceed error_threshold=1" in out
     assert not (tmp_path / "out2" / "predictions.parquet").exists()
     # retry --failed-only: after the cause is fixed, only the failed mini-batches run again.
     (tmp_path / "marker.bad").unlink()

@@ -203,3 +203,33 @@ def test_metrics(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name:
         f"servegate_inference_duration_seconds_count"
         f'{{deployment="blue",endpoint="{unique_name}"}} 3.0' in text
     )
+
+
+def test_openapi_documents_every_status_real_requests_get(gateway: Gateway) -> None:
+    """Probe every documented operation with what clients get wrong (no credential, names
+    that do not exist, a body that is not JSON, a query value that is not a number) and
+    check each status the gateway answered is in that operation's responses."""
+    doc = httpx.get(f"{gateway.url}/openapi.json").json()
+    admin = {"Authorization": f"Bearer {gateway.admin_token}"}
+    undocumented = []
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        for template, operations in doc["paths"].items():
+            path = template
+            for name in ("endpoint", "deployment", "name", "version", "job", "action"):
+                path = path.replace(f"{{{name}}}", "cancel" if name == "action" else "nope-nope")
+            for method, operation in operations.items():
+                query = {
+                    p["name"]: "x²"
+                    for p in operation.get("parameters", [])
+                    if p["in"] == "query" and p["schema"].get("type") in ("integer", "boolean")
+                }
+                body = b"{not json" if "requestBody" in operation else None
+                probes = [
+                    client.request(method, path, content=body),
+                    client.request(method, path, content=body, headers=admin),
+                    client.request(method, path, content=body, headers=admin, params=query),
+                ]
+                for response in probes:
+                    if str(response.status_code) not in operation["responses"]:
+                        undocumented.append(f"{method.upper()} {template}: {response.status_code}")
+    assert not undocumented, undocumented

@@ -89,10 +89,12 @@ def test_overload_is_429_with_retry_after(
     assert statuses == [200, 200, 429, 429, 429, 429]  # 2 x 1 x 1 in flight
     refused = next(r for r in responses if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1
-    assert (
-        "limit (2 x max_concurrent_requests_per_instance x instance_count) is 2"
-        in refused.json()["error"]
+    # The answer names the limit and the setting that raises it.
+    message = refused.json()["error"]
+    assert "limit (2 x max_concurrent_requests_per_instance x instance_count = 2 x 1 x 1) is 2" in (
+        message
     )
+    assert "raise request_settings.max_concurrent_requests_per_instance" in message
     rejected = metric(gateway, "servegate_rejected_requests_total", unique_name)
     assert sum(v for k, v in rejected.items() if 'reason="queue_full"' in k) == 4
 

@@ -44,7 +44,8 @@ def test_binary_round_trip_all_numeric_datatypes() -> None:
             continue
         array = (np.arange(6) % 2 == 0) if datatype == "BOOL" else np.arange(6).astype(dtype)
         body, length = _binary_request({"x": (datatype, array.reshape(2, 3))})
-        parsed = protocol.parse_v2_request(body, length, SIG)
+        signature = Signature((TensorSpec("x", datatype, (-1, 3)),), SIG.outputs)
+        parsed = protocol.parse_v2_request(body, length, signature)
         assert parsed.inputs["x"].dtype == dtype
         np.testing.assert_array_equal(parsed.inputs["x"], array.reshape(2, 3))
 
@@ -61,7 +62,33 @@ def test_bytes_binary_layout_is_length_prefixed() -> None:
         + "\u00e9".encode()
     )
     body, length = _binary_request({"t": ("BYTES", array)})
-    assert protocol.parse_v2_request(body, length, SIG).inputs["t"].tolist() == array.tolist()
+    signature = Signature((TensorSpec("t", "BYTES", (-1,)),), SIG.outputs)
+    assert protocol.parse_v2_request(body, length, signature).inputs["t"].tolist() == (
+        array.tolist()
+    )
+
+
+def test_inputs_are_checked_against_the_model_before_their_data_is_decoded() -> None:
+    # 1M BYTES elements declared for an FP32 input: refused from the header alone.
+    body, length = _binary_request({"x": ("BYTES", np.array([b""] * 1_000_000, dtype=object))})
+    with pytest.raises(InvalidInput, match="input 'x': expected datatype FP32, received BYTES"):
+        protocol.parse_v2_request(body, length, SIG)
+    # A BYTES body with fewer bytes than its shape's elements need: refused before reading.
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "t",
+                    "shape": [1000],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        }
+    )
+    signature = Signature((TensorSpec("t", "BYTES", (-1,)),), SIG.outputs)
+    with pytest.raises(InvalidInput, match="8 bytes cannot hold the 1000 BYTES elements"):
+        protocol.parse_v2_request(header + bytes(8), str(len(header)), signature)
 
 
 def test_json_request_nested_or_flat_and_outputs() -> None:

@@ -175,9 +175,11 @@ def test_admission_refuses_beyond_twice_the_concurrency() -> None:
     results = run(main())
     refused = [r for r in results if isinstance(r, Overloaded)]
     assert len(refused) == 2  # limit: 2 x 1 x 1 in flight
-    assert "limit (2 x max_concurrent_requests_per_instance x instance_count) is 2" in str(
-        refused[0]
+    message = str(refused[0])
+    assert "limit (2 x max_concurrent_requests_per_instance x instance_count = 2 x 1 x 1) is 2" in (
+        message
     )
+    assert "raise request_settings.max_concurrent_requests_per_instance" in message
     assert refused[0].retry_after_s >= 1
 
 
