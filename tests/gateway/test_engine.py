@@ -178,8 +178,54 @@ def test_batching_on_gpu(
     )
     for x, response in zip(inputs, responses, strict=True):
         want = in_process(model_dir / "classifier.onnx", {"input": x})
+        # TF32 on Ampere and newer, onnxruntime's default: ~1e-3 relative error.
         np.testing.assert_allclose(
-            response.json()["probabilities"], want["probabilities"], rtol=1e-4, atol=1e-6
+            response.json()["probabilities"], want["probabilities"], rtol=1e-2, atol=1e-3
+        )
+    (batches,) = metric(gateway, "servegate_batch_requests_count", unique_name).values()
+    assert batches < 48
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _torch_cuda(), reason="needs torch with CUDA and a GPU")
+def test_torch_batching_on_gpu(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """A torch.export program on `device: cuda` behind the gateway: concurrent requests
+    are coalesced into GPU batches and answer what the CPU computes."""
+    from runtimes.base import RuntimeConfig
+    from runtimes.torch_impl import TorchRuntime
+    from tests.models import torch_models
+
+    _, exported = torch_models(tmp_path)
+    gateway.create_endpoint(tmp_path, unique_name)
+    gateway.deploy(
+        tmp_path,
+        unique_name,
+        "gpu",
+        exported,
+        extra_yaml="device: cuda\nbatching: {max_batch_size: 64, max_batch_delay_ms: 20}\n",
+    )
+    auth = gateway.auth(unique_name)
+    inputs = [np.full((2, 4), i / 10, dtype=np.float32) for i in range(48)]
+    responses = asyncio.run(
+        burst(
+            f"{gateway.url}/endpoints/{unique_name}/score",
+            [{"input_data": x.tolist()} for x in inputs],
+            auth,
+        )
+    )
+    cpu = TorchRuntime(RuntimeConfig(exported))
+    for x, response in zip(inputs, responses, strict=True):
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(
+            response.json()["output_0"], cpu.infer({"x": x})["output_0"], rtol=1e-4, atol=1e-6
         )
     (batches,) = metric(gateway, "servegate_batch_requests_count", unique_name).values()
     assert batches < 48

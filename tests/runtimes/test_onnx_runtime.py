@@ -86,15 +86,35 @@ def test_cuda_provider_runs_the_model(model_dir: Path) -> None:
     assert runtime.providers[0] == "CUDAExecutionProvider"
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     cpu = OnnxRuntime(RuntimeConfig(model_dir / "classifier.onnx"))
+    want = cpu.infer({"input": x})["probabilities"]
+    # onnxruntime's CUDA provider multiplies FP32 in TF32 on Ampere and newer (its
+    # default): ~1e-3 relative error on an H200. use_tf32: 0 gives FP32 results.
     np.testing.assert_allclose(
-        runtime.infer({"input": x})["probabilities"],
-        cpu.infer({"input": x})["probabilities"],
-        rtol=1e-4,
-        atol=1e-6,
+        runtime.infer({"input": x})["probabilities"], want, rtol=1e-2, atol=1e-3
+    )
+    exact = OnnxRuntime(
+        RuntimeConfig(
+            model_dir / "classifier.onnx", device="cuda", options={"cuda_options": {"use_tf32": 0}}
+        )
+    )
+    np.testing.assert_allclose(
+        exact.infer({"input": x})["probabilities"], want, rtol=1e-5, atol=1e-6
     )
 
 
-HAS_TENSORRT = "TensorrtExecutionProvider" in ort.get_available_providers()
+def _tensorrt_usable() -> bool:
+    """Compiled into onnxruntime-gpu is not enough: TensorRT's own libraries must load."""
+    if not HAS_CUDA or "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return False
+    from gateway.demo import build_classifier
+
+    session = ort.InferenceSession(
+        build_classifier(0), providers=["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    )
+    return "TensorrtExecutionProvider" in session.get_providers()
+
+
+HAS_TENSORRT = _tensorrt_usable()
 
 
 @pytest.mark.gpu
@@ -110,10 +130,14 @@ def test_cuda_io_binding_and_batches_match_cpu(model_dir: Path) -> None:
         want = cpu.infer({"input": x})
         for runtime in (bound, plain):
             got = runtime.infer({"input": x})
+            # TF32 (the CUDA provider's default on Ampere+): see the test above.
             np.testing.assert_allclose(
-                got["probabilities"], want["probabilities"], rtol=1e-4, atol=1e-6
+                got["probabilities"], want["probabilities"], rtol=1e-2, atol=1e-3
             )
-            np.testing.assert_array_equal(got["label"], want["label"])
+            # Labels agree wherever the top two classes are not within TF32's error.
+            top2 = np.sort(want["probabilities"], axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > 1e-2
+            np.testing.assert_array_equal(got["label"][clear], want["label"][clear])
 
 
 @pytest.mark.gpu
