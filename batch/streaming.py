@@ -91,6 +91,9 @@ class StreamSettings:
     max_batch_size: int = 256
     max_batch_delay_ms: int = 20
     request_timeout_s: float = 30.0
+    #: Kafka static membership (KIP-345): a restart with the same id keeps the partitions.
+    group_instance_id: str | None = None
+    session_timeout_ms: int = 10_000
 
 
 class StreamScorer:
@@ -113,6 +116,9 @@ class StreamScorer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_batch_size,
+            group_instance_id=s.group_instance_id,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
         )
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=2)
         await consumer.start()
@@ -146,53 +152,121 @@ class StreamScorer:
             await producer.stop()
 
     async def _process(self, records: list[Any], producer: AIOKafkaProducer) -> None:
-        s = self.settings
+        """Score a polled batch and send one result (or dead letter) per record.
+
+        The records' tensors are concatenated and scored as one request (measured: a
+        scheduler request per record cost ~40% of the throughput of a hand-written loop);
+        if that request fails, each record is scored on its own, so a bad record fails
+        alone. All sends are acknowledged before the caller commits the offsets."""
         self.stats.records_in += len(records)
         self.stats.batches += 1
         self.stats.batch_rows += len(records)
-
-        async def one(record: Any) -> Any:
-            headers = [
-                (
-                    "request-id",
-                    (dict(record.headers or []).get("request-id") or str(uuid.uuid4()).encode()),
-                ),
-                ("deployment", self.deployment.encode()),
-                ("source-partition", str(record.partition).encode()),
-                ("source-offset", str(record.offset).encode()),
-            ]
+        signature = self.scheduler.signature
+        sends: list[Any] = []
+        decoded: list[tuple[Any, dict[str, np.ndarray]]] = []
+        for record in records:
             try:
-                inputs = decode(record.value, self.scheduler.signature)
-                self.scheduler.signature.validate(inputs)
-                results = await self.scheduler.infer(inputs, None, s.request_timeout_s)
+                inputs = decode(record.value, signature)
+                signature.validate(inputs)
             except (InferenceError, ValueError, TypeError) as exc:
-                self.stats.records_failed += 1
-                if s.dead_letter_topic is None:
-                    log.warning(
-                        "record %s/%s failed and has no dead-letter topic: %s",
-                        record.partition,
-                        record.offset,
-                        exc,
-                    )
-                    return None
-                error = f"{type(exc).__name__}: {exc}".encode()[:4000]
-                return await producer.send(
-                    s.dead_letter_topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=[*headers, ("error", error)],
-                )
-            self.stats.records_out += 1
-            self.stats.latency_s.append(time.time() - record.timestamp / 1000)
-            del self.stats.latency_s[:-10_000]
-            return await producer.send(
-                s.output_topic, value=encode(results), key=record.key, headers=headers
-            )
-
-        # Every record is scored (batched by the scheduler) and sent; then all sends must be
-        # acknowledged before the caller commits the offsets.
-        sends = await asyncio.gather(*(one(r) for r in records))
+                sends.append(await self._dead_letter(record, exc, producer))
+                continue
+            decoded.append((record, inputs))
+        for group in _compatible_groups(decoded):
+            sends.extend(await self._score_group(group, producer))
         await asyncio.gather(*(f for f in sends if f is not None))
+
+    async def _score_group(
+        self, group: list[tuple[Any, dict[str, np.ndarray]]], producer: AIOKafkaProducer
+    ) -> list[Any]:
+        timeout_s = self.settings.request_timeout_s
+        if len(group) > 1:
+            names = list(group[0][1])
+            merged = {n: np.concatenate([inputs[n] for _, inputs in group]) for n in names}
+            try:
+                outputs = await self.scheduler.infer(merged, None, timeout_s)
+            except InferenceError:
+                outputs = None  # somebody's record broke the batch: score each alone
+            total = sum(len(inputs[names[0]]) for _, inputs in group)
+            if outputs is not None and all(
+                a.ndim and a.shape[0] == total for a in outputs.values()
+            ):
+                sends, offset = [], 0
+                for record, inputs in group:
+                    rows = len(inputs[names[0]])
+                    part = {k: a[offset : offset + rows] for k, a in outputs.items()}
+                    offset += rows
+                    sends.append(await self._result(record, part, producer))
+                return sends
+        sends = []
+        for record, inputs in group:
+            try:
+                results = await self.scheduler.infer(inputs, None, timeout_s)
+            except (InferenceError, ValueError, TypeError) as exc:
+                sends.append(await self._dead_letter(record, exc, producer))
+                continue
+            sends.append(await self._result(record, results, producer))
+        return sends
+
+    def _headers(self, record: Any) -> list[tuple[str, bytes]]:
+        request_id = dict(record.headers or []).get("request-id") or uuid.uuid4().hex.encode()
+        return [
+            ("request-id", request_id),
+            ("deployment", self.deployment.encode()),
+            ("source-partition", str(record.partition).encode()),
+            ("source-offset", str(record.offset).encode()),
+        ]
+
+    async def _result(
+        self, record: Any, results: Mapping[str, np.ndarray], producer: AIOKafkaProducer
+    ) -> Any:
+        self.stats.records_out += 1
+        self.stats.latency_s.append(time.time() - record.timestamp / 1000)
+        if len(self.stats.latency_s) > 20_000:
+            del self.stats.latency_s[:-10_000]
+        return await producer.send(
+            self.settings.output_topic,
+            value=encode(results),
+            key=record.key,
+            headers=self._headers(record),
+        )
+
+    async def _dead_letter(self, record: Any, exc: Exception, producer: AIOKafkaProducer) -> Any:
+        self.stats.records_failed += 1
+        if self.settings.dead_letter_topic is None:
+            log.warning(
+                "record %s/%s failed and has no dead-letter topic: %s",
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return None
+        error = f"{type(exc).__name__}: {exc}".encode()[:4000]
+        return await producer.send(
+            self.settings.dead_letter_topic,
+            value=record.value,
+            key=record.key,
+            headers=[*self._headers(record), ("error", error)],
+        )
+
+
+def _compatible_groups(
+    decoded: list[tuple[Any, dict[str, np.ndarray]]],
+) -> list[list[tuple[Any, dict[str, np.ndarray]]]]:
+    """Records whose tensors can be concatenated (same names, dtypes and trailing
+    dims, a batch axis, no BYTES), in order of first appearance; others alone."""
+    groups: dict[Any, list[tuple[Any, dict[str, np.ndarray]]]] = {}
+    alone: list[list[tuple[Any, dict[str, np.ndarray]]]] = []
+    for item in decoded:
+        inputs = item[1]
+        arrays = list(inputs.values())
+        rows = {a.shape[0] if a.ndim else None for a in arrays}
+        if len(rows) != 1 or None in rows or any(a.dtype == object for a in arrays):
+            alone.append([item])
+            continue
+        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        groups.setdefault(key, []).append(item)
+    return [*groups.values(), *alone]
 
 
 class _StatsCollector:

@@ -756,6 +756,19 @@ def stream() -> None:
 @click.option("--max-batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
 @click.option("--max-batch-delay-ms", type=click.IntRange(0, 60_000), default=20, show_default=True)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@click.option(
+    "--group-instance-id",
+    default=None,
+    help="Kafka static membership: a consumer restarted with the same id gets its "
+    "partitions back at once, instead of after the old member's session timeout.",
+)
+@click.option(
+    "--session-timeout-ms",
+    type=click.IntRange(1000, 600_000),
+    default=10_000,
+    show_default=True,
+    help="How long the group waits for a silent member before giving its partitions away.",
+)
 @pass_ctx
 def stream_run(
     ctx: Ctx,
@@ -769,6 +782,8 @@ def stream_run(
     max_batch_size: int,
     max_batch_delay_ms: int,
     metrics_port: int | None,
+    group_instance_id: str | None,
+    session_timeout_ms: int,
 ) -> None:
     """Consume INPUT_TOPIC, score each record, produce results (at least once)."""
     logging_setup()
@@ -782,6 +797,8 @@ def stream_run(
         dead_letter_topic,
         max_batch_size,
         max_batch_delay_ms,
+        group_instance_id=group_instance_id,
+        session_timeout_ms=session_timeout_ms,
     )
     run_stream(ctx.home, endpoint, deployment, settings, metrics_port)
 

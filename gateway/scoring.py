@@ -95,8 +95,14 @@ async def _infer(
     outputs: list[str] | None,
     parameters: dict[str, Any],
     timing: Timing,
+    checked: bool = False,
 ) -> dict[str, np.ndarray]:
-    route.signature.validate(inputs)
+    """`checked`: each input was already checked against the signature while decoding
+    (the Open Inference Protocol path), so only absent inputs remain to be found."""
+    if checked:
+        route.signature.check_complete(inputs)
+    else:
+        route.signature.validate(inputs)
     timeout_s, timeout_name = _deadline_s(route, parameters)
     return await route.scheduler.infer(
         inputs, outputs, timeout_s, _priority(parameters), timing, timeout_name
@@ -108,12 +114,6 @@ async def _infer(
 OFFLOAD_DECODE_BYTES = 1 << 20
 
 
-async def _decode(body: bytes, decode: Callable[..., Any], *args: Any) -> Any:
-    if len(body) <= OFFLOAD_DECODE_BYTES:
-        return decode(*args)
-    return await asyncio.to_thread(decode, *args)
-
-
 async def _score(
     state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
 ) -> Answer:
@@ -122,7 +122,10 @@ async def _score(
         timeout_s, timeout_name = _deadline_s(route, {})
         answer = await route.scheduler.score_raw(body, timeout_s, 0, timing, timeout_name)
         return 200, answer, [_JSON], None
-    inputs = await _decode(body, protocol.parse_score_request, body, route.signature)
+    if len(body) <= OFFLOAD_DECODE_BYTES:
+        inputs = protocol.parse_score_request(body, route.signature)
+    else:
+        inputs = await asyncio.to_thread(protocol.parse_score_request, body, route.signature)
     results = await _infer(route, inputs, None, {}, timing)
     return 200, protocol.encode_score_response(results), [_JSON], results
 
@@ -135,23 +138,23 @@ async def _v2_infer(
             f"deployment '{route.name}' runs a scoring script, which takes raw requests: "
             f"use POST /endpoints/{route.endpoint}/score"
         )
-    parsed = await _decode(
-        body,
-        protocol.parse_v2_request,
-        body,
-        headers.get(protocol.HEADER_LENGTH),
-        route.signature,
-    )
+    args = (body, headers.get(protocol.HEADER_LENGTH), route.signature)
+    if len(body) <= OFFLOAD_DECODE_BYTES:
+        parsed = protocol.parse_v2_request(*args)
+    else:
+        parsed = await asyncio.to_thread(protocol.parse_v2_request, *args)
     outputs = protocol.select_outputs(parsed, route.signature)
-    results = await _infer(
-        route, parsed.inputs, [o.name for o in outputs], parsed.parameters, timing
-    )
+    # All outputs, the common case, need no selection in the runtime.
+    names = None if parsed.outputs is None else [o.name for o in outputs]
+    results = await _infer(route, parsed.inputs, names, parsed.parameters, timing, checked=True)
     payload, extra = protocol.encode_v2_response(
         route.endpoint, route.name, parsed.id, results, outputs
     )
-    payload, encoding = protocol.compress(payload, headers.get("accept-encoding"))
-    if encoding:
-        extra["content-encoding"] = encoding
+    accept_encoding = headers.get("accept-encoding")
+    if accept_encoding:
+        payload, encoding = protocol.compress(payload, accept_encoding)
+        if encoding:
+            extra["content-encoding"] = encoding
     encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     return 200, payload, encoded, results
 

@@ -126,6 +126,11 @@ def _order(item: tuple[tuple[int, int], _Job]) -> tuple[int, int]:
 def _batch_key(
     inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] | None
 ) -> tuple[Any, ...] | None:
+    if len(inputs) == 1:  # the common case, without the general path's allocations
+        ((name, array),) = inputs.items()
+        if not array.ndim or array.dtype == object:
+            return None
+        return ((name, array.dtype.str, array.shape[1:]), output_names)
     rows = {a.shape[0] if a.ndim else None for a in inputs.values()}
     if len(rows) != 1 or None in rows or any(a.dtype == object for a in inputs.values()):
         return None

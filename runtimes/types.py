@@ -71,16 +71,18 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     _inputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_inputs_by_name", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "_output_names", tuple(t.name for t in self.outputs))
 
     def input(self, name: str) -> TensorSpec | None:
         return self._inputs_by_name.get(name)
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
+        return self._output_names
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,12 @@ class Signature:
         """Check names, datatypes and shapes of `inputs`; raise InvalidInput naming the input."""
         for name, array in inputs.items():
             self.check_input(name, datatype_of(array), array.shape)
+        self.check_complete(inputs)
+
+    def check_complete(self, inputs: Mapping[str, Any]) -> None:
+        """Raise InvalidInput if any of the model's inputs is absent."""
+        if len(inputs) == len(self.inputs):  # every name was checked to be known
+            return
         missing = [t.name for t in self.inputs if t.name not in inputs]
         if missing:
             raise InvalidInput(f"missing input(s): {', '.join(missing)}")
