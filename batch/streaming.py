@@ -103,9 +103,17 @@ class StreamScorer:
         self.deployment = deployment
         self.stats = StreamStats()
         self._stop = asyncio.Event()
+        self._id_prefix = uuid.uuid4().hex.encode()
+        self._issued = 0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _new_request_id(self) -> bytes:
+        """Unique per result without a uuid4 per record (its random bytes and object cost
+        5% of the throughput): this process's random prefix and a counter."""
+        self._issued += 1
+        return b"%s-%d" % (self._id_prefix, self._issued)
 
     async def run(self) -> None:
         s = self.settings
@@ -162,7 +170,24 @@ class StreamScorer:
         self.stats.batches += 1
         self.stats.batch_rows += len(records)
         signature = self.scheduler.signature
-        sends: list[Any] = []
+        whole = _whole_poll(records, signature)
+        if whole is not None:
+            inputs, rows = whole
+            try:
+                outputs = await self.scheduler.infer(inputs, None, self.settings.request_timeout_s)
+            except InferenceError:
+                pass  # scored record by record below, so a bad one fails alone
+            else:
+                total = sum(rows)
+                if all(a.ndim and a.shape[0] == total for a in outputs.values()):
+                    sends, offset = [], 0
+                    for record, count in zip(records, rows, strict=True):
+                        part = {k: a[offset : offset + count] for k, a in outputs.items()}
+                        offset += count
+                        sends.append(await self._result(record, part, producer))
+                    await asyncio.gather(*sends)
+                    return
+        sends = []
         decoded: list[tuple[Any, dict[str, np.ndarray]]] = []
         for record in records:
             try:
@@ -209,7 +234,7 @@ class StreamScorer:
         return sends
 
     def _headers(self, record: Any) -> list[tuple[str, bytes]]:
-        request_id = dict(record.headers or []).get("request-id") or uuid.uuid4().hex.encode()
+        request_id = dict(record.headers or []).get("request-id") or self._new_request_id()
         return [
             ("request-id", request_id),
             ("deployment", self.deployment.encode()),
@@ -248,6 +273,36 @@ class StreamScorer:
             key=record.key,
             headers=[*self._headers(record), ("error", error)],
         )
+
+
+def _whole_poll(
+    records: list[Any], signature: Signature
+) -> tuple[dict[str, np.ndarray], list[int]] | None:
+    """The common case in one conversion, as a hand-written loop does it: every record is
+    `{"input_data": [rows]}` for a one-input model, so the poll is one array (and the
+    rows per record). None when any record is otherwise, or the rows do not fit the
+    model: then each record is decoded alone, and a bad one is named."""
+    if len(signature.inputs) != 1:
+        return None
+    spec = signature.inputs[0]
+    rows: list[Any] = []
+    counts: list[int] = []
+    for record in records:
+        try:
+            doc = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            return None
+        data = doc.get("input_data") if isinstance(doc, dict) else None
+        if not isinstance(data, list) or not data:
+            return None
+        rows.extend(data)
+        counts.append(len(data))
+    try:
+        inputs = {spec.name: array_from_json(spec.name, rows, spec.datatype)}
+        signature.validate(inputs)
+    except InvalidInput:
+        return None
+    return inputs, counts
 
 
 def _compatible_groups(
