@@ -93,11 +93,14 @@ def _json(body: bytes, what: str) -> Any:
 
 # -- tensors -----------------------------------------------------------------
 def _shape(name: str, value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
-        raise InvalidInput(f"input '{name}': field 'shape' must be a list of non-negative integers")
-    return value
+    # A plain loop: a generator in all() cost ~1 us per request on the hot path.
+    if isinstance(value, list):
+        for d in value:
+            if type(d) is not int or d < 0:
+                break
+        else:
+            return value
+    raise InvalidInput(f"input '{name}': field 'shape' must be a list of non-negative integers")
 
 
 def _parameters(item: dict[str, Any], field_name: str) -> dict[str, Any]:

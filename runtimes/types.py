@@ -61,7 +61,11 @@ class TensorSpec:
     def accepts_shape(self, shape: Sequence[int]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        return all(want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+        # A loop, not all(<generator>): this runs on every request (measured ~1 us less).
+        for want, got in zip(self.shape, shape):  # noqa: B905, SIM110 (lengths checked above)
+            if want >= 0 and want != got:
+                return False
+        return True
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.batch.test_jobs import batch_endpoint, features, files_endpoint, invoke, write_input
+from tests.batch.test_jobs import (
+    batch_endpoint,
+    features,
+    invoke,
+    start_sleeping_job,
+    write_input,
+)
 from tests.conftest import Gateway, wait_for
 
 
@@ -107,22 +113,7 @@ def test_a_job_where_every_row_fails_leaves_no_output_file(
 def test_workers_die_with_a_killed_runner_and_runners_are_reaped(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    files_endpoint(gateway, tmp_path, model_dir, unique_name, "  retry_settings: {timeout: 60}\n")
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(8):
-        (folder / f"doc{i}.txt").write_text("sleep")
-    _, out = gateway.cli(
-        "batch",
-        "invoke",
-        "-e",
-        unique_name,
-        "--input",
-        str(folder),
-        "--output",
-        str(tmp_path / "o"),
-    )
-    job_id = json.loads(out)["id"]
+    job_id = start_sleeping_job(gateway, tmp_path, model_dir, unique_name, 8)
     job = wait_for(lambda: json.loads(gateway.cli("batch", "show", job_id)[1]).get("pid"), 30)
     runner = int(job)
     workers = wait_for(lambda: _children(runner) if len(_children(runner)) >= 2 else None, 30)

@@ -340,23 +340,23 @@ def test_sigkill_mid_job_then_resume_gives_the_uninterrupted_output(
     assert resumed.equals(whole)
 
 
-def test_cancel(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str) -> None:
-    files_endpoint(gateway, tmp_path, model_dir, unique_name, "  retry_settings: {timeout: 60}\n")
+def start_sleeping_job(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, name: str, files: int
+) -> str:
+    """A job (not waited for) over `files` documents whose scoring sleeps 30 s each."""
+    files_endpoint(gateway, tmp_path, model_dir, name, "  retry_settings: {timeout: 60}\n")
     folder = tmp_path / "docs"
     folder.mkdir()
-    for i in range(10):
+    for i in range(files):
         (folder / f"doc{i}.txt").write_text("sleep")
     _, out = gateway.cli(
-        "batch",
-        "invoke",
-        "-e",
-        unique_name,
-        "--input",
-        str(folder),
-        "--output",
-        str(tmp_path / "out"),
+        "batch", "invoke", "-e", name, "--input", str(folder), "--output", str(tmp_path / "out")
     )
-    job_id = json.loads(out)["id"]
+    return str(json.loads(out)["id"])
+
+
+def test_cancel(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str) -> None:
+    job_id = start_sleeping_job(gateway, tmp_path, model_dir, unique_name, 10)
     time.sleep(2)
     gateway.cli("batch", "cancel", job_id)
     job = wait_for(

@@ -15,16 +15,6 @@ import pytest
 from tests.conftest import Gateway, assert_clean_exit, start_gateway, write_yaml
 
 
-@pytest.fixture
-def scored(
-    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
-) -> tuple[str, dict[str, str]]:
-    """An endpoint with the classifier as `blue` (100%)."""
-    gateway.create_endpoint(tmp_path, unique_name)
-    gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
-    return unique_name, gateway.auth(unique_name)
-
-
 def expect(response: httpx.Response, status: int, *fragments: str) -> None:
     assert response.status_code == status, response.text
     body = response.json()

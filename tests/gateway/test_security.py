@@ -32,15 +32,6 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.fixture
-def scored(
-    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
-) -> tuple[str, dict[str, str]]:
-    gateway.create_endpoint(tmp_path, unique_name)
-    gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
-    return unique_name, gateway.auth(unique_name)
-
-
 # -- credentials ---------------------------------------------------------------------
 def test_wrong_keys_are_neither_cached_nor_hashed_when_absurd(
     tmp_path: Path, model_dir: Path, unique_name: str
