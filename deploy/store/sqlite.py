@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -89,8 +90,13 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._depth = 0
-        # Created 0600 (umask), before SQLite creates it: it holds key nonces and specs.
+        # Owner only (also a store an older version left 0644): it holds key nonces and
+        # specs. Created here, before SQLite creates it; SQLite gives its -wal and -shm
+        # files the store's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
         self._identity = self._file_identity()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:

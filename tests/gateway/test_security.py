@@ -357,7 +357,12 @@ def test_permissions_are_tightened_on_an_existing_home(tmp_path: Path) -> None:
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)
     gw = start_gateway(home)
+    assert_clean_exit(gw)
+    os.chmod(home, 0o755)
+    os.chmod(home / "store.db", 0o644)  # as an older version left them
+    gw = start_gateway(home)
     try:
         assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert stat.S_IMODE((home / "store.db").stat().st_mode) == 0o600
     finally:
         assert_clean_exit(gw)
