@@ -178,16 +178,11 @@ class StreamScorer:
             except InferenceError:
                 pass  # scored record by record below, so a bad one fails alone
             else:
-                total = sum(rows)
-                if all(a.ndim and a.shape[0] == total for a in outputs.values()):
-                    sends, offset = [], 0
-                    for record, count in zip(records, rows, strict=True):
-                        part = {k: a[offset : offset + count] for k, a in outputs.items()}
-                        offset += count
-                        sends.append(await self._result(record, part, producer))
-                    await asyncio.gather(*sends)
+                split = await self._send_split(records, rows, outputs, producer)
+                if split is not None:
+                    await asyncio.gather(*split)
                     return
-        sends = []
+        sends: list[Any] = []
         decoded: list[tuple[Any, dict[str, np.ndarray]]] = []
         for record in records:
             try:
@@ -212,17 +207,15 @@ class StreamScorer:
                 outputs = await self.scheduler.infer(merged, None, timeout_s)
             except InferenceError:
                 outputs = None  # somebody's record broke the batch: score each alone
-            total = sum(len(inputs[names[0]]) for _, inputs in group)
-            if outputs is not None and all(
-                a.ndim and a.shape[0] == total for a in outputs.values()
-            ):
-                sends, offset = [], 0
-                for record, inputs in group:
-                    rows = len(inputs[names[0]])
-                    part = {k: a[offset : offset + rows] for k, a in outputs.items()}
-                    offset += rows
-                    sends.append(await self._result(record, part, producer))
-                return sends
+            if outputs is not None:
+                split = await self._send_split(
+                    [record for record, _ in group],
+                    [len(inputs[names[0]]) for _, inputs in group],
+                    outputs,
+                    producer,
+                )
+                if split is not None:
+                    return split
         sends = []
         for record, inputs in group:
             try:
@@ -231,6 +224,25 @@ class StreamScorer:
                 sends.append(await self._dead_letter(record, exc, producer))
                 continue
             sends.append(await self._result(record, results, producer))
+        return sends
+
+    async def _send_split(
+        self,
+        records: list[Any],
+        rows: list[int],
+        outputs: Mapping[str, np.ndarray],
+        producer: AIOKafkaProducer,
+    ) -> list[Any] | None:
+        """Send each record its rows of `outputs` (scored together); None, sending
+        nothing, if an output has no batch axis to split."""
+        total = sum(rows)
+        if not all(a.ndim and a.shape[0] == total for a in outputs.values()):
+            return None
+        sends, offset = [], 0
+        for record, count in zip(records, rows, strict=True):
+            part = {k: a[offset : offset + count] for k, a in outputs.items()}
+            offset += count
+            sends.append(await self._result(record, part, producer))
         return sends
 
     def _headers(self, record: Any) -> list[tuple[str, bytes]]:
