@@ -205,6 +205,12 @@ DEPLOYMENT = "name: blue\nendpoint_name: ep1\nmodel: fraud:1\n"
             ["'runtime' is not set", "weights.bin"],
         ),
         ("deployment", "name: b\nendpoint_name: ep1\nmodel: m:1\n", ["field 'name'", "3-32"]),
+        # An unknown field in an optional block lists that block's fields.
+        (
+            "deployment",
+            DEPLOYMENT + "batching: {max_batch: 8}\n",
+            ["field 'batching.max_batch'", "allowed fields: max_batch_size, max_batch_delay_ms"],
+        ),
     ],
 )
 def test_invalid_specs(tmp_path: Path, kind: str, text: str, fragments: list[str]) -> None:
