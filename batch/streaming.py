@@ -162,10 +162,11 @@ class StreamScorer:
     async def _process(self, records: list[Any], producer: AIOKafkaProducer) -> None:
         """Score a polled batch and send one result (or dead letter) per record.
 
-        The records' tensors are concatenated and scored as one request (measured: a
-        scheduler request per record cost ~40% of the throughput of a hand-written loop);
-        if that request fails, each record is scored on its own, so a bad record fails
-        alone. All sends are acknowledged before the caller commits the offsets."""
+        The records' tensors are concatenated and scored as one request, from one array
+        conversion when every record has the /score shape (stream benchmark: 0.81x a
+        hand-written loop with records decoded one by one, 1.37x with the conversion per
+        poll). If that request fails, each record is scored on its own, so a bad record
+        fails alone. All sends are acknowledged before the caller commits the offsets."""
         self.stats.records_in += len(records)
         self.stats.batches += 1
         self.stats.batch_rows += len(records)

@@ -618,7 +618,7 @@ def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
 
 
 #: `--wait` exit codes; the commands' help repeats them.
-EXIT_COMPLETED, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
+EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 1, 3  # 0: completed, every mini-batch done
 _WAIT_HELP = (
     "Show progress until the job ends. Exit code: 0 completed with every mini-batch "
     "done; 3 completed, but some mini-batches failed (tolerated by error_threshold); "

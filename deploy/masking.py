@@ -3,7 +3,8 @@
 Values that are secrets by where they sit are masked wherever a document is
 rendered: every value of a remote runtime's `headers` (they carry credentials
 such as `Authorization`), and `environment_variables` whose names look like
-secrets (`*KEY*`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`). The
+secrets (`*KEY*`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*PASSWD*`, `*CREDENTIAL*`,
+`*AUTH*`). The
 store keeps the real values: the runtimes need them.
 """
 

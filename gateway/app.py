@@ -59,7 +59,6 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = GatewayState.open(settings)
         app.state.gateway = state
-        opened.clear()
         if settings.demo:
             await run_in_threadpool(demo.ensure_demo, state.control)
         await state.hosts.sync()
@@ -88,14 +87,9 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             await state.hosts.close()
             state.control.store.close()
 
-    opened: list[GatewayState] = []
-
     def state() -> GatewayState:
-        # Read once from starlette's State (attribute lookups through __getattr__ cost
-        # ~1 us on every request); the app's state is set once, at startup.
-        if not opened:
-            opened.append(app.state.gateway)
-        return opened[0]
+        gateway: GatewayState = app.state.gateway
+        return gateway
 
     score, infer = scoring.endpoints(state)
     app = Starlette(

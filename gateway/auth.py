@@ -38,11 +38,6 @@ def bearer(authorization: str | None, what: str) -> str:
     return value
 
 
-def _digest(key: str) -> str:
-    digest = _verified.get(key)
-    return digest if digest is not None else hash_key(key)
-
-
 def authenticate(route: EndpointRoute, authorization: str | None, credentials: Credentials) -> None:
     """Check a scoring request's credential against the endpoint's auth_mode."""
     if route.auth_mode == "none":
@@ -55,13 +50,14 @@ def authenticate(route: EndpointRoute, authorization: str | None, credentials: C
             )
         return
     key = bearer(authorization, "key")
-    digest = _digest(key)
+    cached = _verified.get(key)
+    digest = cached if cached is not None else hash_key(key)
     matched = False
     for key_hash in route.key_hashes:  # no early exit: compare against every key
         matched |= hmac.compare_digest(key_hash, digest)
     if not matched:
         raise Unauthorized(f"header 'Authorization': invalid key for endpoint '{route.name}'")
-    if key not in _verified:
+    if cached is None:
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
         _verified[key] = digest

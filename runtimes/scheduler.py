@@ -26,7 +26,7 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,6 +108,9 @@ class _Job:
     timing: Timing
     limit: str  # names the deadline in messages
     started: bool = False
+    #: What the expiry heap holds instead of the job: emptied when the caller is done, so
+    #: a finished job's tensors are not kept alive until its deadline.
+    ticket: list[_Job] = field(default_factory=list)
 
     def fail(self, exc: BaseException) -> None:
         if not self.done.done():
@@ -168,7 +171,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         #: (loop time, sequence, kind, job): when each job's queue limit or deadline ends
-        self._expiries: list[tuple[float, int, int, _Job]] = []
+        self._expiries: list[tuple[float, int, int, list[_Job]]] = []
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = math.inf
         self._dispatcher: asyncio.Task[None] | None = None
@@ -291,6 +294,7 @@ class Scheduler:
             timing,
             limit,
         )
+        job.ticket.append(job)
         # Its queue limit now; its deadline once it runs (see `_watch`).
         queue_limit_s = min(self.settings.max_queue_wait_s, timeout_s)
         self._watch(now + queue_limit_s, job, _QUEUE_WAIT if queue_limit_s < timeout_s else _QUEUED)
@@ -306,16 +310,17 @@ class Scheduler:
             job.done.add_done_callback(_consume)
             raise
         finally:
+            job.ticket.clear()
             self._in_flight -= 1
 
     # -- expiry ----------------------------------------------------------------
     def _watch(self, when: float, job: _Job, kind: int) -> None:
         """Expire `job` at loop time `when` (queue limit or deadline) unless it is done or
-        has moved on by then. One watchdog timer per scheduler, not a timer per request:
-        creating and cancelling two uvloop timers per request cost ~14% of the request
-        rate of a small model (measured). Expiries are checked at most every
-        `EXPIRY_RESOLUTION_S`, so an answer at a limit may come that much late."""
-        heapq.heappush(self._expiries, (when, job.order[1], kind, job))
+        has moved on by then. One watchdog timer per scheduler instead of creating and
+        cancelling two timers per request (callgrind: ~3% fewer instructions per scheduled
+        request). Expiries are checked at most every `EXPIRY_RESOLUTION_S`, so an answer
+        at a limit may come that much late."""
+        heapq.heappush(self._expiries, (when, job.order[1], kind, job.ticket))
         if when < self._watchdog_at:
             self._arm_watchdog(when)
 
@@ -334,9 +339,10 @@ class Scheduler:
         now = asyncio.get_running_loop().time()
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
-            _, _, kind, job = heapq.heappop(expiries)
-            if job.done.done():
+            _, _, kind, ticket = heapq.heappop(expiries)
+            if not ticket or ticket[0].done.done():
                 continue  # answered in time: a stale entry
+            job = ticket[0]
             if kind == _RUNNING:
                 if job.started:
                     self._expire_running(job)
