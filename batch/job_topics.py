@@ -155,14 +155,9 @@ class JobTopics:
 def run_job_topics(
     home: Path, bootstrap_servers: str, jobs_topic: str, events_topic: str, group_id: str
 ) -> None:
-    from deploy.artifacts import ArtifactStore
-    from deploy.control import ControlPlane
-    from deploy.credentials import Credentials
-    from deploy.store import SqliteStore
+    from deploy.home import ControlPlaneSettings, open_control_plane
 
-    control = ControlPlane(
-        SqliteStore(home / "store.db"), ArtifactStore(home), Credentials.from_home(home)
-    )
+    control = open_control_plane(ControlPlaneSettings.resolve(home))
     bridge = JobTopics(
         BatchJobs(control, home), bootstrap_servers, jobs_topic, events_topic, group_id
     )

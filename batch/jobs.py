@@ -2,13 +2,17 @@
 
 A job is a record in the store plus a folder under `$SERVEGATE_HOME/jobs/<id>`;
 its runner is a detached process (`batch.runner`), so a job outlives the gateway
-process that started it, and a killed runner can be started again (`resume`).
+process that started it. The runner holds the lease `job/<id>` and renews it while it
+works: a runner that stops renewing (killed, host gone) frees the job, and the gateway
+replica that supervises jobs (`resume_orphans`) starts a new runner, which resumes
+from the mini-batches already done. `cancel`, `resume` and `retry` work from any
+replica: they read the lease, not a process id.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -22,20 +26,25 @@ from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, BatchSettings, 
 from deploy.store import AuditEntry, utc_now
 
 FINAL = ("completed", "failed", "cancelled")
+#: A runner renews its job's lease every RUNNER_RENEW_S for RUNNER_LEASE_TTL_S; a new
+#: runner gets RUNNER_START_TTL_S to start up (imports, store connection) first.
+RUNNER_LEASE_TTL_S = 5.0
+RUNNER_RENEW_S = 1.0
+RUNNER_START_TTL_S = 30.0
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return True
+def job_lease(job_id: str) -> str:
+    return f"job/{job_id}"
+
+
+def new_runner_id() -> str:
+    return f"runner-{socket.gethostname()}-{secrets.token_hex(4)}"
+
+
+def _stored(shown: dict[str, Any]) -> dict[str, Any]:
+    """The job record as stored, from what `get` shows."""
+    derived = ("mini_batch_states", "runner_alive", "runner", "errors")
+    return {k: v for k, v in shown.items() if k not in derived}
 
 
 class BatchJobs:
@@ -210,14 +219,31 @@ class BatchJobs:
         return self._spawn(record)
 
     def _spawn(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Start a runner for the job, which holds its lease from this moment: two
+        replicas resuming one job at once start one runner."""
+        runner = new_runner_id()
+        if not self.store.acquire_lease(job_lease(record["id"]), runner, RUNNER_START_TTL_S):
+            holder = self.store.lease_holder(job_lease(record["id"]))
+            raise Conflict(f"job '{record['id']}' is running ({holder})")
         job_dir = self.home / "jobs" / record["id"]
         job_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.control.settings
         with (job_dir / "runner.out").open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "batch.runner", "--home", str(self.home), record["id"]],
+                [
+                    sys.executable,
+                    "-m",
+                    "batch.runner",
+                    "--home",
+                    str(self.home),
+                    "--runner-id",
+                    runner,
+                    record["id"],
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=settings.child_environment() if settings else None,
             )
         # Reap the runner when it exits, or it stays a zombie until this process ends.
         threading.Thread(target=process.wait, name=f"reap-{record['id']}", daemon=True).start()
@@ -233,11 +259,12 @@ class BatchJobs:
         counts: dict[str, int] = {}
         for mb in batches:
             counts[mb["state"]] = counts.get(mb["state"], 0) + 1
-        runner_alive = _alive(record.get("pid"))
+        runner = self.store.lease_holder(job_lease(job_id))
         return {
             **record,
             "mini_batch_states": counts,
-            "runner_alive": runner_alive,
+            "runner_alive": runner is not None,
+            "runner": runner,
             "errors": [
                 {"mini_batch": mb["idx"], "attempts": mb["attempts"], "error": mb["error"]}
                 for mb in batches
@@ -254,31 +281,44 @@ class BatchJobs:
         else:
             record.update(state="cancelled", reason=f"cancelled by {actor}", finished_at=utc_now())
         self.store.put_job(
-            {
-                k: v
-                for k, v in record.items()
-                if k not in ("mini_batch_states", "runner_alive", "errors")
-            },
-            AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None),
+            _stored(record), AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None)
         )
         return record
 
-    def resume(self, job_id: str, actor: str) -> dict[str, Any]:
+    def resume(self, job_id: str, actor: str, reason: str = "") -> dict[str, Any]:
         record = self.get(job_id)
         if record["state"] == "completed":
             raise Conflict(f"job '{job_id}' is already completed")
         if record["runner_alive"]:
-            raise Conflict(f"job '{job_id}' is running (runner pid {record['pid']})")
-        clean = {
-            k: v
-            for k, v in record.items()
-            if k not in ("mini_batch_states", "runner_alive", "errors")
-        }
+            raise Conflict(f"job '{job_id}' is running ({record['runner']})")
+        clean = _stored(record)
         clean.update(state="queued", reason="")
         self.store.put_job(
-            clean, AuditEntry(actor, "batch_job.resume", f"jobs/{job_id}", None, None)
+            clean, AuditEntry(actor, "batch_job.resume", f"jobs/{job_id}", None, None, reason)
         )
         return self._spawn(clean)
+
+    def resume_orphans(self, actor: str) -> list[str]:
+        """Jobs not finished whose runner stopped renewing its lease: resume them (or
+        finish the cancel they were in). What the supervising replica calls."""
+        resumed = []
+        for listed in self.store.list_unfinished_jobs():
+            if self.store.lease_holder(job_lease(listed["id"])) is not None:
+                continue
+            # Read again after the lease: a runner writes its final state before it
+            # releases the lease, so a job seen free here and still unfinished is orphaned.
+            job = self.store.get_job(listed["id"])
+            if job is None or job["state"] in FINAL:
+                continue
+            try:
+                if job["state"] == "cancelling":
+                    self.cancel(job["id"], actor)
+                else:
+                    self.resume(job["id"], actor, "its runner stopped renewing the job's lease")
+                    resumed.append(job["id"])
+            except Conflict:  # another replica or runner got there first
+                continue
+        return resumed
 
     def retry(self, job_id: str, actor: str) -> dict[str, Any]:
         """Re-run only the mini-batches that failed, then rebuild the output."""
@@ -294,11 +334,7 @@ class BatchJobs:
             self.store.update_mini_batch(
                 job_id, index, state="pending", attempts=0, failed_items=0, error=""
             )
-        clean = {
-            k: v
-            for k, v in record.items()
-            if k not in ("mini_batch_states", "runner_alive", "errors")
-        }
+        clean = _stored(record)
         clean.update(state="queued", reason="", retried_mini_batches=failed)
         self.store.put_job(
             clean,

@@ -17,6 +17,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -26,12 +27,11 @@ from typing import Any
 
 from batch import planner, sinks, worker
 from batch.errors import BatchInputError
+from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner_id
 from batch.sources import Location, list_inputs, locate, tabular_format
 from batch.tensors import check_schema
-from deploy.artifacts import ArtifactStore
-from deploy.control import ControlPlane
-from deploy.credentials import Credentials
-from deploy.store import SqliteStore, utc_now
+from deploy.home import ControlPlaneSettings, open_control_plane
+from deploy.store import STORE_ENV, utc_now
 from runtimes.registry import RUNTIMES
 from runtimes.types import Signature
 
@@ -40,11 +40,10 @@ POLL_S = 0.2
 
 
 class JobRunner:
-    def __init__(self, home: Path, job_id: str) -> None:
-        self.store = SqliteStore(home / "store.db")
-        # Workers load the model with one compute thread each: the job's parallelism is
-        # its worker processes.
-        self.control = ControlPlane(self.store, ArtifactStore(home), Credentials.from_home(home))
+    def __init__(self, home: Path, job_id: str, runner_id: str | None = None) -> None:
+        self.runner_id = runner_id or new_runner_id()
+        self.control = open_control_plane(ControlPlaneSettings.resolve(home))
+        self.store = self.control.store
         self.job_id = job_id
         self._last_progress = 0.0
         self.job_dir = home / "jobs" / job_id
@@ -65,8 +64,42 @@ class JobRunner:
         self.store.put_job(job)
         return job
 
+    # -- the lease -------------------------------------------------------------------
+    def hold_lease(self) -> bool:
+        """Take the job's lease and keep renewing it from a thread. False when another
+        runner holds it. Losing it later (this process was frozen past the lease time
+        and another runner took over) ends this process at once: two runners must
+        never write one job's parts."""
+        lease = job_lease(self.job_id)
+        if not self.store.acquire_lease(lease, self.runner_id, RUNNER_LEASE_TTL_S):
+            log.error("job %s is run by %s", self.job_id, self.store.lease_holder(lease))
+            return False
+
+        def renew() -> None:
+            while True:
+                time.sleep(RUNNER_RENEW_S)
+                try:
+                    held = self.store.acquire_lease(lease, self.runner_id, RUNNER_LEASE_TTL_S)
+                except Exception as exc:  # the store is down: try again
+                    log.warning("renewing the lease of job %s failed: %s", self.job_id, exc)
+                    continue
+                if not held:
+                    log.error("job %s: lease lost to another runner; stopping", self.job_id)
+                    os._exit(3)
+
+        threading.Thread(target=renew, name="job-lease", daemon=True).start()
+        return True
+
     # -- the job -------------------------------------------------------------------
     def run(self) -> None:
+        if not self.hold_lease():
+            return
+        try:
+            self._run()
+        finally:
+            self.store.release_lease(job_lease(self.job_id), self.runner_id)
+
+    def _run(self) -> None:
         job = self.record()
         if job["state"] in ("completed", "failed", "cancelled"):
             log.info("job %s is already %s", self.job_id, job["state"])
@@ -374,9 +407,15 @@ class JobRunner:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run (or resume) one batch job.")
     parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument(
+        "--store", default=None, help="store URL (default: SERVEGATE_STORE, else the home's)"
+    )
+    parser.add_argument("--runner-id", default=None, help="the lease holder name to use")
     parser.add_argument("job")
     args = parser.parse_args()
-    JobRunner(args.home, args.job).run()
+    if args.store:
+        os.environ[STORE_ENV] = args.store
+    JobRunner(args.home, args.job, args.runner_id).run()
 
 
 if __name__ == "__main__":

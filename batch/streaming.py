@@ -377,19 +377,14 @@ def run_stream(
     import signal
     from pathlib import Path
 
-    from deploy.artifacts import ArtifactStore
-    from deploy.control import ControlPlane
-    from deploy.credentials import Credentials
     from deploy.errors import NotFound
-    from deploy.store import SqliteStore
+    from deploy.home import ControlPlaneSettings, open_control_plane
     from runtimes.hosts import ThreadHost
     from runtimes.registry import load_runtime
     from runtimes.scheduler import Batching, SchedulerSettings
 
     home = Path(home)
-    control = ControlPlane(
-        SqliteStore(home / "store.db"), ArtifactStore(home), Credentials.from_home(home)
-    )
+    control = open_control_plane(ControlPlaneSettings.resolve(home))
     online = control.get_endpoint(endpoint)
     name = deployment or max(online["traffic"], key=lambda d: online["traffic"][d], default=None)
     spec = control.store.get_deployment(endpoint, name) if name else None

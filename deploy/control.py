@@ -10,10 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy.artifacts import ArtifactStore
-from deploy.credentials import KEY_TYPES, Credentials, expiry_text, hash_key, key_generation
+from deploy.credentials import (
+    KEY_TYPES,
+    Credentials,
+    expiry_text,
+    hash_key,
+    key_generation,
+    read_or_create_secret,
+)
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.specs import (
     EndpointSpec,
@@ -26,12 +33,23 @@ from runtimes.base import RuntimeConfig
 from runtimes.registry import read_signature, runtime_for_path
 from runtimes.types import Signature
 
+if TYPE_CHECKING:
+    from deploy.home import ControlPlaneSettings
+
 
 class ControlPlane:
-    def __init__(self, store: Store, artifacts: ArtifactStore, credentials: Credentials) -> None:
+    def __init__(
+        self,
+        store: Store,
+        artifacts: ArtifactStore,
+        credentials: Credentials,
+        settings: ControlPlaneSettings | None = None,
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.credentials = credentials
+        #: How this plane was opened (None in tests that build one by hand).
+        self.settings = settings
 
     # -- models ------------------------------------------------------------
     def register_model(
@@ -355,3 +373,26 @@ class ControlPlane:
                 or cleaned["mirror_traffic"] != spec["mirror_traffic"]
             ):
                 self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")
+
+    # -- admin tokens ----------------------------------------------------------------
+    def ensure_owner_token(self, token_path: Path) -> None:
+        """The first gateway on a store creates its `owner` admin token: the one already
+        in `token_path` (a store from before tokens lived in the store) or a new one
+        written there (0600). The store keeps only its hash, so every replica accepts it.
+        Replicas starting later find it and create nothing."""
+        with self.store.transaction():
+            if self.store.admin_token_hashes():
+                return
+            token = read_or_create_secret(token_path)
+            self.store.put_admin_token(
+                "owner",
+                hash_key(token),
+                "owner",
+                AuditEntry(
+                    "system",
+                    "admin_token.create",
+                    "admin-tokens/owner",
+                    None,
+                    {"name": "owner", "role": "owner"},
+                ),
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -18,7 +19,7 @@ from starlette.routing import Route
 
 from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
-from deploy.store import SqliteStore
+from deploy.home import ControlPlaneSettings, open_control_plane
 from gateway import batch_api, demo, management, metadata, scoring
 from gateway.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from gateway.errors import GatewayError, error_response
@@ -68,7 +69,19 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
         gc.collect()
         gc.freeze()
         state.rollouts = RolloutController(state)
-        await state.rollouts.resume()
+        heartbeat = state.heartbeat()
+        await heartbeat.beat()  # listed in `servegate status` before it takes traffic
+        background = [
+            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(
+                state.change_feed().run(
+                    lambda: state.hosts.snapshot.change_id, state.apply_changes
+                ),
+                name="change-feed",
+            ),
+            asyncio.create_task(state.rollouts.supervise(), name="rollout-leases"),
+            asyncio.create_task(batch_api.supervise_jobs(state), name="job-supervisor"),
+        ]
         state.ready = True
         if settings.demo:
             keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
@@ -82,7 +95,12 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             yield
         finally:
             state.ready = False
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await state.rollouts.close()
+            with contextlib.suppress(Exception):  # a store that is down: nothing to release
+                await heartbeat.leave()
             await state.mirror.close()
             await state.hosts.close()
             state.control.store.close()
@@ -119,7 +137,9 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    SqliteStore(settings.store_path).close()  # a corrupt store: one clear error, no traceback
+    # A store that cannot be opened (corrupt, unreachable, no secret): one clear error
+    # before anything starts, no traceback.
+    open_control_plane(ControlPlaneSettings.resolve(settings.home)).store.close()
     nofile = raise_fd_limit()
     limits = ConnectionLimits(
         settings.max_header_bytes, settings.header_timeout_s, settings.max_connections

@@ -1,6 +1,10 @@
-"""Management API for batch endpoints, batch deployments and jobs (admin token)."""
+"""Management API for batch endpoints, batch deployments and jobs (admin token), and
+the job supervisor that resumes jobs whose runner died."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -9,12 +13,39 @@ from starlette.routing import Route
 
 from batch.jobs import BatchJobs
 from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, parse_spec
+from gateway.cluster import every
 from gateway.management import PREFIX, _actor, _body, _json, admin
 from gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+#: One replica at a time supervises jobs: the holder of this lease.
+SUPERVISOR_LEASE = "batch/supervisor"
+SUPERVISOR_LEASE_TTL_S = 5.0
+SUPERVISE_EVERY_S = 1.0
 
 
 def _jobs(state: GatewayState) -> BatchJobs:
     return BatchJobs(state.control, state.settings.home)
+
+
+async def supervise_jobs(state: GatewayState) -> None:
+    """Until cancelled: while this replica holds the supervisor lease, resume every job
+    whose runner stopped renewing its lease (SIGKILL, its host gone)."""
+    store, replica = state.control.store, state.identity.id
+    jobs = _jobs(state)
+
+    async def supervise_once() -> None:
+        if await asyncio.to_thread(
+            store.acquire_lease, SUPERVISOR_LEASE, replica, SUPERVISOR_LEASE_TTL_S
+        ):
+            resumed = await asyncio.to_thread(
+                jobs.resume_orphans, f"batch supervisor (replica {replica})"
+            )
+            for job_id in resumed:
+                log.warning("job %s: its runner stopped; resumed by %s", job_id, replica)
+
+    await every(SUPERVISE_EVERY_S, supervise_once, "supervising batch jobs")
 
 
 @admin

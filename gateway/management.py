@@ -21,6 +21,7 @@ from deploy.masking import mask_secrets
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
 from gateway.auth import authenticate_admin
+from gateway.cluster import REPLICA_TIMEOUT_S
 from gateway.errors import MalformedRequest, PayloadTooLarge
 from gateway.state import GatewayState
 
@@ -41,7 +42,7 @@ def admin(handler: Callable[[Request, GatewayState], Awaitable[Response]]) -> En
 
     async def wrapped(request: Request) -> Response:
         state: GatewayState = request.app.state.gateway
-        authenticate_admin(request.headers.get("authorization"), state.admin_token)
+        authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
         return await handler(request, state)
 
     wrapped.__doc__ = handler.__doc__
@@ -358,6 +359,34 @@ async def list_audit(request: Request, state: GatewayState) -> Response:
     return _json([e.to_dict() for e in entries])
 
 
+# -- the cluster ----------------------------------------------------------------------
+@admin
+async def cluster_status(request: Request, state: GatewayState) -> Response:
+    """GET /management/status: the live replicas (heartbeat), their versions and the last
+    change each applied, and who holds which lease."""
+    store = state.control.store
+    replicas = await run_in_threadpool(store.list_replicas, REPLICA_TIMEOUT_S)
+    leases = await run_in_threadpool(store.list_leases)
+    latest = await run_in_threadpool(store.last_change_id)
+    return _json(
+        {
+            "store": store.url,
+            "this_replica": state.identity.id,
+            "latest_change": latest,
+            "replicas": [
+                {
+                    **{k: v for k, v in r.items() if k != "stats"},
+                    "heartbeat_age_s": round(r["heartbeat_age_s"], 3),
+                }
+                for r in replicas
+            ],
+            "leases": [
+                {**lease, "expires_in_s": round(lease["expires_in_s"], 3)} for lease in leases
+            ],
+        }
+    )
+
+
 ROUTES = [
     Route(f"{PREFIX}/models", list_models, methods=["GET"]),
     Route(f"{PREFIX}/models/{{name}}/versions", register_model, methods=["POST"]),
@@ -387,4 +416,5 @@ ROUTES = [
     Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/status", rollout_status, methods=["GET"]),
     Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/abort", abort_rollout, methods=["POST"]),
     Route(f"{PREFIX}/audit", list_audit, methods=["GET"]),
+    Route(f"{PREFIX}/status", cluster_status, methods=["GET"]),
 ]

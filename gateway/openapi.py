@@ -430,6 +430,15 @@ def openapi_document() -> dict[str, Any]:
                 secured=admin,
             )
         },
+        "/management/status": {
+            "get": _op(
+                "The cluster: live replicas (heartbeat, version, last change applied), "
+                "lease holders, the store",
+                "management",
+                _responses(_JSON_OBJECT, 401),
+                secured=admin,
+            )
+        },
     }
     tensor = {
         "type": "object",

@@ -1,9 +1,14 @@
 """The rollout controller: runs inside the gateway (not the CLI), so a rollout
-goes on when the CLI disconnects; its state lives in the store, so it resumes
-after a gateway restart (the current phase starts its window again).
+goes on when the CLI disconnects; its state lives in the store.
 
-Every traffic change is made through the control plane as actor
-`rollout <id>` with a reason, so the audit log tells the whole story.
+With several replicas on one store, one replica at a time drives a given rollout: the
+holder of the lease `rollout/<id>`, renewed while it drives. Every replica checks for
+active rollouts whose lease is free (the holder died or stopped) and takes them over; the
+rollout continues from its stored phase (that phase's window starts again). Gates judge
+the candidate's counters summed over every live replica (`gateway.cluster`).
+
+Every traffic change is made through the control plane as actor `rollout <id>` with a
+reason naming the replica that drove it, so the audit log tells the whole story.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from deploy.rollout import (
     window,
 )
 from deploy.store import utc_now
-from gateway.metrics import DeploymentMetrics
+from gateway.cluster import ClusterView, every, reading
+from gateway.mirror import MirrorStats
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,20 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 0.25
 #: A phase without enough requests to judge is extended up to this many intervals.
 MAX_EXTENSIONS = 10
+#: The driver renews its lease every LEASE_RENEW_S; another replica takes the rollout
+#: over at most LEASE_TTL_S after the driver's last renewal.
+LEASE_TTL_S = 5.0
+LEASE_RENEW_S = 1.0
+#: How often every replica looks for active rollouts nobody drives.
+SUPERVISE_EVERY_S = 1.0
+
+
+class LeaseLost(Exception):
+    """Another replica drives this rollout now, or it was finished elsewhere (abort)."""
+
+
+def lease_name(rollout_id: str) -> str:
+    return f"rollout/{rollout_id}"
 
 
 def _without(mirror: dict[str, int], deployment: str) -> dict[str, int]:
@@ -42,23 +62,11 @@ def _without(mirror: dict[str, int], deployment: str) -> dict[str, int]:
     return {name: pct for name, pct in mirror.items() if name != deployment}
 
 
-def reading(metrics: DeploymentMetrics) -> dict[str, Any]:
-    """A deployment's live counters now: requests by status, latency buckets."""
-    statuses: dict[str, int] = {}
-    for (_, status), count in metrics.requests.items():
-        statuses[status] = statuses.get(status, 0) + count
-    histogram = metrics.request_duration
-    return {
-        "statuses": statuses,
-        "buckets": list(histogram.counts),
-        "bounds": list(histogram.bounds),
-    }
-
-
 class RolloutController:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._renewed: dict[str, float] = {}
         #: rollout id -> the latest verdict's summary (for `rollout status`)
         self.judgements: dict[str, dict[str, Any]] = {}
 
@@ -103,10 +111,13 @@ class RolloutController:
             }
             self._event(record, f"started by {actor}: {source} -> {plan.to}, steps {plan.steps}")
             await run_in_threadpool(control.store.put_rollout, record)
-        self._spawn(record["id"])
+        if await self._take_lease(record["id"]):
+            self._spawn(record["id"])
         return record
 
     async def abort(self, endpoint: str, actor: str) -> dict[str, Any]:
+        """From any replica: the record is finished in the store, so the replica driving
+        it (here or elsewhere) stops at its next check, and its writes are refused."""
         record = self.active(endpoint)
         if record is None:
             raise NotFound(f"endpoint '{endpoint}' has no rollout in progress")
@@ -114,7 +125,10 @@ class RolloutController:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        return await self._finish(record, "aborted", f"aborted by {actor}", rollback=True)
+        finished = await self._finish(record, "aborted", f"aborted by {actor}", rollback=True)
+        if finished is None:
+            raise NotFound(f"endpoint '{endpoint}' has no rollout in progress")
+        return finished
 
     def active(self, endpoint: str) -> dict[str, Any] | None:
         for record in self.state.control.store.list_rollouts(endpoint, limit=5):
@@ -135,20 +149,76 @@ class RolloutController:
             "judgement": self.judgements.get(record["id"]),
         }
 
-    async def resume(self) -> None:
-        """Continue every rollout that was in progress when the gateway stopped."""
+    async def supervise(self) -> None:
+        """Until cancelled: drive every active rollout whose lease is free."""
+        await every(SUPERVISE_EVERY_S, self.adopt_orphans, "looking for rollouts to drive")
+
+    async def adopt_orphans(self) -> None:
         store = self.state.control.store
         for record in await run_in_threadpool(store.list_rollouts, None, 1000):
-            if record["state"] in ACTIVE_STATES:
-                self._event(record, "resumed after a gateway restart")
-                await run_in_threadpool(store.put_rollout, record)
-                self._spawn(record["id"])
+            rollout_id = record["id"]
+            if record["state"] not in ACTIVE_STATES or rollout_id in self._tasks:
+                continue
+            if not await self._take_lease(rollout_id):
+                continue
+            self._event(record, f"taken over by replica {self.replica}")
+            if await run_in_threadpool(self._save, record, None):
+                self._spawn(rollout_id)
 
     async def close(self) -> None:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+
+    # -- the lease -----------------------------------------------------------------
+    @property
+    def replica(self) -> str:
+        return self.state.identity.id
+
+    async def _take_lease(self, rollout_id: str) -> bool:
+        taken = await run_in_threadpool(
+            self.state.control.store.acquire_lease,
+            lease_name(rollout_id),
+            self.replica,
+            LEASE_TTL_S,
+        )
+        if taken:
+            self._renewed[rollout_id] = asyncio.get_running_loop().time()
+        return taken
+
+    async def _renew(self, rollout_id: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._renewed.get(rollout_id, 0.0) < LEASE_RENEW_S:
+            return
+        if not await self._take_lease(rollout_id):
+            raise LeaseLost(f"replica {self.replica} lost the lease of rollout {rollout_id}")
+        stored = await run_in_threadpool(self.state.control.store.get_rollout, rollout_id)
+        if stored is None or stored["state"] not in ACTIVE_STATES:
+            raise LeaseLost(f"rollout {rollout_id} was finished elsewhere")
+
+    def _save(
+        self, record: dict[str, Any], changes: dict[str, Any] | None, reason: str = ""
+    ) -> bool:
+        """Write the record (and a traffic change) in one transaction, only while the
+        stored rollout is still active: once it was finished anywhere (abort, or another
+        replica's rollback) no driver can move traffic again. False when refused."""
+        control = self.state.control
+        with control.store.transaction():
+            stored = control.store.get_rollout(record["id"])
+            if stored is None or stored["state"] not in ACTIVE_STATES:
+                return False
+            if changes is not None:
+                current = control.get_endpoint(record["endpoint"])
+                if any(current[k] != v for k, v in changes.items()):
+                    control.update_endpoint(
+                        record["endpoint"],
+                        changes,
+                        f"rollout {record['id']}",
+                        f"{reason} [replica {self.replica}]",
+                    )
+            control.store.put_rollout(record)
+        return True
 
     # -- driving -------------------------------------------------------------------
     def _spawn(self, rollout_id: str) -> None:
@@ -170,6 +240,8 @@ class RolloutController:
                     await self._step_phase(record, plan)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as exc:
+            log.info("rollout %s: %s", rollout_id, exc)
         except Exception as exc:  # a broken controller must not leave traffic half-moved
             log.exception("rollout %s failed", rollout_id)
             record = await run_in_threadpool(store.get_rollout, rollout_id)
@@ -185,10 +257,20 @@ class RolloutController:
             f"mirror {plan.mirror_percent}% to {candidate} for {plan.mirror_first_s:g}s",
         )
         stats = self.state.mirror.stats_for(endpoint, candidate)
-        before = stats.snapshot()
-        verdict = await self._watch(
-            record, plan.mirror_first_s, lambda: judge_mirror(plan, before, stats.snapshot())
+        view = ClusterView(
+            self.state.control.store,
+            self.replica,
+            stats.snapshot,
+            "mirrors",
+            f"{endpoint}/{candidate}",
         )
+        zero = MirrorStats().snapshot()
+        before = await run_in_threadpool(view.per_replica)
+
+        def judge_now(after: dict[str, dict[str, Any]]) -> Verdict:
+            return judge_mirror(plan, *ClusterView.totals(before, after, zero))
+
+        verdict = await self._watch(record, plan.mirror_first_s, view, judge_now)
         if verdict is None:
             return
         record["state"], record["step"] = "stepping", 0
@@ -211,16 +293,28 @@ class RolloutController:
             f"step {record['step'] + 1}/{len(plan.steps)}: {candidate} {percent}%",
         )
         metrics = self.state.metrics.for_deployment(endpoint, candidate)
-        before = reading(metrics)
-        verdict = await self._watch(
-            record, plan.step_interval_s, lambda: judge_step(plan, window(before, reading(metrics)))
+        view = ClusterView(
+            self.state.control.store,
+            self.replica,
+            lambda: reading(metrics),
+            "deployments",
+            f"{endpoint}/{candidate}",
         )
+        local = reading(metrics)
+        zero = {"statuses": {}, "buckets": [0] * len(local["buckets"]), "bounds": local["bounds"]}
+        before = await run_in_threadpool(view.per_replica)
+
+        def judge_now(after: dict[str, dict[str, Any]]) -> Verdict:
+            return judge_step(plan, window(*ClusterView.totals(before, after, zero)))
+
+        verdict = await self._watch(record, plan.step_interval_s, view, judge_now)
         if verdict is None:
             return
         self._event(record, f"step {percent}% passed: {verdict.summary}")
         record["step"] += 1
         if record["step"] < len(plan.steps):
-            await run_in_threadpool(self.state.control.store.put_rollout, record)
+            if not await run_in_threadpool(self._save, record, None):
+                raise LeaseLost(f"rollout {record['id']} was finished elsewhere")
             return
         if plan.delete_old:
             await self._delete_old(record)
@@ -229,15 +323,21 @@ class RolloutController:
         )
 
     async def _watch(
-        self, record: dict[str, Any], interval_s: float, judge: Callable[[], Verdict]
+        self,
+        record: dict[str, Any],
+        interval_s: float,
+        view: ClusterView,
+        judge: Callable[[dict[str, dict[str, Any]]], Verdict],
     ) -> Verdict | None:
-        """Judge every CHECK_EVERY_S until the interval ends (and the window has enough
-        requests). None when a gate was breached and the rollout rolled back."""
+        """Judge the cluster's counters every CHECK_EVERY_S until the interval ends (and
+        the window has enough requests), renewing the lease. None when a gate was
+        breached and the rollout rolled back. LeaseLost when it is no longer ours."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
-            verdict = judge()
+            await self._renew(record["id"])
+            verdict = judge(await run_in_threadpool(view.per_replica))
             self.judgements[record["id"]] = {
                 **verdict.summary,
                 "phase_elapsed_s": round(loop.time() - started, 2),
@@ -274,16 +374,11 @@ class RolloutController:
         await self._apply(record, {"traffic": traffic, "mirror_traffic": mirror}, reason)
 
     async def _apply(self, record: dict[str, Any], changes: dict[str, Any], reason: str) -> None:
-        control = self.state.control
-        actor = f"rollout {record['id']}"
         async with self.state.hosts.lock:
-            current = await run_in_threadpool(control.get_endpoint, record["endpoint"])
-            if any(current[k] != v for k, v in changes.items()):
-                await run_in_threadpool(
-                    control.update_endpoint, record["endpoint"], changes, actor, reason
-                )
-                await self.state.hosts.sync()
-            await run_in_threadpool(control.store.put_rollout, record)
+            saved = await run_in_threadpool(self._save, record, changes, reason)
+            await self.state.hosts.sync()
+        if not saved:
+            raise LeaseLost(f"rollout {record['id']} was finished elsewhere")
 
     async def _delete_old(self, record: dict[str, Any]) -> None:
         final = step_traffic(record["original_traffic"], record["from"], record["to"], 100)
@@ -301,21 +396,25 @@ class RolloutController:
 
     async def _finish(
         self, record: dict[str, Any], state: str, reason: str, rollback: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """Finish the rollout once: None when it was already finished (by another replica
+        or an abort), and then nothing is written."""
         record["state"], record["reason"] = state, reason
         record["finished_at"] = utc_now()
         self._event(record, f"{state}: {reason}")
-        if rollback:
-            await self._apply(
-                record,
-                {
-                    "traffic": record["original_traffic"],
-                    "mirror_traffic": record["original_mirror"],
-                },
-                f"rollback ({state}): {reason}",
-            )
-        else:
-            await run_in_threadpool(self.state.control.store.put_rollout, record)
+        changes = (
+            {"traffic": record["original_traffic"], "mirror_traffic": record["original_mirror"]}
+            if rollback
+            else None
+        )
+        try:
+            await self._apply(record, changes or {}, f"rollback ({state}): {reason}")
+        except LeaseLost:
+            return None
+        self._renewed.pop(record["id"], None)
+        await run_in_threadpool(
+            self.state.control.store.release_lease, lease_name(record["id"]), self.replica
+        )
         log.info("rollout %s %s: %s", record["id"], state, reason)
         return record
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.artifacts import ArtifactStore
+from deploy.changes import ChangeFeed
 from deploy.control import ControlPlane
-from deploy.credentials import Credentials, read_or_create_secret
-from deploy.store import SqliteStore
+from deploy.credentials import Credentials
+from deploy.home import ControlPlaneSettings, open_control_plane
+from gateway.cluster import Heartbeat, ReplicaIdentity, published_counters
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics
 from gateway.mirror import Mirror
@@ -22,10 +24,13 @@ class GatewayState:
     settings: GatewaySettings
     control: ControlPlane
     hosts: DeploymentHosts
-    admin_token: str
+    identity: ReplicaIdentity
+    #: SHA-256 of each admin token -> its name; reloaded with every change.
+    admin_token_hashes: dict[str, str]
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     mirror: Mirror = field(default_factory=Mirror)
     rollouts: Any = None  # gateway.rollouts.RolloutController, set by the app at startup
+    batch_supervisor: Any = None  # gateway.batch_api.JobSupervisor, set at startup
     rng: random.Random = field(default_factory=random.Random)
     ready: bool = False
 
@@ -35,9 +40,8 @@ class GatewayState:
         # The home holds the server secret, the admin token and the store: owner only.
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(home, 0o700)
-        control = ControlPlane(
-            SqliteStore(settings.store_path), ArtifactStore(home), Credentials.from_home(home)
-        )
+        control = open_control_plane(ControlPlaneSettings.resolve(home))
+        control.ensure_owner_token(settings.admin_token_path)
         metrics = GatewayMetrics()
         hosts = DeploymentHosts(control, metrics)
         mirror = Mirror()
@@ -46,7 +50,8 @@ class GatewayState:
             settings=settings,
             control=control,
             hosts=hosts,
-            admin_token=read_or_create_secret(settings.admin_token_path),
+            identity=ReplicaIdentity.here(settings.host, settings.port),
+            admin_token_hashes=control.store.admin_token_hashes(),
             metrics=metrics,
             mirror=mirror,
         )
@@ -54,3 +59,23 @@ class GatewayState:
     @property
     def credentials(self) -> Credentials:
         return self.control.credentials
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            self.control.store,
+            self.identity,
+            lambda: self.hosts.snapshot.change_id,
+            lambda: published_counters(self.metrics, self.mirror.stats),
+        )
+
+    async def apply_changes(self, change_id: int) -> None:
+        """The change feed's subscriber: rebuild the routing snapshot (loading and warming
+        new deployments first) and reload the admin tokens."""
+        async with self.hosts.lock:
+            if self.hosts.snapshot.change_id == change_id:
+                return  # this replica made the change and already swapped
+            await self.hosts.sync()
+            self.admin_token_hashes = await asyncio.to_thread(self.control.store.admin_token_hashes)
+
+    def change_feed(self) -> ChangeFeed:
+        return ChangeFeed(self.control.store)

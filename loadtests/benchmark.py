@@ -305,7 +305,7 @@ def main() -> None:
                 LOAD_CORE,
                 sys.executable,
                 "-m",
-                "deploy.cli",
+                "servegate",
                 "loadtest",
                 "--url",
                 f"http://127.0.0.1:{port}/",

@@ -43,7 +43,7 @@ class GatewayProcess:
         command = [
             sys.executable,
             "-m",
-            "deploy.cli",
+            "servegate",
             "--home",
             str(home),
             "serve",

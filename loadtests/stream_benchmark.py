@@ -202,7 +202,7 @@ def main() -> None:
             command = [
                 sys.executable,
                 "-m",
-                "deploy.cli",
+                "servegate",
                 "--home",
                 str(work / "home"),
                 "stream",

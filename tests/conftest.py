@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,64 @@ import pytest
 from click.testing import CliRunner
 
 from tests import models
+
+#: The store every gateway of this test run uses: `sqlite` (a file in its home) or
+#: `postgresql` (a fresh database per gateway home on the server at SERVEGATE_TEST_POSTGRES,
+#: all dropped at the end of the run). CI runs the suite once with each.
+STORE_BACKEND = os.environ.get("SERVEGATE_TEST_STORE", "sqlite")
+POSTGRES_URL = os.environ.get(
+    "SERVEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+_RUN_ID = f"sgtest_{os.getpid()}_{secrets.token_hex(3)}"
+_databases: dict[Path, str] = {}
+_created: list[str] = []
+
+
+def new_postgres_database() -> str:
+    """A fresh, empty database for this test run; its URL."""
+    import psycopg
+
+    name = f"{_RUN_ID}_{len(_created)}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    _created.append(name)
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def store_url_for(home: Path, backend: str | None = None) -> str:
+    """The store of the gateway whose home is `home` (the same one when it restarts)."""
+    if (backend or STORE_BACKEND) == "sqlite":
+        return f"sqlite:///{home / 'store.db'}"
+    if home not in _databases:
+        _databases[home] = new_postgres_database()
+    return _databases[home]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    if not _created:
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for name in _created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def store_contents(gw: Gateway) -> bytes:
+    """Everything the gateway's store holds, as bytes (what a copy of it would reveal)."""
+    if gw.store.startswith("sqlite:"):
+        db = gw.home / "store.db"
+        return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+    import psycopg
+
+    with psycopg.connect(gw.store) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        rows = [conn.execute(f'SELECT * FROM "{t}"').fetchall() for (t,) in tables]
+    return repr(rows).encode()
 
 
 def free_port() -> int:
@@ -35,6 +94,13 @@ class Gateway:
     host_port: str
     home: Path
     log: Path
+    #: The store URL it was started with (SERVEGATE_STORE)
+    store: str = ""
+
+    @property
+    def store_args(self) -> tuple[str, str]:
+        """`--store URL` for other processes that open this gateway's control plane."""
+        return ("--store", self.store)
 
     @property
     def admin_token(self) -> str:
@@ -42,7 +108,7 @@ class Gateway:
 
     def cli(self, *args: str, ok: bool = True) -> tuple[int, str]:
         """Run `servegate` in-process (click's runner) against this gateway."""
-        from deploy.cli import main
+        from servegate.cli import main
 
         result = CliRunner().invoke(
             main, ["--url", self.url, "--home", str(self.home), *args], catch_exceptions=False
@@ -123,11 +189,19 @@ model: {{path: {local.name}}}
         return self.process.returncode
 
 
-def start_gateway(home: Path, *extra: str, prefix: tuple[str, ...] = ()) -> Gateway:
-    """A `servegate serve` on a free port; `prefix` wraps the command (e.g. taskset)."""
+def start_gateway(
+    home: Path,
+    *extra: str,
+    prefix: tuple[str, ...] = (),
+    store: str | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Gateway:
+    """A `servegate serve` on a free port; `prefix` wraps the command (e.g. taskset).
+    `store`: the store URL (default: this run's backend, one store per home)."""
     port = free_port()
     log = home.parent / f"gateway-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    store = store or store_url_for(home)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SERVEGATE_STORE": store, **(env_extra or {})}
     env.pop("SERVEGATE_TOKEN", None)
     env.pop("SERVEGATE_CPUS", None)
     with log.open("wb") as out:
@@ -136,7 +210,7 @@ def start_gateway(home: Path, *extra: str, prefix: tuple[str, ...] = ()) -> Gate
                 *prefix,
                 sys.executable,
                 "-m",
-                "deploy.cli",
+                "servegate",
                 "--home",
                 str(home),
                 "serve",
@@ -155,7 +229,7 @@ def start_gateway(home: Path, *extra: str, prefix: tuple[str, ...] = ()) -> Gate
             raise RuntimeError(f"gateway exited early:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return Gateway(process, url, f"127.0.0.1:{port}", home, log)
+                return Gateway(process, url, f"127.0.0.1:{port}", home, log, store)
         except httpx.TransportError:
             pass
         time.sleep(0.1)
@@ -211,20 +285,28 @@ class Load:
     """Continuous concurrent scoring requests from threads until stopped; records
     every status and the deployment that answered."""
 
-    def __init__(self, url: str, body: dict, headers: dict[str, str], threads: int = 4) -> None:
+    def __init__(
+        self, url: str | list[str], body: dict, headers: dict[str, str], threads: int = 4
+    ) -> None:
         import threading
 
-        self.url, self.body, self.headers = url, body, headers
+        #: Several URLs (the same endpoint on several gateway replicas): each thread
+        #: goes round them in turn.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.body, self.headers = body, headers
         self.results: list[tuple[int, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
 
     def _loop(self) -> None:
+        turn = 0
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
+                url = self.urls[turn % len(self.urls)]
+                turn += 1
                 try:
-                    r = client.post(self.url, json=self.body, headers=self.headers)
+                    r = client.post(url, json=self.body, headers=self.headers)
                 except httpx.TransportError as exc:
                     self.errors.append(repr(exc))
                     time.sleep(0.05)

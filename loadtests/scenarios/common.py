@@ -46,7 +46,7 @@ class Scenario(GatewayProcess):
         command = [
             sys.executable,
             "-m",
-            "deploy.cli",
+            "servegate",
             "loadtest",
             "--url",
             self.url + path,

@@ -32,11 +32,12 @@ def test_jobs_over_a_topic_are_created_once_and_publish_events(
             [
                 sys.executable,
                 "-m",
-                "deploy.cli",
+                "servegate",
                 "--home",
                 str(gateway.home),
                 "stream",
                 "jobs",
+                *gateway.store_args,
                 "--bootstrap-servers",
                 broker,
                 "--jobs-topic",

@@ -288,7 +288,7 @@ def test_error_threshold_retries_timeout_and_retry_failed_only(
     assert table["name"].to_pylist() == [f"doc{i}.txt" for i in range(6)]
 
 
-def test_sigkill_mid_job_then_resume_gives_the_uninterrupted_output(
+def test_a_sigkilled_runner_is_resumed_automatically_with_the_uninterrupted_output(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
     batch_endpoint(
@@ -328,12 +328,26 @@ def test_sigkill_mid_job_then_resume_gives_the_uninterrupted_output(
         return job if 10 <= job["mini_batch_states"].get("done", 0) < 250 else None
 
     job = wait_for(some_done, 60, every_s=0.05)
-    os.kill(job["pid"], signal.SIGKILL)
-    wait_for(lambda: not json.loads(gateway.cli("batch", "show", job_id)[1])["runner_alive"], 10)
-    _, shown = gateway.cli("batch", "show", job_id)
-    assert json.loads(shown)["state"] == "running"  # the runner died mid-job
-    assert not (tmp_path / "resumed" / "predictions.parquet").exists()
-    _, out = gateway.cli("batch", "resume", job_id, "--wait")
+    os.kill(job["pid"], signal.SIGKILL)  # no heartbeat from now on: its lease runs out
+
+    # The supervising replica starts a new runner once the lease expires: a new pid,
+    # the same job, nothing redone from scratch.
+    def new_runner() -> dict | None:
+        shown = json.loads(gateway.cli("batch", "show", job_id)[1])
+        return shown if shown["pid"] != job["pid"] and shown["runner_alive"] else None
+
+    again = wait_for(new_runner, 30, every_s=0.1)
+    code, out = gateway.cli("batch", "resume", job_id, ok=False)  # it runs: nothing to resume
+    assert code == 1 and "is running" in out
+    wait_for(
+        lambda: json.loads(gateway.cli("batch", "show", job_id)[1])["state"] == "completed", 120
+    )
+    audit = json.loads(gateway.cli("audit", "list", "--target", f"jobs/{job_id}")[1])
+    assert any(
+        e["action"] == "batch_job.resume" and e["actor"].startswith("batch supervisor")
+        for e in audit
+    ), audit
+    assert again["mini_batch_states"].get("done", 0) >= 10  # resumed, not restarted
     resumed = pq.read_table(tmp_path / "resumed" / "predictions.parquet")
     whole = pq.read_table(tmp_path / "whole" / "predictions.parquet")
     assert resumed.num_rows == 60_000 and resumed["row"].to_pylist() == list(range(60_000))

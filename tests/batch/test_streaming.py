@@ -82,11 +82,12 @@ def stream(
         [
             sys.executable,
             "-m",
-            "deploy.cli",
+            "servegate",
             "--home",
             str(gateway.home),
             "stream",
             "run",
+            *gateway.store_args,
             "-e",
             endpoint,
             "--bootstrap-servers",

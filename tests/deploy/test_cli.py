@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Gateway, write_yaml
+from tests.conftest import Gateway, store_contents, write_yaml
 
 
 def _score(gateway: Gateway, name: str, credential: str) -> int:
@@ -64,7 +64,7 @@ def test_keys_are_stored_hashed(
     _endpoint(gateway, tmp_path, model_dir, unique_name)
     _, out = gateway.cli("endpoint", "get-credentials", "--name", unique_name)
     keys = json.loads(out)
-    raw = (gateway.home / "store.db").read_bytes() + (gateway.home / "store.db-wal").read_bytes()
+    raw = store_contents(gateway)
     for key in keys.values():
         assert key.encode() not in raw
 
@@ -142,7 +142,7 @@ def test_failed_commands_exit_non_zero_with_the_servers_message(
         [
             sys.executable,
             "-m",
-            "deploy.cli",
+            "servegate",
             "--url",
             gateway.url,
             "--home",

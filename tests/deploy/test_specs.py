@@ -232,7 +232,7 @@ def test_missing_file() -> None:
 def test_cli_reports_spec_errors_before_contacting_the_gateway(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from deploy.cli import main
+    from servegate.cli import main
 
     path = write_yaml(tmp_path / "endpoint.yml", "name: ok-name\nauth_mode: password\n")
     result = CliRunner().invoke(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,66 @@ def test_audit_filter_and_change_id(tmp_path: Path) -> None:
     )
     assert [e.actor for e in store.list_audit("endpoints/ep1")] == ["carol", "alice"]
     assert store.last_change_id() == 3
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The same store interface on both backends (a fresh PostgreSQL database)."""
+    from deploy.store import open_store
+    from tests.conftest import new_postgres_database
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if request.param == "sqlite" else new_postgres_database()
+    store = open_store(url)
+    yield store
+    store.close()
+
+
+def test_a_lease_has_one_holder_until_it_expires(any_store) -> None:  # type: ignore[no-untyped-def]
+    assert any_store.acquire_lease("rollout/x", "replica-a", 0.4)
+    assert any_store.acquire_lease("rollout/x", "replica-a", 0.4)  # renewal
+    assert not any_store.acquire_lease("rollout/x", "replica-b", 0.4)
+    assert any_store.lease_holder("rollout/x") == "replica-a"
+    time.sleep(0.6)  # the holder stopped renewing
+    assert any_store.lease_holder("rollout/x") is None
+    assert any_store.acquire_lease("rollout/x", "replica-b", 5)
+    any_store.release_lease("rollout/x", "replica-a")  # not the holder: nothing happens
+    assert [lease["holder"] for lease in any_store.list_leases()] == ["replica-b"]
+    any_store.release_lease("rollout/x", "replica-b")
+    assert any_store.list_leases() == []
+
+
+def test_heartbeats_list_live_replicas_with_their_counters(any_store) -> None:  # type: ignore[no-untyped-def]
+    replica = {
+        "id": "r1",
+        "host": "h",
+        "pid": 1,
+        "url": "http://h:1",
+        "version": "1",
+        "started_at": "now",
+    }
+    any_store.heartbeat(replica, 7, {"deployments": {"e/d": {"statuses": {"200": 3}}}})
+    (row,) = any_store.list_replicas(5)
+    assert row["applied_change"] == 7 and row["stats"]["deployments"]["e/d"]["statuses"] == {
+        "200": 3
+    }
+    assert 0 <= row["heartbeat_age_s"] < 5
+    time.sleep(0.3)
+    assert any_store.list_replicas(0.2) == []  # silent for longer than asked: gone
+    any_store.acquire_lease("job/j", "r1", 5)
+    any_store.remove_replica("r1")  # a clean stop gives its leases back
+    assert any_store.list_replicas(5) == [] and any_store.lease_holder("job/j") is None
+
+
+def test_records_and_audit_on_both_stores(any_store) -> None:  # type: ignore[no-untyped-def]
+    audit = AuditEntry("me", "endpoint.create", "endpoints/ep1", None, {})
+    any_store.put_endpoint("ep1", {"name": "ep1"}, audit)
+    any_store.add_model(_model(1), AuditEntry("me", "model.register", "models/fraud/1", None, {}))
+    any_store.add_model(_model(2), AuditEntry("me", "model.register", "models/fraud/2", None, {}))
+    assert any_store.latest_model_version("fraud") == 2
+    for n in range(3):
+        any_store.put_job({"id": f"j{n}", "endpoint": "ep1", "state": "running"})
+    any_store.put_job({"id": "j1", "endpoint": "ep1", "state": "completed"})
+    assert [j["id"] for j in any_store.list_jobs("ep1")] == ["j2", "j1", "j0"]
+    assert [j["id"] for j in any_store.list_unfinished_jobs()] == ["j0", "j2"]
+    assert any_store.last_change_id() == 3
+    assert [e.action for e in any_store.list_audit("endpoints/ep1")] == ["endpoint.create"]

@@ -20,7 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Gateway, assert_clean_exit, start_gateway, write_yaml
+from tests.conftest import (
+    Gateway,
+    assert_clean_exit,
+    free_port,
+    start_gateway,
+    store_url_for,
+    write_yaml,
+)
 from tests.gateway.test_errors import expect
 
 
@@ -130,7 +137,8 @@ def test_tokens_are_revoked_by_key_regeneration_and_endpoint_recreation(
 def test_a_removed_store_refuses_writes_and_fails_readiness(
     tmp_path: Path, unique_name: str
 ) -> None:
-    gw = start_gateway(tmp_path / "home")
+    home = tmp_path / "home"  # the SQLite file itself is what this test removes
+    gw = start_gateway(home, store=store_url_for(home, "sqlite"))
     try:
         gw.create_endpoint(tmp_path, unique_name)
         for suffix in ("", "-wal", "-shm"):
@@ -155,16 +163,32 @@ def test_a_corrupt_store_is_one_line_at_start(tmp_path: Path) -> None:
     home.mkdir()
     (home / "store.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(RuntimeError) as failed:
-        start_gateway(home)
+        start_gateway(home, store=store_url_for(home, "sqlite"))
     log = str(failed.value)
     assert "not a usable servegate store" in log
     assert "Traceback" not in log
 
 
+def test_an_unreachable_postgresql_store_is_one_line_at_start(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(RuntimeError) as failed:
+        start_gateway(tmp_path / "home", store=f"postgresql://sg:secret@127.0.0.1:{port}/none")
+    log = str(failed.value)
+    assert f"postgresql://sg:***@127.0.0.1:{port}/none" in log
+    assert "secret" not in log and "Traceback" not in log
+
+
+def test_an_unknown_store_scheme_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        start_gateway(tmp_path / "home", store="mysql://x/y")
+    assert "sqlite:// or postgresql://" in str(failed.value)
+
+
 def test_home_and_store_are_private_and_secrets_masked(
     tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
-    gw = start_gateway(tmp_path / "home")
+    home = tmp_path / "home"
+    gw = start_gateway(home, store=store_url_for(home, "sqlite"))
     try:
         assert stat.S_IMODE(gw.home.stat().st_mode) == 0o700
         assert stat.S_IMODE((gw.home / "store.db").stat().st_mode) == 0o600
@@ -356,11 +380,12 @@ def test_permissions_are_tightened_on_an_existing_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)
-    gw = start_gateway(home)
+    sqlite = store_url_for(home, "sqlite")
+    gw = start_gateway(home, store=sqlite)
     assert_clean_exit(gw)
     os.chmod(home, 0o755)
     os.chmod(home / "store.db", 0o644)  # as an older version left them
-    gw = start_gateway(home)
+    gw = start_gateway(home, store=sqlite)
     try:
         assert stat.S_IMODE(home.stat().st_mode) == 0o700
         assert stat.S_IMODE((home / "store.db").stat().st_mode) == 0o600

@@ -193,6 +193,9 @@ class AdminClient:
             params["target"] = target
         return self.request("GET", "/management/audit", params=params)
 
+    def status(self) -> Any:
+        return self.request("GET", "/management/status")
+
     # data plane
     def invoke(
         self, endpoint: str, body: bytes, key: str | None, deployment: str | None, v2: bool

@@ -15,7 +15,6 @@ import click
 import orjson
 import yaml
 
-from deploy.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
 from deploy.errors import ControlPlaneError, SpecError
 from deploy.specs import (
     BatchDeploymentSpec,
@@ -24,6 +23,7 @@ from deploy.specs import (
     OnlineDeploymentSpec,
     load_spec,
 )
+from servegate.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
 
 
 def _default_home() -> Path:
@@ -35,6 +35,38 @@ def _default_home() -> Path:
 def _print(doc: Any) -> None:
     if doc is not None:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+def store_options(command: Any) -> Any:
+    """`--store` and `--artifacts` for the commands that open the control plane. They go
+    through the environment so the processes these start (batch runners) see them too."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        from deploy.home import ARTIFACTS_ENV
+        from deploy.store import STORE_ENV
+
+        if value:
+            os.environ[STORE_ENV if param.name == "store" else ARTIFACTS_ENV] = value
+        return value
+
+    command = click.option(
+        "--artifacts",
+        envvar="SERVEGATE_ARTIFACTS",
+        default=None,
+        expose_value=False,
+        callback=remember,
+        help="Folder for model files and scoring code; several gateways share one "
+        "(a shared filesystem) [default: $SERVEGATE_HOME].",
+    )(command)
+    return click.option(
+        "--store",
+        envvar="SERVEGATE_STORE",
+        default=None,
+        expose_value=False,
+        callback=remember,
+        help="The control plane's store: sqlite:///path or postgresql://user@host/db "
+        "[default: sqlite:///$SERVEGATE_HOME/store.db].",
+    )(command)
 
 
 class Ctx:
@@ -160,6 +192,7 @@ def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> 
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@store_options
 @pass_ctx
 def serve(
     ctx: Ctx,
@@ -769,6 +802,7 @@ def stream() -> None:
     show_default=True,
     help="How long the group waits for a silent member before giving its partitions away.",
 )
+@store_options
 @pass_ctx
 def stream_run(
     ctx: Ctx,
@@ -808,6 +842,7 @@ def stream_run(
 @click.option("--jobs-topic", default="servegate-jobs", show_default=True)
 @click.option("--events-topic", default="servegate-job-events", show_default=True)
 @click.option("--group-id", default="servegate-jobs", show_default=True)
+@store_options
 @pass_ctx
 def stream_jobs(
     ctx: Ctx, bootstrap_servers: str, jobs_topic: str, events_topic: str, group_id: str
@@ -926,6 +961,15 @@ def audit() -> None:
 def audit_list(ctx: Ctx, target: str | None, limit: int) -> None:
     """Who changed what, when, with the spec before and after; newest first."""
     _print(ctx.client.audit(target, limit))
+
+
+# -- status -----------------------------------------------------------------------
+@main.command("status")
+@pass_ctx
+def status(ctx: Ctx) -> None:
+    """The gateway replicas that are alive (heartbeat), their versions, the last change
+    each applied, and who holds which lease (rollouts, batch jobs)."""
+    _print(ctx.client.status())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,457 @@
+"""The store's SQL, written once for both dialects (SQLite and PostgreSQL).
+
+Subclasses supply a connection per transaction (`_run`, `_run_many`, `transaction`), the
+database clock (`NOW`), the column that orders rows by insertion (`ORDER`) and what to
+do after a change is committed (`_announce_change`). Statements use `?` placeholders;
+the PostgreSQL store rewrites them once per statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import orjson
+
+from deploy.masking import mask_secrets
+from deploy.store.base import AuditEntry, KeyRecord, ModelRecord, utc_now
+
+Row = dict[str, Any]
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+class SqlStore:
+    """`Store` over a SQL connection; see the module docstring for what subclasses add."""
+
+    #: SQL expression: seconds since the epoch on the database's clock.
+    NOW = ""
+    #: The column that orders rollouts and jobs created in the same millisecond.
+    ORDER = ""
+    #: What `open_store` was given (shown by `servegate status`, never with a password).
+    url = ""
+
+    # -- what a dialect supplies ------------------------------------------------
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        raise NotImplementedError
+
+    def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _announce_change(self) -> None:
+        """Called inside the transaction that wrote an audit entry."""
+
+    def check_file(self) -> None:
+        """Raise StoreUnavailable if the store can no longer be written safely."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- plumbing -----------------------------------------------------------------
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self._run(sql, params)
+        return rows[0] if rows else None
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self._run(
+            "INSERT INTO audit_log (at, actor, action, target, before, after, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.target,
+                _dumps(mask_secrets(entry.before)),
+                _dumps(mask_secrets(entry.after)),
+                entry.reason,
+            ),
+        )
+        self._announce_change()
+
+    def _upsert_spec(
+        self, table: str, keys: dict[str, str], spec: dict[str, Any], audit: AuditEntry
+    ) -> None:
+        """Insert or replace a spec row (endpoints, deployments, batch ones) with its audit."""
+        now = utc_now()
+        columns = [*keys, "spec", "created_at", "updated_at"]
+        with self.transaction():
+            self._run(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)}) "
+                f"ON CONFLICT({', '.join(keys)}) DO UPDATE "
+                "SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (*keys.values(), _dumps(spec), now, now),
+            )
+            self._audit(audit)
+
+    def _upsert_record(self, table: str, record: dict[str, Any], audit: AuditEntry | None) -> None:
+        """Insert or replace a JSON record with `id`, `endpoint`, `state` (rollouts, jobs)."""
+        now = utc_now()
+        with self.transaction():
+            self._run(
+                f"INSERT INTO {table} (id, endpoint, state, record, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "state = excluded.state, record = excluded.record, "
+                "updated_at = excluded.updated_at",
+                (record["id"], record["endpoint"], record["state"], _dumps(record), now, now),
+            )
+            if audit is not None:
+                self._audit(audit)
+
+    def _records(self, table: str, endpoint: str | None, limit: int) -> list[dict[str, Any]]:
+        where, params = ("", ()) if endpoint is None else ("WHERE endpoint = ? ", (endpoint,))
+        rows = self._run(
+            f"SELECT record FROM {table} {where}"
+            f"ORDER BY created_at DESC, {self.ORDER} DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_loads(r["record"]) for r in rows]
+
+    @property
+    def schema_version(self) -> int:
+        row = self._one("SELECT MAX(version) AS v FROM schema_migrations")
+        return int((row or {}).get("v") or 0)
+
+    # -- models ------------------------------------------------------------
+    def add_model(self, record: ModelRecord, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO models (name, version, runtime, sha256, artifact, filename, "
+                "size_bytes, signature, description, tags, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.version,
+                    record.runtime,
+                    record.sha256,
+                    record.artifact,
+                    record.filename,
+                    record.size_bytes,
+                    _dumps(record.signature),
+                    record.description,
+                    _dumps(record.tags),
+                    record.created_at or utc_now(),
+                ),
+            )
+            self._audit(audit)
+
+    @staticmethod
+    def _model(row: Row) -> ModelRecord:
+        return ModelRecord(
+            name=row["name"],
+            version=row["version"],
+            runtime=row["runtime"],
+            sha256=row["sha256"],
+            artifact=row["artifact"],
+            filename=row["filename"],
+            size_bytes=row["size_bytes"],
+            signature=_loads(row["signature"]),
+            description=row["description"],
+            tags=_loads(row["tags"]),
+            created_at=row["created_at"],
+        )
+
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:
+        if version is None:
+            row = self._one(
+                "SELECT * FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+            )
+        else:
+            row = self._one("SELECT * FROM models WHERE name = ? AND version = ?", (name, version))
+        return self._model(row) if row else None
+
+    def list_models(self, name: str | None = None) -> list[ModelRecord]:
+        if name is None:
+            rows = self._run("SELECT * FROM models ORDER BY name, version")
+        else:
+            rows = self._run("SELECT * FROM models WHERE name = ? ORDER BY version", (name,))
+        return [self._model(r) for r in rows]
+
+    def latest_model_version(self, name: str) -> int:
+        row = self._one("SELECT MAX(version) AS v FROM models WHERE name = ?", (name,))
+        return int((row or {}).get("v") or 0)
+
+    # -- endpoints ---------------------------------------------------------
+    def put_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
+        self._upsert_spec("endpoints", {"name": name}, spec, audit)
+
+    def get_endpoint(self, name: str) -> dict[str, Any] | None:
+        row = self._one("SELECT spec FROM endpoints WHERE name = ?", (name,))
+        return _loads(row["spec"]) if row else None
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return [_loads(r["spec"]) for r in self._run("SELECT spec FROM endpoints ORDER BY name")]
+
+    def delete_endpoint(self, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run("DELETE FROM endpoints WHERE name = ?", (name,))
+            self._audit(audit)
+
+    # -- deployments -------------------------------------------------------
+    def put_deployment(
+        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
+    ) -> None:
+        self._upsert_spec("deployments", {"endpoint": endpoint, "name": name}, spec, audit)
+
+    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT spec FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+        )
+        return _loads(row["spec"]) if row else None
+
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        if endpoint is None:
+            rows = self._run("SELECT spec FROM deployments ORDER BY endpoint, name")
+        else:
+            rows = self._run(
+                "SELECT spec FROM deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
+            )
+        return [_loads(r["spec"]) for r in rows]
+
+    def delete_deployment(self, endpoint: str, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run("DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name))
+            self._audit(audit)
+
+    # -- keys --------------------------------------------------------------
+    def put_key(self, record: KeyRecord, audit: AuditEntry | None) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO endpoint_keys (endpoint, key_type, key_hash, nonce, created_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(endpoint, key_type) DO UPDATE SET key_hash = excluded.key_hash, "
+                "nonce = excluded.nonce, created_at = excluded.created_at",
+                (
+                    record.endpoint,
+                    record.key_type,
+                    record.key_hash,
+                    record.nonce,
+                    record.created_at,
+                ),
+            )
+            if audit is not None:
+                self._audit(audit)
+
+    def get_keys(self, endpoint: str) -> dict[str, KeyRecord]:
+        rows = self._run("SELECT * FROM endpoint_keys WHERE endpoint = ?", (endpoint,))
+        return {
+            r["key_type"]: KeyRecord(
+                r["endpoint"], r["key_type"], r["key_hash"], r["nonce"], r["created_at"]
+            )
+            for r in rows
+        }
+
+    # -- rollouts -----------------------------------------------------------
+    def put_rollout(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
+        self._upsert_record("rollouts", record, audit)
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT record FROM rollouts WHERE id = ?", (rollout_id,))
+        return _loads(row["record"]) if row else None
+
+    def list_rollouts(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._records("rollouts", endpoint, limit)
+
+    # -- batch endpoints and deployments --------------------------------------
+    def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
+        self._upsert_spec("batch_endpoints", {"name": name}, spec, audit)
+
+    def get_batch_endpoint(self, name: str) -> dict[str, Any] | None:
+        row = self._one("SELECT spec FROM batch_endpoints WHERE name = ?", (name,))
+        return _loads(row["spec"]) if row else None
+
+    def list_batch_endpoints(self) -> list[dict[str, Any]]:
+        rows = self._run("SELECT spec FROM batch_endpoints ORDER BY name")
+        return [_loads(r["spec"]) for r in rows]
+
+    def put_batch_deployment(
+        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
+    ) -> None:
+        self._upsert_spec("batch_deployments", {"endpoint": endpoint, "name": name}, spec, audit)
+
+    def get_batch_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT spec FROM batch_deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+        )
+        return _loads(row["spec"]) if row else None
+
+    def list_batch_deployments(self, endpoint: str) -> list[dict[str, Any]]:
+        rows = self._run(
+            "SELECT spec FROM batch_deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
+        )
+        return [_loads(r["spec"]) for r in rows]
+
+    # -- batch jobs and mini-batches -------------------------------------------
+    def put_job(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
+        self._upsert_record("jobs", record, audit)
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT record FROM jobs WHERE id = ?", (job_id,))
+        return _loads(row["record"]) if row else None
+
+    def list_jobs(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._records("jobs", endpoint, limit)
+
+    def list_unfinished_jobs(self) -> list[dict[str, Any]]:
+        rows = self._run(
+            "SELECT record FROM jobs WHERE state NOT IN ('completed', 'failed', 'cancelled') "
+            f"ORDER BY created_at, {self.ORDER}"
+        )
+        return [_loads(r["record"]) for r in rows]
+
+    def add_mini_batches(self, job_id: str, items: list[int]) -> None:
+        """Register a job's mini-batches (item counts: rows or files), all pending."""
+        now = utc_now()
+        with self.transaction():
+            self._run("DELETE FROM mini_batches WHERE job_id = ?", (job_id,))
+            self._run_many(
+                "INSERT INTO mini_batches (job_id, idx, state, items, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                [(job_id, i, n, now) for i, n in enumerate(items)],
+            )
+
+    MINI_BATCH_FIELDS = frozenset({"state", "attempts", "failed_items", "error", "seconds"})
+
+    def update_mini_batch(self, job_id: str, index: int, **fields: Any) -> None:
+        unknown = set(fields) - self.MINI_BATCH_FIELDS
+        if unknown:  # column names are spliced into the SQL: only known ones
+            raise ValueError(f"unknown mini-batch fields {sorted(unknown)}")
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction():
+            self._run(
+                f"UPDATE mini_batches SET {columns}, updated_at = ? WHERE job_id = ? AND idx = ?",
+                (*fields.values(), utc_now(), job_id, index),
+            )
+
+    def list_mini_batches(self, job_id: str) -> list[dict[str, Any]]:
+        return self._run(
+            "SELECT idx, state, attempts, items, failed_items, error, seconds "
+            "FROM mini_batches WHERE job_id = ? ORDER BY idx",
+            (job_id,),
+        )
+
+    # -- audit -------------------------------------------------------------
+    def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        if target is None:
+            rows = self._run("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._run(
+                "SELECT * FROM audit_log WHERE target = ? OR target LIKE ? "
+                "ORDER BY id DESC LIMIT ?",
+                (target, f"{target}/%", limit),
+            )
+        return [
+            AuditEntry(
+                id=r["id"],
+                at=r["at"],
+                actor=r["actor"],
+                action=r["action"],
+                target=r["target"],
+                before=_loads(r["before"]),
+                after=_loads(r["after"]),
+                reason=r["reason"],
+            )
+            for r in rows
+        ]
+
+    def last_change_id(self) -> int:
+        row = self._one("SELECT MAX(id) AS id FROM audit_log")
+        return int((row or {}).get("id") or 0)
+
+    # -- leases: one holder at a time, until it stops renewing ------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew lease `name` for `ttl_s` seconds. True when `holder` holds it
+        now: it was free, expired, or already `holder`'s."""
+        with self.transaction():
+            row = self._one(
+                f"SELECT holder, expires_at > {self.NOW} AS live FROM leases WHERE name = ?",
+                (name,),
+            )
+            if row is not None and row["live"] and row["holder"] != holder:
+                return False
+            self._run(
+                "INSERT INTO leases (name, holder, expires_at, acquired_at) "
+                f"VALUES (?, ?, {self.NOW} + ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "holder = excluded.holder, expires_at = excluded.expires_at, "
+                "acquired_at = CASE WHEN leases.holder = excluded.holder "
+                "THEN leases.acquired_at ELSE excluded.acquired_at END",
+                (name, holder, ttl_s, utc_now()),
+            )
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.transaction():
+            self._run("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds lease `name` now (None when free or expired)."""
+        row = self._one(
+            f"SELECT holder FROM leases WHERE name = ? AND expires_at > {self.NOW}", (name,)
+        )
+        return row["holder"] if row else None
+
+    def list_leases(self) -> list[Row]:
+        return self._run(
+            f"SELECT name, holder, acquired_at, expires_at - {self.NOW} AS expires_in_s "
+            f"FROM leases WHERE expires_at > {self.NOW} ORDER BY name"
+        )
+
+    # -- replicas: heartbeats and the counters each publishes ---------------------------
+    def heartbeat(self, replica: dict[str, Any], applied_change: int, stats: Any) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO replicas (id, host, pid, url, version, started_at, heartbeat_at, "
+                f"applied_change, stats) VALUES (?, ?, ?, ?, ?, ?, {self.NOW}, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                "applied_change = excluded.applied_change, stats = excluded.stats",
+                (
+                    replica["id"],
+                    replica["host"],
+                    replica["pid"],
+                    replica["url"],
+                    replica["version"],
+                    replica["started_at"],
+                    applied_change,
+                    _dumps(stats),
+                ),
+            )
+
+    def list_replicas(self, max_age_s: float) -> list[Row]:
+        """Replicas whose last heartbeat is at most `max_age_s` old, with their stats."""
+        rows = self._run(
+            "SELECT id, host, pid, url, version, started_at, applied_change, stats, "
+            f"{self.NOW} - heartbeat_at AS heartbeat_age_s FROM replicas "
+            f"WHERE heartbeat_at > {self.NOW} - ? ORDER BY started_at, id",
+            (max_age_s,),
+        )
+        return [{**r, "stats": _loads(r["stats"])} for r in rows]
+
+    def remove_replica(self, replica_id: str) -> None:
+        with self.transaction():
+            self._run("DELETE FROM replicas WHERE id = ?", (replica_id,))
+            self._run("DELETE FROM leases WHERE holder = ?", (replica_id,))
+
+    # -- admin tokens (hashed) ------------------------------------------------------------
+    def put_admin_token(self, name: str, token_hash: str, role: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO admin_tokens (name, token_hash, role, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "token_hash = excluded.token_hash, role = excluded.role",
+                (name, token_hash, role, utc_now()),
+            )
+            self._audit(audit)
+
+    def admin_token_hashes(self) -> dict[str, str]:
+        """token hash -> token name."""
+        return {r["token_hash"]: r["name"] for r in self._run("SELECT * FROM admin_tokens")}

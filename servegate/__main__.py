@@ -1,0 +1,5 @@
+"""`python -m servegate ...` runs the `servegate` command."""
+
+from servegate.cli import main
+
+main()

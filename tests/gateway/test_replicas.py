@@ -1,0 +1,336 @@
+"""Several gateway processes on one PostgreSQL store (the server on this machine, a fresh
+database per test), with a client spreading load over all of them: changes made through
+one replica reach the others within a second, a rollout survives the SIGKILL of the
+replica driving it, and rollout gates judge the whole cluster's traffic."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    Gateway,
+    Load,
+    new_postgres_database,
+    start_gateway,
+    wait_for,
+    write_yaml,
+)
+
+BODY = {"input_data": [[5.1, 3.5, 1.4, 0.2]]}
+FAST = "batching: {max_batch_size: 32}\n"
+#: The store, artifacts and secret every replica shares, as an operator would set them.
+SECRET = secrets.token_urlsafe(32)
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = new_postgres_database()
+        self.artifacts = root / "shared-artifacts"
+        self.replicas: list[Gateway] = []
+
+    def start(self, count: int, **env: str) -> list[Gateway]:
+        started = []
+        for _ in range(count):
+            home = self.root / f"replica{len(self.replicas) + 1}" / "home"
+            home.mkdir(parents=True)
+            if self.replicas:  # the operator hands the owner token to every replica's host
+                token = home / "admin_token"
+                token.write_text(self.replicas[0].admin_token)
+                token.chmod(0o600)
+            gw = start_gateway(
+                home,
+                store=self.store,
+                env_extra={
+                    "SERVEGATE_SECRET_KEY": SECRET,
+                    "SERVEGATE_ARTIFACTS": str(self.artifacts),
+                    **env,
+                },
+            )
+            self.replicas.append(gw)
+            started.append(gw)
+        return started
+
+    def stop(self) -> None:
+        for gw in self.replicas:
+            gw.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def _answered_by(gw: Gateway, endpoint: str, auth: dict[str, str], **headers: str) -> str:
+    r = httpx.post(
+        f"{gw.url}/endpoints/{endpoint}/score", json=BODY, headers={**auth, **headers}, timeout=10
+    )
+    return f"{r.status_code}:{r.headers.get('azureml-model-deployment', '')}"
+
+
+def _seen_within(check, limit_s: float) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `check()` holds (polled every 20 ms); fails past `limit_s`."""
+    started = time.monotonic()
+    wait_for(check, limit_s, every_s=0.02)
+    return time.monotonic() - started
+
+
+def test_changes_through_one_replica_reach_every_replica_within_a_second(
+    cluster: Cluster, tmp_path: Path, model_dir: Path
+) -> None:
+    (r1,) = cluster.start(1)
+    name = "spread"
+    r1.create_endpoint(tmp_path, name)
+    r1.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx", extra_yaml=FAST)
+    r1.deploy(
+        tmp_path,
+        name,
+        "green",
+        model_dir / "classifier-v2.onnx",
+        all_traffic=False,
+        extra_yaml=FAST,
+    )
+    r2, r3 = cluster.start(2)
+    keys = json.loads(r1.cli("endpoint", "get-credentials", "--name", name)[1])
+    # Every replica accepts the same keys: one secret, one store.
+    for gw in (r1, r2, r3):
+        assert json.loads(gw.cli("endpoint", "get-credentials", "--name", name)[1]) == keys
+    secondary = {"Authorization": f"Bearer {keys['secondaryKey']}"}
+    primary = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    urls = [f"{gw.url}/endpoints/{name}/score" for gw in (r1, r2, r3)]
+    with Load(urls, BODY, secondary, threads=3) as load:
+        time.sleep(0.5)
+        # A traffic change through replica 1 ...
+        r1.cli("endpoint", "update", "--name", name, "--traffic", "blue=0,green=100")
+        for gw in (r2, r3):  # ... is what replicas 2 and 3 route by within 1 s.
+            _seen_within(lambda gw=gw: _answered_by(gw, name, primary) == "200:green", 1.0)
+        # A key regenerated through replica 1 is refused by replicas 2 and 3 within 1 s.
+        r1.cli("endpoint", "regenerate-keys", "--name", name, "--key-type", "primary")
+        for gw in (r2, r3):
+            _seen_within(lambda gw=gw: _answered_by(gw, name, primary).startswith("401"), 1.0)
+        # A deployment created through replica 2 serves on all three (loaded and warmed
+        # on each before its snapshot routes to it).
+        r2.deploy(tmp_path, name, "red", model_dir / "classifier.onnx", all_traffic=False)
+        for gw in (r1, r2, r3):
+            wait_for(
+                lambda gw=gw: (
+                    _answered_by(gw, name, secondary, **{"azureml-model-deployment": "red"})
+                    == "200:red"
+                ),
+                10,
+            )
+        time.sleep(0.3)
+    assert load.errors == [] and load.failed() == [], (load.errors, load.failed()[:5])
+    assert len(load.results) > 100
+
+    # `servegate status` lists the three replicas, all on the newest change (as of their
+    # last heartbeat, at most a second old).
+    def all_current() -> dict | None:
+        status = json.loads(r3.cli("status")[1])
+        applied = {r["applied_change"] for r in status["replicas"]}
+        return status if applied == {status["latest_change"]} else None
+
+    status = wait_for(all_current, 3)
+    assert len(status["replicas"]) == 3
+    assert "secret" not in json.dumps(status)
+
+
+def _rollout_endpoint(gw: Gateway, tmp_path: Path, model_dir: Path, name: str, green: str) -> None:
+    gw.create_endpoint(tmp_path, name)
+    gw.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx", extra_yaml=FAST)
+    if green == "script":
+        # Fails only where the gateway's environment says so: on one replica.
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "score.py").write_text(
+            "import json, os\n"
+            "def init():\n    pass\n"
+            "def run(raw):\n"
+            "    if os.environ.get('FAIL_ON_THIS_REPLICA'):\n"
+            "        raise ValueError('this replica cannot score')\n"
+            "    return {'ok': True}\n"
+        )
+        spec = write_yaml(
+            tmp_path / "green.yml",
+            f"name: green\nendpoint_name: {name}\n"
+            "code_configuration: {code: src, scoring_script: score.py}\n",
+        )
+        gw.cli("deployment", "create", "-f", str(spec))
+    else:
+        gw.deploy(
+            tmp_path,
+            name,
+            "green",
+            model_dir / "classifier-v2.onnx",
+            all_traffic=False,
+            extra_yaml=FAST,
+        )
+
+
+def test_a_rollout_survives_the_sigkill_of_the_replica_driving_it(
+    cluster: Cluster, tmp_path: Path, model_dir: Path
+) -> None:
+    r1, r2, r3 = cluster.start(3)
+    name = "takeover"
+    _rollout_endpoint(r1, tmp_path, model_dir, name, "model")
+    auth = r1.auth(name)
+    wait_for(lambda: _answered_by(r3, name, auth) == "200:blue", 10)
+    urls = [f"{gw.url}/endpoints/{name}/score" for gw in (r2, r3)]
+    with Load(urls, BODY, auth, threads=3) as load:
+        _, out = r1.cli(
+            "rollout",
+            "start",
+            "-e",
+            name,
+            "--to",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--step-interval",
+            "2s",
+            "--min-requests",
+            "10",
+            "--max-error-rate",
+            "0.05",
+        )
+        rollout_id = json.loads(out)["id"]
+        leases = json.loads(r2.cli("status")[1])["leases"]
+        assert (f"rollout/{rollout_id}", r1_id(r2, r1)) in {
+            (lease["name"], lease["holder"]) for lease in leases
+        }  # the replica that started it drives it
+        # Replica 1 drives step 1; kill it without a chance to clean up.
+        wait_for(lambda: _step_reached(r2, name, "step 1/3"), 10)
+        r1.process.send_signal(signal.SIGKILL)
+        r1.process.wait()
+        record = wait_for(lambda: _finished(r2, name), 60)
+    assert record["state"] == "succeeded", record
+    assert record["traffic"] == {"blue": 0, "green": 100}
+    events = [e["message"] for e in record["events"]]
+    assert sum("succeeded" in m for m in events) == 1  # finished exactly once
+    takeover = [m for m in events if m.startswith("taken over by replica")]
+    assert len(takeover) == 1, events
+    # Audit: who drove each step. Step 1 by replica 1, the later ones by the new holder.
+    audit = json.loads(r2.cli("audit", "list", "--target", f"endpoints/{name}")[1])
+    steps = [e["reason"] for e in reversed(audit) if e["actor"] == f"rollout {rollout_id}"]
+    first = next(r for r in steps if "step 1/3" in r)
+    last = next(r for r in steps if "step 3/3" in r)
+    assert f"[replica {r1_id(r2, r1)}]" in first
+    assert f"[replica {r1_id(r2, r1)}]" not in last and "[replica " in last
+    assert load.failed() == [], load.failed()[:5]
+
+
+def r1_id(observer: Gateway, gw: Gateway) -> str:
+    """The replica id of `gw` (its pid is part of it)."""
+    ids = getattr(r1_id, "cache", {})
+    if gw.process.pid not in ids:
+        for replica in json.loads(observer.cli("status")[1])["replicas"]:
+            ids[replica["pid"]] = replica["id"]
+        r1_id.cache = ids  # type: ignore[attr-defined]
+    return ids[gw.process.pid]
+
+
+def _rollout(gw: Gateway, name: str) -> dict:
+    return json.loads(gw.cli("rollout", "status", "-e", name)[1])
+
+
+def _step_reached(gw: Gateway, name: str, step: str) -> bool:
+    return any(step in e["message"] for e in _rollout(gw, name)["events"])
+
+
+def _finished(gw: Gateway, name: str) -> dict | None:
+    record = _rollout(gw, name)
+    return record if record["state"] not in ("mirroring", "stepping") else None
+
+
+def test_a_rollout_gate_judges_the_traffic_of_every_replica(
+    cluster: Cluster, tmp_path: Path, model_dir: Path
+) -> None:
+    r1, r2 = cluster.start(2)
+    (r3,) = cluster.start(1, FAIL_ON_THIS_REPLICA="1")
+    name = "gated"
+    _rollout_endpoint(r1, tmp_path, model_dir, name, "script")
+    auth = r1.auth(name)
+    for gw in (r2, r3):
+        wait_for(lambda gw=gw: _answered_by(gw, name, auth) == "200:blue", 10)
+    # The candidate fails on replica 3 only; replica 1 drives the rollout and sees only
+    # successes of its own.
+    urls = [f"{gw.url}/endpoints/{name}/score" for gw in (r1, r2, r3)]
+    with Load(urls, BODY, auth, threads=3):
+        r1.cli(
+            "rollout",
+            "start",
+            "-e",
+            name,
+            "--to",
+            "green",
+            "--steps",
+            "50,100",
+            "--step-interval",
+            "3s",
+            "--min-requests",
+            "20",
+            "--max-error-rate",
+            "0.05",
+        )
+        record = wait_for(lambda: _finished(r1, name), 60)
+    assert record["state"] == "rolled_back", record
+    assert "error rate" in record["reason"]
+    assert record["traffic"] == {"blue": 100, "green": 0}
+    metrics = httpx.get(f"{r1.url}/metrics").text
+    failures_on_r1 = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("servegate_requests_total")
+        and 'deployment="green"' in line
+        and 'status="424"' in line
+    ]
+    assert failures_on_r1 == []  # replica 1 itself saw no failure of green
+
+
+def test_two_replicas_starting_at_once_on_an_empty_database_migrate_once(
+    tmp_path: Path,
+) -> None:
+    import psycopg
+
+    store = new_postgres_database()
+    started: list[Gateway] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        home = tmp_path / f"r{i}" / "home"
+        home.mkdir(parents=True)
+        try:
+            started.append(
+                start_gateway(home, store=store, env_extra={"SERVEGATE_SECRET_KEY": SECRET})
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == [] and len(started) == 2
+        for gw in started:
+            assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
+        with psycopg.connect(store) as conn:
+            versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
+            owners = conn.execute("SELECT count(*) FROM admin_tokens").fetchone()
+        assert sorted(versions) == list(range(1, len(versions) + 1)) and len(versions) >= 4
+        assert owners == (1,)  # one owner token, created by whichever started first
+    finally:
+        for gw in started:
+            gw.stop()

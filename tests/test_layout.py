@@ -1,0 +1,66 @@
+"""The package layout the design card fixes: the dependency direction between our
+top-level packages, and no import cycle between them (deferred imports included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("servegate", "gateway", "runtimes", "batch", "deploy", "loadtests")
+
+# What each package may import. `runtimes` is the leaf; `servegate` is the top, and the
+# one place that may import `loadtests` (for the `servegate loadtest` command).
+ALLOWED = {
+    "runtimes": set(),
+    "deploy": {"runtimes"},
+    "batch": {"deploy", "runtimes"},
+    "gateway": {"deploy", "batch", "runtimes"},
+    "loadtests": {"gateway", "runtimes"},
+    "servegate": {"gateway", "batch", "deploy", "runtimes", "loadtests"},
+}
+
+
+def package_imports() -> dict[str, dict[str, list[str]]]:
+    """package -> imported package -> the files that import it."""
+    graph: dict[str, dict[str, list[str]]] = {p: {} for p in PACKAGES}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in PACKAGES and top != package:
+                        graph[package].setdefault(top, []).append(str(path.relative_to(ROOT)))
+    return graph
+
+
+def test_every_import_follows_the_dependency_direction() -> None:
+    wrong = {
+        f"{package} -> {target} ({', '.join(sorted(set(files)))})"
+        for package, targets in package_imports().items()
+        for target, files in targets.items()
+        if target not in ALLOWED[package]
+    }
+    assert not wrong, wrong
+
+
+def test_no_package_cycle() -> None:
+    graph = {p: set(targets) for p, targets in package_imports().items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or reaches(nxt, goal, seen | {nxt}) for nxt in graph[start] - seen)
+
+    cyclic = [p for p in PACKAGES if reaches(p, p, set())]
+    assert not cyclic, cyclic
+
+
+def test_nothing_imports_the_top_package() -> None:
+    importers = [p for p, targets in package_imports().items() if "servegate" in targets]
+    assert importers == []
