@@ -72,7 +72,9 @@ def measure(store: str, root: Path, rounds: int) -> dict[str, Any]:
                 "/management/endpoints/flip/deployments",
                 json={"name": name, "model": "mlp:1"},
             )
-        first.call("PATCH", "/management/endpoints/flip", json={"traffic": {"blue": 100, "green": 0}})
+        first.call(
+            "PATCH", "/management/endpoints/flip", json={"traffic": {"blue": 100, "green": 0}}
+        )
         key = first.call("POST", "/management/endpoints/flip/listKeys")["primaryKey"]
         others = []
         for i in (2, 3):
