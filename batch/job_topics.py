@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from batch.errors import BatchError
 from batch.jobs import BatchJobs
 from deploy.errors import Conflict, ControlPlaneError
+from deploy.records import FINAL_JOB_STATES
 from deploy.store import utc_now
 
 log = logging.getLogger("servegate.jobs")
@@ -144,7 +145,7 @@ class JobTopics:
                     "output": job["output"],
                     "at": utc_now(),
                 }
-                if job["state"] in ("completed", "failed", "cancelled"):
+                if job["state"] in FINAL_JOB_STATES:
                     event["summary"] = job.get("summary")
                 await producer.send_and_wait(
                     self.events_topic, orjson.dumps(event), key=job["id"].encode()

@@ -1,4 +1,5 @@
-"""Batch endpoints, batch deployments and jobs: the control-plane side.
+"""Batch jobs: their lifecycle (create, run, cancel, resume, retry, supervise).
+(Batch endpoints and deployments are written by `deploy.control`, as online ones are.)
 
 A job is a record in the store plus a folder under `$SERVEGATE_HOME/jobs/<id>`;
 its runner is a detached process (`batch.runner`), so a job outlives the gateway
@@ -22,14 +23,18 @@ from typing import Any
 from batch.sources import list_inputs
 from deploy.control import ControlPlane
 from deploy.errors import Conflict, NotFound, SpecError
-from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, BatchSettings, parse_spec
+from deploy.records import FINAL_JOB_STATES, JobState, MiniBatchState
+from deploy.specs import BatchSettings, parse_spec
 from deploy.store import AuditEntry, utc_now
+from runtimes.registry import runtime_kind
 
-FINAL = ("completed", "failed", "cancelled")
+FINAL = FINAL_JOB_STATES
 #: A runner renews its job's lease every RUNNER_RENEW_S for RUNNER_LEASE_TTL_S; a new
-#: runner gets RUNNER_START_TTL_S to start up (imports, store connection) first.
-RUNNER_LEASE_TTL_S = 5.0
-RUNNER_RENEW_S = 1.0
+#: runner gets RUNNER_START_TTL_S to start up (imports, store connection) first. The lease
+#: outlives several renewals that wait on a busy store (SQLite waits up to 5 s for a
+#: writer): a runner that only stalled must not lose its job to a second runner.
+RUNNER_LEASE_TTL_S = 15.0
+RUNNER_RENEW_S = 2.0
 RUNNER_START_TTL_S = 30.0
 
 
@@ -52,76 +57,6 @@ class BatchJobs:
         self.control = control
         self.store = control.store
         self.home = home
-
-    # -- endpoints and deployments ---------------------------------------------------
-    def create_endpoint(self, spec: BatchEndpointSpec, actor: str) -> dict[str, Any]:
-        data = spec.model_dump(exclude={"schema_url"})
-        with self.store.transaction():
-            if self.store.get_batch_endpoint(spec.name) is not None:
-                raise Conflict(f"batch endpoint '{spec.name}' already exists")
-            self.store.put_batch_endpoint(
-                spec.name,
-                data,
-                AuditEntry(
-                    actor, "batch_endpoint.create", f"batch-endpoints/{spec.name}", None, data
-                ),
-            )
-        return data
-
-    def put_deployment(self, spec: BatchDeploymentSpec, actor: str) -> dict[str, Any]:
-        endpoint = self.store.get_batch_endpoint(spec.endpoint_name)
-        if endpoint is None:
-            raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
-        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
-        if spec.model is not None:
-            if spec.model.path is not None:
-                path = Path(spec.model.path)
-                if not path.is_file():
-                    raise SpecError(
-                        f"field 'model.path': no model file at '{path}' on the gateway host"
-                    )
-                record = self.control.register_model(
-                    f"{spec.endpoint_name}-{spec.name}",
-                    path.name,
-                    path,
-                    actor,
-                    runtime=spec.runtime,
-                )
-            else:
-                assert spec.model.name is not None
-                record = self.control.get_model(spec.model.name, spec.model.version)
-            data["model"] = {"name": record.name, "version": record.version}
-            data["runtime"] = spec.runtime or record.runtime
-        with self.store.transaction():
-            before = self.store.get_batch_deployment(spec.endpoint_name, spec.name)
-            self.store.put_batch_deployment(
-                spec.endpoint_name,
-                spec.name,
-                data,
-                AuditEntry(
-                    actor,
-                    "batch_deployment.create" if before is None else "batch_deployment.update",
-                    f"batch-endpoints/{spec.endpoint_name}/deployments/{spec.name}",
-                    before,
-                    data,
-                ),
-            )
-            if not endpoint["defaults"].get("deployment_name"):
-                # The first deployment becomes the default, as in Azure ML.
-                updated = {**endpoint, "defaults": {"deployment_name": spec.name}}
-                self.store.put_batch_endpoint(
-                    spec.endpoint_name,
-                    updated,
-                    AuditEntry(
-                        actor,
-                        "batch_endpoint.update",
-                        f"batch-endpoints/{spec.endpoint_name}",
-                        endpoint,
-                        updated,
-                        f"default deployment {spec.name}",
-                    ),
-                )
-        return data
 
     # -- jobs ------------------------------------------------------------------------
     def invoke(
@@ -175,8 +110,10 @@ class BatchJobs:
             instance_count = spec.get("instance_count", 1)
         else:
             raise NotFound(f"no batch or online endpoint named '{endpoint}'")
-        if spec.get("runtime") == "remote":
-            raise SpecError("a remote deployment cannot run batch jobs (it has no model here)")
+        if runtime_kind(spec.get("runtime") or "onnx").runs_in_gateway:
+            raise SpecError(
+                f"a {spec['runtime']} deployment cannot run batch jobs (it has no model here)"
+            )
         merged = parse_spec(
             BatchSettings,
             {
@@ -200,7 +137,7 @@ class BatchJobs:
             "settings": merged,
             "runtime_name": spec.get("runtime") or "onnx",
             "deployment_spec": spec,
-            "state": "queued",
+            "state": JobState.QUEUED,
             "planned": False,
             "created_at": utc_now(),
             "created_by": actor,
@@ -277,9 +214,11 @@ class BatchJobs:
         if record["state"] in FINAL:
             raise Conflict(f"job '{job_id}' is already {record['state']}")
         if record["runner_alive"]:
-            record["state"] = "cancelling"  # the runner stops its workers and finishes
+            record["state"] = JobState.CANCELLING  # the runner stops its workers and finishes
         else:
-            record.update(state="cancelled", reason=f"cancelled by {actor}", finished_at=utc_now())
+            record.update(
+                state=JobState.CANCELLED, reason=f"cancelled by {actor}", finished_at=utc_now()
+            )
         self.store.put_job(
             _stored(record), AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None)
         )
@@ -287,12 +226,12 @@ class BatchJobs:
 
     def resume(self, job_id: str, actor: str, reason: str = "") -> dict[str, Any]:
         record = self.get(job_id)
-        if record["state"] == "completed":
+        if record["state"] == JobState.COMPLETED:
             raise Conflict(f"job '{job_id}' is already completed")
         if record["runner_alive"]:
             raise Conflict(f"job '{job_id}' is running ({record['runner']})")
         clean = _stored(record)
-        clean.update(state="queued", reason="")
+        clean.update(state=JobState.QUEUED, reason="")
         self.store.put_job(
             clean, AuditEntry(actor, "batch_job.resume", f"jobs/{job_id}", None, None, reason)
         )
@@ -311,7 +250,7 @@ class BatchJobs:
             if job is None or job["state"] in FINAL:
                 continue
             try:
-                if job["state"] == "cancelling":
+                if job["state"] == JobState.CANCELLING:
                     self.cancel(job["id"], actor)
                 else:
                     self.resume(job["id"], actor, "its runner stopped renewing the job's lease")
@@ -326,16 +265,18 @@ class BatchJobs:
         if record["runner_alive"]:
             raise Conflict(f"job '{job_id}' is still running")
         failed = [
-            mb["idx"] for mb in self.store.list_mini_batches(job_id) if mb["state"] == "failed"
+            mb["idx"]
+            for mb in self.store.list_mini_batches(job_id)
+            if mb["state"] == MiniBatchState.FAILED
         ]
         if not failed:
             raise Conflict(f"job '{job_id}' has no failed mini-batches")
         for index in failed:
             self.store.update_mini_batch(
-                job_id, index, state="pending", attempts=0, failed_items=0, error=""
+                job_id, index, state=MiniBatchState.PENDING, attempts=0, failed_items=0, error=""
             )
         clean = _stored(record)
-        clean.update(state="queued", reason="", retried_mini_batches=failed)
+        clean.update(state=JobState.QUEUED, reason="", retried_mini_batches=failed)
         self.store.put_job(
             clean,
             AuditEntry(actor, "batch_job.retry", f"jobs/{job_id}", None, {"mini_batches": failed}),

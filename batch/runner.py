@@ -15,33 +15,41 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from importlib import import_module
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from batch import planner, sinks, worker
+from batch import sinks
 from batch.errors import BatchInputError
+from batch.executors import EXECUTORS, Executor
+from batch.formats import FORMATS, InputFormat, format_of, read_schema
 from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner_id
-from batch.sources import Location, list_inputs, locate, tabular_format
+from batch.sources import Location, list_inputs, locate
 from batch.tensors import check_schema
 from deploy.home import ControlPlaneSettings, open_control_plane
+from deploy.records import FINAL_JOB_STATES, JobState, MiniBatchState
 from deploy.store import STORE_ENV, utc_now
-from runtimes.registry import RUNTIMES
+from runtimes.registry import runtime_kind
 from runtimes.types import Signature
 
 log = logging.getLogger("servegate.batch")
 POLL_S = 0.2
 
 
+def _format_name(job: dict[str, Any]) -> str:
+    """The job's input format (jobs planned before formats had names kept a mode)."""
+    legacy = {"parquet": "parquet", "tabular": "csv", "files": "files"}
+    return str(job.get("format") or legacy[job["mode"]])
+
+
 class JobRunner:
     def __init__(self, home: Path, job_id: str, runner_id: str | None = None) -> None:
         self.runner_id = runner_id or new_runner_id()
+        #: held by the lease thread while it works and around every fork of a worker
+        self.fork_guard = threading.Lock()
         self.control = open_control_plane(ControlPlaneSettings.resolve(home))
         self.store = self.control.store
         self.job_id = job_id
@@ -78,14 +86,15 @@ class JobRunner:
         def renew() -> None:
             while True:
                 time.sleep(RUNNER_RENEW_S)
-                try:
-                    held = self.store.acquire_lease(lease, self.runner_id, RUNNER_LEASE_TTL_S)
-                except Exception as exc:  # the store is down: try again
-                    log.warning("renewing the lease of job %s failed: %s", self.job_id, exc)
-                    continue
-                if not held:
-                    log.error("job %s: lease lost to another runner; stopping", self.job_id)
-                    os._exit(3)
+                with self.fork_guard:
+                    try:
+                        held = self.store.acquire_lease(lease, self.runner_id, RUNNER_LEASE_TTL_S)
+                    except Exception as exc:  # the store is down: try again
+                        log.warning("renewing the lease of job %s failed: %s", self.job_id, exc)
+                        continue
+                    if not held:
+                        log.error("job %s: lease lost to another runner; stopping", self.job_id)
+                        os._exit(3)
 
         threading.Thread(target=renew, name="job-lease", daemon=True).start()
         return True
@@ -101,47 +110,51 @@ class JobRunner:
 
     def _run(self) -> None:
         job = self.record()
-        if job["state"] in ("completed", "failed", "cancelled"):
+        if job["state"] in FINAL_JOB_STATES:
             log.info("job %s is already %s", self.job_id, job["state"])
             return
         started = time.time()
         job = self.save(
-            state="running",
+            state=JobState.RUNNING,
             pid=os.getpid(),
             started_at=job.get("started_at") or utc_now(),
             runner_started=started,
             reason="",
         )
         settings = job["settings"]
-        workers = settings["instance_count"] * settings["max_concurrency_per_instance"]
-        pool: ProcessPoolExecutor | None = None
+        executor: Executor | None = None
         try:
             inputs = None if job.get("planned") else self.inspect(job)
             # Workers import their libraries and load the model while the planner works.
-            pool = self._pool(job, workers)
-            for _ in range(workers):
-                pool.submit(int)
+            executor = EXECUTORS["local"](
+                job["runtime_name"],
+                self.control.runtime_config(job["deployment_spec"], 1),
+                job["input"],
+                settings["instance_count"] * settings["max_concurrency_per_instance"],
+                self.fork_guard,
+            )
+            executor.start()
             if inputs is not None:
                 phase = time.perf_counter()
                 job = self.plan(job, *inputs)
                 log.info("planning took %.3f s", time.perf_counter() - phase)
-            self.execute(job, pool)
+            self.execute(job, executor)
         except BatchInputError as exc:
             # Bad input: the job fails with the reason and writes nothing to the output.
-            if pool is not None:
-                self._stop(pool)
+            if executor is not None:
+                executor.stop()
             log.error("job %s failed: %s", self.job_id, exc)
-            self.finish("failed", str(exc), write_summary=False)
+            self.finish(JobState.FAILED, str(exc), write_summary=False)
 
-    def inspect(self, job: dict[str, Any]) -> tuple[Location, list[str], str | None]:
+    def inspect(self, job: dict[str, Any]) -> tuple[Location, list[str], InputFormat]:
         """List the inputs and check, from the first file's schema, that they fit the
         model: a mismatch fails the job here, once, before any worker starts (every
         file has the first one's schema; planning checks that)."""
         location, files = list_inputs(job["input"], job.get("input_type"))
-        fmt = tabular_format(files)
+        fmt = format_of(files)
         signature = self._signature(job)
-        if fmt is not None and signature is not None and signature.inputs:
-            schema = planner.read_schema(location.filesystem, files[0], fmt)
+        if fmt.tabular and signature is not None and signature.inputs:
+            schema = read_schema(fmt, location.filesystem, files[0])
             try:
                 check_schema(schema, signature)
             except BatchInputError as exc:
@@ -152,7 +165,7 @@ class JobRunner:
         """The model's signature as registered (None for scoring scripts, which take
         tables as they are, and for models registered without one)."""
         spec = job["deployment_spec"]
-        if job["runtime_name"] == "script":
+        if runtime_kind(job["runtime_name"]).takes_raw_body:
             return None
         if spec.get("signature"):
             return Signature.from_dict(spec["signature"])
@@ -162,37 +175,26 @@ class JobRunner:
         return None
 
     def plan(
-        self, job: dict[str, Any], location: Location, files: list[str], fmt: str | None
+        self, job: dict[str, Any], location: Location, files: list[str], fmt: InputFormat
     ) -> dict[str, Any]:
-        settings = job["settings"]
-        if fmt is not None:
-            size = settings["mini_batch_size"] or 10_000  # rows: sized for throughput
-            if fmt == "parquet":
-                counts = planner.plan_parquet(location.filesystem, files, size, self.job_dir)
-                mode = "parquet"
-            else:
-                counts = planner.stage_tabular(location.filesystem, files, fmt, size, self.job_dir)
-                mode = "tabular"
-        else:
-            if job["runtime_name"] != "script":
-                raise BatchInputError(
-                    f"input '{job['input']}' is not a tabular dataset (Parquet, CSV, JSON lines); "
-                    "a folder of arbitrary files needs a scoring script (code_configuration)"
-                )
-            size = settings["mini_batch_size"] or 10  # files, as Azure ML
-            counts = planner.plan_files(files, size, self.job_dir)
-            mode = "files"
+        if not fmt.tabular and not runtime_kind(job["runtime_name"]).takes_raw_body:
+            raise BatchInputError(
+                f"input '{job['input']}' is not a tabular dataset (Parquet, CSV, JSON lines); "
+                "a folder of arbitrary files needs a scoring script (code_configuration)"
+            )
+        size = job["settings"]["mini_batch_size"] or fmt.default_mini_batch_size
+        counts = fmt.plan(location.filesystem, files, size, self.job_dir)
         self.store.add_mini_batches(self.job_id, counts)
         log.info(
             "planned %d mini-batches (%s, %d items) from %d files",
             len(counts),
-            mode,
+            fmt.name,
             sum(counts),
             len(files),
         )
-        return self.save(planned=True, mode=mode, mini_batches=len(counts), items=sum(counts))
+        return self.save(planned=True, format=fmt.name, mini_batches=len(counts), items=sum(counts))
 
-    def execute(self, job: dict[str, Any], pool: ProcessPoolExecutor) -> None:
+    def execute(self, job: dict[str, Any], executor: Executor) -> None:
         settings = job["settings"]
         retries, timeout_s = (
             settings["retry_settings"]["max_retries"],
@@ -202,22 +204,22 @@ class JobRunner:
         workers = settings["instance_count"] * settings["max_concurrency_per_instance"]
         batches = {mb["idx"]: mb for mb in self.store.list_mini_batches(self.job_id)}
         for mb in batches.values():
-            if mb["state"] == "running":  # left by a runner that was killed
-                mb["state"] = "pending"
-                self.store.update_mini_batch(self.job_id, mb["idx"], state="pending")
-        pending = [i for i, mb in sorted(batches.items()) if mb["state"] == "pending"]
+            if mb["state"] == MiniBatchState.RUNNING:  # left by a runner that was killed
+                mb["state"] = MiniBatchState.PENDING
+                self.store.update_mini_batch(self.job_id, mb["idx"], state=MiniBatchState.PENDING)
+        pending = [i for i, mb in sorted(batches.items()) if mb["state"] == MiniBatchState.PENDING]
         phase = time.perf_counter()
         running: dict[Future[tuple[int, float]], tuple[int, float]] = {}
         try:
             while pending or running:
-                if self.record()["state"] == "cancelling":
-                    self._stop(pool)
-                    self.finish("cancelled", "cancelled by request")
+                if self.record()["state"] == JobState.CANCELLING:
+                    executor.stop()
+                    self.finish(JobState.CANCELLED, "cancelled by request")
                     return
                 while pending and len(running) < workers * 2:
                     index = pending.pop(0)
-                    self.store.update_mini_batch(self.job_id, index, state="running")
-                    running[pool.submit(worker.score, str(self.job_dir), index, job["mode"])] = (
+                    self.store.update_mini_batch(self.job_id, index, state=MiniBatchState.RUNNING)
+                    running[executor.submit(str(self.job_dir), index, _format_name(job))] = (
                         index,
                         time.monotonic(),
                     )
@@ -227,7 +229,7 @@ class JobRunner:
                     index, _ = running.pop(future)
                     try:
                         _, seconds = future.result()
-                    except BrokenProcessPool:
+                    except executor.worker_died:
                         broken = True
                         self._failed_attempt(
                             batches[index], "a worker process died", retries, pending
@@ -242,8 +244,10 @@ class JobRunner:
                             batches[index], f"{type(exc).__name__}: {exc}", retries, pending
                         )
                         continue
-                    batches[index].update(state="done", seconds=seconds)
-                    self.store.update_mini_batch(self.job_id, index, state="done", seconds=seconds)
+                    batches[index].update(state=MiniBatchState.DONE, seconds=seconds)
+                    self.store.update_mini_batch(
+                        self.job_id, index, state=MiniBatchState.DONE, seconds=seconds
+                    )
                 now = time.monotonic()
                 stuck = [f for f, (_, t0) in running.items() if now - t0 > timeout_s]
                 if broken or stuck:
@@ -257,21 +261,23 @@ class JobRunner:
                             )
                         else:
                             pending.insert(0, index)
-                            self.store.update_mini_batch(self.job_id, index, state="pending")
-                    self._stop(pool)
-                    pool = self._pool(job, workers)
+                            self.store.update_mini_batch(
+                                self.job_id, index, state=MiniBatchState.PENDING
+                            )
+                    executor.restart()
                 failed_items = sum(
-                    mb["items"] for mb in batches.values() if mb["state"] == "failed"
+                    mb["items"] for mb in batches.values() if mb["state"] == MiniBatchState.FAILED
                 )
                 if threshold != -1 and failed_items > threshold:
-                    self._stop(pool)
+                    executor.stop()
                     self.finish(
-                        "failed", f"{failed_items} failed items exceed error_threshold={threshold}"
+                        JobState.FAILED,
+                        f"{failed_items} failed items exceed error_threshold={threshold}",
                     )
                     return
                 self._progress(batches)
         finally:
-            self._stop(pool)
+            executor.stop()
         log.info("scoring %d mini-batches took %.3f s", len(batches), time.perf_counter() - phase)
         self.complete(job, batches)
 
@@ -283,7 +289,7 @@ class JobRunner:
             log.warning(
                 "mini-batch %d failed (attempt %d, retrying): %s", mb["idx"], mb["attempts"], error
             )
-            mb["state"] = "pending"
+            mb["state"] = MiniBatchState.PENDING
             pending.append(mb["idx"])
         else:
             log.error(
@@ -292,7 +298,7 @@ class JobRunner:
                 mb["attempts"],
                 error,
             )
-            mb["state"] = "failed"
+            mb["state"] = MiniBatchState.FAILED
         mb["error"] = error
         self.store.update_mini_batch(
             self.job_id,
@@ -300,7 +306,7 @@ class JobRunner:
             state=mb["state"],
             attempts=mb["attempts"],
             error=error,
-            failed_items=mb["items"] if mb["state"] == "failed" else 0,
+            failed_items=mb["items"] if mb["state"] == MiniBatchState.FAILED else 0,
         )
 
     def _progress(self, batches: dict[int, dict[str, Any]]) -> None:
@@ -308,32 +314,36 @@ class JobRunner:
         if now - self._last_progress < 0.5:
             return
         self._last_progress = now
-        done = [mb for mb in batches.values() if mb["state"] == "done"]
+        done = [mb for mb in batches.values() if mb["state"] == MiniBatchState.DONE]
         job = self.record()
         elapsed = max(time.time() - job["runner_started"], 1e-9)
-        rate = sum(mb["items"] for mb in done) / elapsed if job.get("mode") != "files" else None
+        rate = (
+            sum(mb["items"] for mb in done) / elapsed
+            if FORMATS[_format_name(job)].tabular
+            else None
+        )
         self.save(
             done=len(done),
-            failed=sum(mb["state"] == "failed" for mb in batches.values()),
+            failed=sum(mb["state"] == MiniBatchState.FAILED for mb in batches.values()),
             items_per_s=rate,
         )
 
     def complete(self, job: dict[str, Any], batches: dict[int, dict[str, Any]]) -> None:
         settings = job["settings"]
         output = locate(job["output"])
-        done = sorted(i for i, mb in batches.items() if mb["state"] == "done")
+        done = sorted(i for i, mb in batches.items() if mb["state"] == MiniBatchState.DONE)
         rows = None
         phase = time.perf_counter()
         if settings["output_action"] == "append_row":
             rows = sinks.assemble(self.job_dir, done, output, settings["output_file_name"])
             log.info("assembling %d rows took %.3f s", rows, time.perf_counter() - phase)
-        self.finish("completed", "", output_rows=rows)
+        self.finish(JobState.COMPLETED, "", output_rows=rows)
 
     def finish(self, state: str, reason: str, write_summary: bool = True, **extra: Any) -> None:
         job = self.record()
         batches = self.store.list_mini_batches(self.job_id)
         seconds = time.time() - job.get("runner_started", time.time())
-        done_items = sum(mb["items"] for mb in batches if mb["state"] == "done")
+        done_items = sum(mb["items"] for mb in batches if mb["state"] == MiniBatchState.DONE)
         summary = {
             "job": self.job_id,
             "state": state,
@@ -342,9 +352,12 @@ class JobRunner:
             "output": job["output"],
             "mini_batches": {
                 "total": len(batches),
-                "done": sum(mb["state"] == "done" for mb in batches),
-                "failed": sum(mb["state"] == "failed" for mb in batches),
-                "pending": sum(mb["state"] in ("pending", "running") for mb in batches),
+                "done": sum(mb["state"] == MiniBatchState.DONE for mb in batches),
+                "failed": sum(mb["state"] == MiniBatchState.FAILED for mb in batches),
+                "pending": sum(
+                    mb["state"] in (MiniBatchState.PENDING, MiniBatchState.RUNNING)
+                    for mb in batches
+                ),
             },
             "items": {
                 "total": sum(mb["items"] for mb in batches),
@@ -359,7 +372,7 @@ class JobRunner:
                     "error": mb["error"],
                 }
                 for mb in batches
-                if mb["state"] == "failed"
+                if mb["state"] == MiniBatchState.FAILED
             ],
             "seconds": round(seconds, 3),
             "items_per_s": round(done_items / seconds, 1) if seconds > 0 else None,
@@ -372,36 +385,6 @@ class JobRunner:
                 log.error("cannot write summary.json: %s", exc)
         log.info("job %s %s %s", self.job_id, state, reason)
         self.save(state=state, reason=reason, finished_at=utc_now(), summary=summary)
-
-    # -- workers -------------------------------------------------------------------
-    def _pool(self, job: dict[str, Any], workers: int) -> ProcessPoolExecutor:
-        # The runner is a fresh single-threaded process: forking it is safe, and workers
-        # start with its imports instead of spending ~0.7 s each re-importing numpy,
-        # pyarrow and onnxruntime (spawn is the fallback where fork does not exist).
-        methods = multiprocessing.get_all_start_methods()
-        if "fork" in methods:
-            import_module(
-                RUNTIMES.get(job["runtime_name"], ("runtimes.base:x", ""))[0].split(":")[0]
-            )
-        return ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("fork" if "fork" in methods else "spawn"),
-            initializer=worker.init,
-            initargs=(
-                job["runtime_name"],
-                self.control.runtime_config(job["deployment_spec"], 1),
-                job["input"],
-                os.getpid(),
-            ),
-        )
-
-    @staticmethod
-    def _stop(pool: ProcessPoolExecutor) -> None:
-        processes = list(getattr(pool, "_processes", {}).values())
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main() -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from batch.errors import BatchInputError
+from deploy.objectstore import s3_filesystem
 
 #: file suffix -> pyarrow dataset format, for tabular inputs
-TABULAR = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 
 
 @dataclass(frozen=True)
@@ -34,19 +33,10 @@ class Location:
         return locate(f"{self.uri}{sep}{name}")
 
 
-def _s3() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("SERVEGATE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, object] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
-    if endpoint:
-        parts = urlsplit(endpoint)
-        options.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
-    return pafs.S3FileSystem(**options)
-
-
 def locate(uri: str) -> Location:
     """`s3://bucket/key`, `file:///path` or a local path."""
     if uri.startswith("s3://"):
-        return Location(uri, _s3(), uri[len("s3://") :].rstrip("/"))
+        return Location(uri, s3_filesystem(), uri[len("s3://") :].rstrip("/"))
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return Location(uri, pafs.LocalFileSystem(), os.path.abspath(path))
 
@@ -84,9 +74,3 @@ def list_inputs(uri: str, input_type: str | None = None) -> tuple[Location, list
     if not files:
         raise BatchInputError(f"input '{uri}': no files in it")
     return location, files
-
-
-def tabular_format(files: list[str]) -> str | None:
-    """The dataset format if every file is tabular of one kind, else None (files mode)."""
-    formats = {TABULAR.get(os.path.splitext(f)[1].lower()) for f in files}
-    return formats.pop() if len(formats) == 1 and None not in formats else None

@@ -4,7 +4,6 @@ mini-batches (`score`), writing each one's output part atomically."""
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import tempfile
@@ -13,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from batch.planner import SOURCE_FILE, SOURCE_ROW, stage_path, with_origin
+from batch.formats import FORMATS
+from batch.planner import SOURCE_FILE, SOURCE_ROW
 from batch.sinks import write_part
 from batch.sources import locate
 from batch.tensors import table_from_outputs, table_from_result, tensors_from_table
 from runtimes.base import RuntimeConfig
-from runtimes.registry import load_runtime
+from runtimes.registry import load_runtime, runtime_kind
 
 _state: dict[str, Any] = {}
 
@@ -45,54 +44,37 @@ def init(runtime_name: str, config: RuntimeConfig, input_uri: str, parent_pid: i
     exit_with_parent(parent_pid)
     os.environ.update(config.environment)
     _state["runtime"] = load_runtime(runtime_name, config)
-    _state["script"] = runtime_name == "script"
+    _state["raw"] = runtime_kind(runtime_name).takes_raw_body
     _state["input"] = locate(input_uri)
 
 
-def score(job_dir: str, index: int, mode: str) -> tuple[int, float]:
+def score(job_dir: str, index: int, format_name: str) -> tuple[int, float]:
     """Score mini-batch `index`; return (items scored, seconds)."""
     started = time.perf_counter()
     folder = Path(job_dir)
     runtime = _state["runtime"]
-    if mode in ("tabular", "parquet"):
-        if mode == "parquet":
-            table = _parquet_rows(json.loads(stage_path(folder, index, ".json").read_text()))
-        else:
-            with pa.memory_map(str(stage_path(folder, index, ".arrow"))) as source:
-                table = pa.ipc.open_file(source).read_all()
-        origin = table.select([SOURCE_FILE, SOURCE_ROW])
-        data = table.drop_columns([SOURCE_FILE, SOURCE_ROW])
-        if _state["script"]:
+    fmt = FORMATS[format_name]
+    batch = fmt.read(folder, index, _state["input"], _state)
+    if isinstance(batch, pa.Table):
+        origin = batch.select([SOURCE_FILE, SOURCE_ROW])
+        data = batch.drop_columns([SOURCE_FILE, SOURCE_ROW])
+        if _state["raw"]:
             result = table_from_result(runtime.run_batch(data))
         else:
             result = table_from_outputs(runtime.infer(tensors_from_table(data, runtime.signature)))
         if result.num_rows == origin.num_rows:
             for name, column in zip(origin.column_names, origin.columns, strict=True):
                 result = result.append_column(name, column)
-        items = table.num_rows
+        items = batch.num_rows
     else:
-        paths = json.loads(stage_path(folder, index, ".json").read_text())
         with tempfile.TemporaryDirectory() as tmp:
-            local = _local_copies(paths, tmp)
+            local = _local_copies(batch, tmp)
             result = table_from_result(runtime.run_batch(local))
-        if result.num_rows == len(paths):  # one answer per file: say which
-            result = result.append_column(SOURCE_FILE, pa.array(paths, pa.string()))
-        items = len(paths)
+        if result.num_rows == len(batch):  # one answer per file: say which
+            result = result.append_column(SOURCE_FILE, pa.array(batch, pa.string()))
+        items = len(batch)
     write_part(folder, index, result)
     return items, time.perf_counter() - started
-
-
-def _parquet_rows(descriptor: dict[str, Any]) -> pa.Table:
-    """The mini-batch's rows, read from its row group (the last group read is kept:
-    consecutive mini-batches usually share one)."""
-    key = (descriptor["file"], descriptor["row_group"])
-    cached = _state.get("row_group")
-    if cached is None or cached[0] != key:
-        with _state["input"].filesystem.open_input_file(descriptor["file"]) as source:
-            group = pq.ParquetFile(source).read_row_group(descriptor["row_group"])
-        cached = _state["row_group"] = (key, group)
-    rows = cached[1].slice(descriptor["offset"], descriptor["rows"])
-    return with_origin(rows, descriptor["file"], descriptor["first_row"])
 
 
 def _local_copies(paths: list[str], tmp: str) -> list[str]:

@@ -1,7 +1,12 @@
-"""Content-addressed model artifacts under $SERVEGATE_HOME/artifacts.
+"""Content-addressed model artifacts and scoring-code archives.
 
-A file is stored once per content hash (`sha256/<hex><suffix>`), written to a
-temporary name and renamed, so a crash never leaves a half-written artifact.
+A file is stored once per content hash (`artifacts/sha256/<hex><suffix>`), written to a
+temporary name and renamed, so a crash never leaves a half-written artifact. The store
+is a local folder (the home, or a shared filesystem given as SERVEGATE_ARTIFACTS) or an
+object store prefix (`s3://bucket/prefix`, through pyarrow's S3 filesystem): there each
+replica keeps a local cache of what it loaded, filled on first use, so a model
+registered through one replica loads on every other. An S3 object appears whole when
+its upload completes, never half-written.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from deploy.objectstore import s3_filesystem
 
 _CHUNK = 1 << 20
 #: A scoring-script folder unpacked: code, not models (those are registered apart).
@@ -41,20 +50,67 @@ class Artifact:
 
 
 class ArtifactStore:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.root = home / "artifacts" / "sha256"
+    def __init__(self, location: str | Path, cache: Path | None = None) -> None:
+        """`location`: a folder, or `s3://bucket/prefix`; `cache`: the local folder that
+        holds copies of remote artifacts (default: the folder itself when local)."""
+        location = str(location)
+        self.remote: tuple[pafs.FileSystem, str] | None = None
+        if location.startswith("s3://"):
+            if cache is None:
+                raise ValueError("an s3:// artifact store needs a local cache folder")
+            self.remote = (s3_filesystem(), location[len("s3://") :].rstrip("/"))
+            self.home = cache
+        else:
+            self.home = Path(location)
+        self.location = location
+        self.root = self.home / "artifacts" / "sha256"
 
+    # -- remote objects ------------------------------------------------------------------
+    def _remote_path(self, relative: str) -> str:
+        assert self.remote is not None
+        return f"{self.remote[1]}/{relative}"
+
+    def _upload(self, local: Path, relative: str) -> None:
+        """Upload once: an object of this content-addressed name is already right."""
+        assert self.remote is not None
+        fs, target = self.remote[0], self._remote_path(relative)
+        if fs.get_file_info(target).type == pafs.FileType.File:
+            return
+        with local.open("rb") as f, fs.open_output_stream(target) as out:
+            shutil.copyfileobj(f, out, _CHUNK)
+
+    def _download(self, relative: str) -> Path:
+        """The local copy of a remote object, fetched on first use."""
+        final = self.home / relative
+        if final.exists() or self.remote is None:
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".incoming-")
+        try:
+            with (
+                os.fdopen(fd, "wb") as out,
+                self.remote[0].open_input_stream(self._remote_path(relative)) as source,
+            ):
+                shutil.copyfileobj(source, out, _CHUNK)
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            Path(tmp).unlink(missing_ok=True)
+            raise FileNotFoundError(
+                f"artifact '{relative}' is not in the artifact store {self.location}"
+            ) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    # -- model files -----------------------------------------------------------------------
     def path_of(self, relative_path: str) -> Path:
-        return self.home / relative_path
+        """A local path to the artifact (downloaded from the object store if need be)."""
+        return self._download(relative_path)
 
     def put_file(self, source: Path, suffix: str) -> Artifact:
         """Copy the file at `source` into the store, named by its hash and `suffix`."""
-        hasher = hashlib.sha256()
-        with source.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                hasher.update(chunk)
-        digest = hasher.hexdigest()
+        digest = _sha256(source)
         relative = f"artifacts/sha256/{digest}{suffix.lower()}"
         final = self.home / relative
         if not final.exists():
@@ -69,15 +125,36 @@ class ArtifactStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+        if self.remote is not None:
+            self._upload(final, relative)
         return Artifact(digest, relative, source.stat().st_size)
 
+    # -- scoring code ----------------------------------------------------------------------
     def put_code(self, archive: Path) -> Path:
-        """Unpack a tar.gz of a code folder into `code/<sha256>/` once; return that folder."""
-        hasher = hashlib.sha256()
-        with archive.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                hasher.update(chunk)
-        final = self.home / "code" / hasher.hexdigest()
+        """Unpack a tar.gz of a code folder into `code/<sha256>/` once; return that folder.
+        With an object store, the archive goes there too, for the other replicas."""
+        digest = _sha256(archive)
+        final = self._unpack(archive, digest)
+        if self.remote is not None:
+            self._upload(archive, f"code/{digest}.tar.gz")
+        return final
+
+    def code_dir(self, stored: str) -> Path:
+        """The local folder of a deployment's `code_configuration.code` as stored (the
+        folder `put_code` returned on the replica that took the upload). With an object
+        store, this replica's own copy of that content, unpacked from the store on first
+        use (the stored path is on another replica's disk)."""
+        path = Path(stored)
+        if self.remote is None or path.parent.name != "code":
+            return path
+        local = self.home / "code" / path.name
+        if not local.is_dir():
+            archive = self._download(f"code/{path.name}.tar.gz")
+            self._unpack(archive, path.name)
+        return local
+
+    def _unpack(self, archive: Path, digest: str) -> Path:
+        final = self.home / "code" / digest
         if final.exists():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -98,3 +175,11 @@ class ArtifactStore:
                 return final
             raise ValueError(f"not a readable tar.gz code archive: {exc}") from exc
         return final
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()

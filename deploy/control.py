@@ -1,8 +1,10 @@
 """Control-plane operations: each validates, writes the store and its audit entry.
 
-Used by the gateway's management API (and at startup for the demo). Knows no
-HTTP. Every change is one store transaction with the audit entry that records
-who made it, when, and the spec before and after.
+The one writer of models, online and batch endpoints and deployments, keys and admin
+tokens, used by the gateway's management API, the batch runner, `stream run` and
+`stream jobs` (and at startup for the demo). Knows no HTTP. Every change is one store
+transaction with the audit entry that records who made it, when, and the spec before
+and after.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from deploy.credentials import (
 )
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.specs import (
+    BatchDeploymentSpec,
+    BatchEndpointSpec,
     EndpointSpec,
     ModelRef,
     OnlineDeploymentSpec,
@@ -149,7 +153,7 @@ class ControlPlane:
             device=spec.get("device", "cpu"),
             options=options,
             signature=Signature.from_dict(signature) if signature else None,
-            code_dir=Path(code["code"]) if code else None,
+            code_dir=self.artifacts.code_dir(code["code"]) if code else None,
             scoring_script=code["scoring_script"] if code else None,
             url=spec.get("url"),
             environment=environment,
@@ -373,6 +377,76 @@ class ControlPlane:
                 or cleaned["mirror_traffic"] != spec["mirror_traffic"]
             ):
                 self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")
+
+    # -- batch endpoints and deployments ---------------------------------------------
+    def create_batch_endpoint(self, spec: BatchEndpointSpec, actor: str) -> dict[str, Any]:
+        data = spec.model_dump(exclude={"schema_url"})
+        with self.store.transaction():
+            if self.store.get_batch_endpoint(spec.name) is not None:
+                raise Conflict(f"batch endpoint '{spec.name}' already exists")
+            self.store.put_batch_endpoint(
+                spec.name,
+                data,
+                AuditEntry(
+                    actor, "batch_endpoint.create", f"batch-endpoints/{spec.name}", None, data
+                ),
+            )
+        return data
+
+    def put_batch_deployment(self, spec: BatchDeploymentSpec, actor: str) -> dict[str, Any]:
+        endpoint = self.store.get_batch_endpoint(spec.endpoint_name)
+        if endpoint is None:
+            raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
+        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
+        if spec.model is not None:
+            if spec.model.path is not None:
+                path = Path(spec.model.path)
+                if not path.is_file():
+                    raise SpecError(
+                        f"field 'model.path': no model file at '{path}' on the gateway host"
+                    )
+                record = self.register_model(
+                    f"{spec.endpoint_name}-{spec.name}",
+                    path.name,
+                    path,
+                    actor,
+                    runtime=spec.runtime,
+                )
+            else:
+                assert spec.model.name is not None
+                record = self.get_model(spec.model.name, spec.model.version)
+            data["model"] = {"name": record.name, "version": record.version}
+            data["runtime"] = spec.runtime or record.runtime
+        with self.store.transaction():
+            before = self.store.get_batch_deployment(spec.endpoint_name, spec.name)
+            self.store.put_batch_deployment(
+                spec.endpoint_name,
+                spec.name,
+                data,
+                AuditEntry(
+                    actor,
+                    "batch_deployment.create" if before is None else "batch_deployment.update",
+                    f"batch-endpoints/{spec.endpoint_name}/deployments/{spec.name}",
+                    before,
+                    data,
+                ),
+            )
+            if not endpoint["defaults"].get("deployment_name"):
+                # The first deployment becomes the default, as in Azure ML.
+                updated = {**endpoint, "defaults": {"deployment_name": spec.name}}
+                self.store.put_batch_endpoint(
+                    spec.endpoint_name,
+                    updated,
+                    AuditEntry(
+                        actor,
+                        "batch_endpoint.update",
+                        f"batch-endpoints/{spec.endpoint_name}",
+                        endpoint,
+                        updated,
+                        f"default deployment {spec.name}",
+                    ),
+                )
+        return data
 
     # -- admin tokens ----------------------------------------------------------------
     def ensure_owner_token(self, token_path: Path) -> None:

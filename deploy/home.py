@@ -1,11 +1,12 @@
 """Opening the control plane from settings: the one place that does.
 
 What several replicas must share comes from outside the local home: the store
-(`--store` / SERVEGATE_STORE), the artifacts folder (SERVEGATE_ARTIFACTS, a shared
-filesystem) and the server secret that derives endpoint keys and signs tokens
-(SERVEGATE_SECRET_KEY, or a file named by SERVEGATE_SECRET_KEY_FILE). A gateway alone
-keeps all three in $SERVEGATE_HOME, as before. The secret is never written to the
-store, so a copy of the database alone reveals no key.
+(`--store` / SERVEGATE_STORE), the artifacts (`--artifacts` / SERVEGATE_ARTIFACTS: a
+folder on a shared filesystem, or `s3://bucket/prefix`) and the server secret that
+derives endpoint keys and signs tokens (SERVEGATE_SECRET_KEY, or a file named by
+SERVEGATE_SECRET_KEY_FILE). A gateway alone keeps all three in $SERVEGATE_HOME, as
+before. The secret is never written to the store, so a copy of the database alone
+reveals no key.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MIN_SECRET_CHARS = 32
 class ControlPlaneSettings:
     home: Path
     store_url: str
-    artifacts: Path
+    #: a folder, or s3://bucket/prefix
+    artifacts: str
 
     @classmethod
     def resolve(
@@ -41,12 +43,12 @@ class ControlPlaneSettings:
         return cls(
             home=home,
             store_url=store or default_store_url(home),
-            artifacts=Path(artifacts or os.environ.get(ARTIFACTS_ENV) or home).expanduser(),
+            artifacts=str(artifacts or os.environ.get(ARTIFACTS_ENV) or home),
         )
 
     def child_environment(self) -> dict[str, str]:
         """What a process this one starts (a batch runner) needs to open the same plane."""
-        return {**os.environ, STORE_ENV: self.store_url, ARTIFACTS_ENV: str(self.artifacts)}
+        return {**os.environ, STORE_ENV: self.store_url, ARTIFACTS_ENV: self.artifacts}
 
 
 def server_secret(home: Path) -> str:
@@ -72,6 +74,9 @@ def open_control_plane(settings: ControlPlaneSettings) -> ControlPlane:
     """The control plane over the configured store, artifacts and secret."""
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     credentials = Credentials(server_secret(settings.home))
-    return ControlPlane(
-        open_store(settings.store_url), ArtifactStore(settings.artifacts), credentials, settings
-    )
+    location = settings.artifacts
+    if not location.startswith("s3://"):
+        location = str(Path(location).expanduser())
+    # Copies of object-store artifacts are cached in the home (and survive restarts).
+    artifacts = ArtifactStore(location, cache=settings.home / "artifact-cache")
+    return ControlPlane(open_store(settings.store_url), artifacts, credentials, settings)

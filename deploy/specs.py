@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from deploy.errors import SpecError
-from runtimes.registry import RUNTIMES, runtime_for_path
+from runtimes.registry import RUNTIME_KINDS, runtime_for_path
 
 # fullmatch everywhere: `$` in re.match also matches before a trailing newline.
 _AZURE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")
@@ -189,8 +189,10 @@ class DataCollectorSpec(Spec):
     destination: CollectorDestination
 
 
-#: Runtimes that need no model file.
-_MODEL_OPTIONAL = ("script", "remote")
+#: The kind a deployment gets from its other fields when it names none.
+_RAW_BODY_KIND = next(k.name for k in RUNTIME_KINDS.values() if k.takes_raw_body)
+_IN_GATEWAY_KIND = next(k.name for k in RUNTIME_KINDS.values() if k.runs_in_gateway)
+_KNOWN = ", ".join(sorted(RUNTIME_KINDS))
 
 
 class EndpointSpec(Spec):
@@ -271,8 +273,8 @@ class OnlineDeploymentSpec(Spec):
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, value: str | None) -> str | None:
-        if value is not None and value not in RUNTIMES:
-            raise ValueError(f"unknown runtime '{value}'; allowed: {', '.join(sorted(RUNTIMES))}")
+        if value is not None and value not in RUNTIME_KINDS:
+            raise ValueError(f"unknown runtime '{value}'; allowed: {_KNOWN}")
         return value
 
     @model_validator(mode="after")
@@ -281,36 +283,43 @@ class OnlineDeploymentSpec(Spec):
         runtime = self.runtime
         if runtime is None:
             if self.code_configuration is not None:
-                runtime = "script"
+                runtime = _RAW_BODY_KIND
             elif self.url is not None:
-                runtime = "remote"
+                runtime = _IN_GATEWAY_KIND
             elif self.model is not None and self.model.path is not None:
                 runtime = runtime_for_path(self.model.path)
                 if runtime is None:
                     raise ValueError(
                         f"'runtime' is not set and cannot be inferred from the model file "
-                        f"'{self.model.path}'; set it to one of {', '.join(sorted(RUNTIMES))}"
+                        f"'{self.model.path}'; set it to one of {_KNOWN}"
                     )
             update["runtime"] = runtime
-        if runtime == "script" and self.code_configuration is None:
-            raise ValueError("runtime 'script' needs 'code_configuration' (code, scoring_script)")
-        if self.code_configuration is not None and runtime != "script":
+        kind = RUNTIME_KINDS[runtime or "onnx"]
+        if kind.takes_raw_body and self.code_configuration is None:
+            raise ValueError(
+                f"runtime '{kind.name}' needs 'code_configuration' (code, scoring_script)"
+            )
+        if self.code_configuration is not None and not kind.takes_raw_body:
             raise ValueError(
                 f"'code_configuration' runs a scoring script; it cannot go with runtime '{runtime}'"
             )
-        if runtime == "remote" and self.url is None:
-            raise ValueError("runtime 'remote' needs 'url' (an Open Inference Protocol model URL)")
-        if self.url is not None and runtime != "remote":
-            raise ValueError(f"'url' is for runtime 'remote', not '{runtime}'")
-        if self.model is None and runtime not in _MODEL_OPTIONAL:
-            raise ValueError(f"'model' is required for runtime '{runtime or 'onnx'}'")
-        if runtime == "remote" and self.host == "process":
-            raise ValueError("runtime 'remote' runs in the gateway; 'host: process' does not apply")
-        if runtime == "script" and self.batching is not None:
+        if kind.runs_in_gateway and self.url is None:
+            raise ValueError(
+                f"runtime '{kind.name}' needs 'url' (an Open Inference Protocol model URL)"
+            )
+        if self.url is not None and not kind.runs_in_gateway:
+            raise ValueError(f"'url' is for runtime '{_IN_GATEWAY_KIND}', not '{runtime}'")
+        if self.model is None and kind.needs_model:
+            raise ValueError(f"'model' is required for runtime '{kind.name}'")
+        if kind.runs_in_gateway and self.host == "process":
+            raise ValueError(
+                f"runtime '{kind.name}' runs in the gateway; 'host: process' does not apply"
+            )
+        if not kind.batchable and self.batching is not None:
             raise ValueError("a scoring script gets one raw request at a time; drop 'batching'")
         if self.host is None:
-            # Scoring scripts run user code: isolate it in worker processes by default.
-            update["host"] = "process" if runtime == "script" else "thread"
+            # Scoring scripts run user code: isolated in worker processes by default.
+            update["host"] = kind.default_host
         if (
             self.batching is not None
             and "max_concurrent_requests_per_instance" not in self.request_settings.model_fields_set
@@ -397,15 +406,21 @@ class BatchDeploymentSpec(Spec):
         runtime = self.runtime
         if runtime is None:
             if self.code_configuration is not None:
-                runtime = "script"
+                runtime = _RAW_BODY_KIND
             elif self.model is not None and self.model.path is not None:
                 runtime = runtime_for_path(self.model.path)
         if runtime is None and self.model is None:
             raise ValueError("give a 'model' or a 'code_configuration' (scoring script)")
-        if runtime is not None and runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime '{runtime}'; allowed: {', '.join(sorted(RUNTIMES))}")
-        if runtime == "script" and self.code_configuration is None:
-            raise ValueError("runtime 'script' needs 'code_configuration' (code, scoring_script)")
+        if runtime is not None and runtime not in RUNTIME_KINDS:
+            raise ValueError(f"unknown runtime '{runtime}'; allowed: {_KNOWN}")
+        if (
+            runtime is not None
+            and RUNTIME_KINDS[runtime].takes_raw_body
+            and self.code_configuration is None
+        ):
+            raise ValueError(
+                f"runtime '{runtime}' needs 'code_configuration' (code, scoring_script)"
+            )
         if (
             self.resources.get("instance_count")
             and "instance_count" not in self.compute.model_fields_set

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
 from deploy.home import ControlPlaneSettings, open_control_plane
-from gateway import batch_api, demo, management, metadata, scoring
+from gateway import api, batch_api, demo, management, metadata, scoring  # noqa: F401 - they declare routes
 from gateway.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from gateway.errors import GatewayError, error_response
 from gateway.openapi import openapi_document
@@ -114,8 +114,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
         routes=[
             *scoring.routes(score, infer),
             *metadata.ROUTES,
-            *management.ROUTES,
-            *batch_api.ROUTES,
+            *api.routes(),
             Route("/openapi.json", _openapi),
         ],
         exception_handlers={

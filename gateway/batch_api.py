@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from batch.jobs import BatchJobs
+from deploy.errors import NotFound
 from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, parse_spec
+from gateway.api import Permission, Query, operation
+from gateway.api_models import (
+    BatchDeployment,
+    BatchEndpoint,
+    Job,
+    JobDetail,
+    JobRequest,
+)
 from gateway.cluster import every
-from gateway.management import PREFIX, _actor, _body, _json, admin
+from gateway.management import _actor, _body, _json
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -48,20 +57,48 @@ async def supervise_jobs(state: GatewayState) -> None:
     await every(SUPERVISE_EVERY_S, supervise_once, "supervising batch jobs")
 
 
-@admin
+@operation(
+    "POST",
+    "/batch/endpoints",
+    "Create a batch endpoint",
+    tag="batch",
+    permission=Permission.OPERATE,
+    body=BatchEndpointSpec,
+    response=BatchEndpoint,
+    ok_status=201,
+    errors=(409,),
+)
 async def create_batch_endpoint(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/endpoints"""
     spec = parse_spec(BatchEndpointSpec, await _body(request), "request body")
-    return _json(await run_in_threadpool(_jobs(state).create_endpoint, spec, _actor(request)), 201)
+    return _json(
+        await run_in_threadpool(state.control.create_batch_endpoint, spec, _actor(request)), 201
+    )
 
 
-@admin
+@operation(
+    "GET",
+    "/batch/endpoints",
+    "List batch endpoints",
+    tag="batch",
+    permission=Permission.READ,
+    response=list[BatchEndpoint],
+)
 async def list_batch_endpoints(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/endpoints"""
     return _json(await run_in_threadpool(state.control.store.list_batch_endpoints))
 
 
-@admin
+@operation(
+    "POST",
+    "/batch/endpoints/{endpoint}/deployments",
+    "Create or update a batch deployment",
+    tag="batch",
+    permission=Permission.OPERATE,
+    body=BatchDeploymentSpec,
+    response=BatchDeployment,
+    ok_status=201,
+)
 async def create_batch_deployment(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/endpoints/{endpoint}/deployments"""
     spec = parse_spec(
@@ -70,20 +107,42 @@ async def create_batch_deployment(request: Request, state: GatewayState) -> Resp
         "request body",
         {"endpoint_name": request.path_params["endpoint"]},
     )
-    return _json(await run_in_threadpool(_jobs(state).put_deployment, spec, _actor(request)), 201)
-
-
-@admin
-async def list_batch_deployments(request: Request, state: GatewayState) -> Response:
-    """GET /management/batch/endpoints/{endpoint}/deployments"""
     return _json(
-        await run_in_threadpool(
-            state.control.store.list_batch_deployments, request.path_params["endpoint"]
-        )
+        await run_in_threadpool(state.control.put_batch_deployment, spec, _actor(request)), 201
     )
 
 
-@admin
+@operation(
+    "GET",
+    "/batch/endpoints/{endpoint}/deployments",
+    "List a batch endpoint's deployments",
+    tag="batch",
+    permission=Permission.READ,
+    response=list[BatchDeployment],
+)
+async def list_batch_deployments(request: Request, state: GatewayState) -> Response:
+    """GET /management/batch/endpoints/{endpoint}/deployments"""
+    endpoint = request.path_params["endpoint"]
+
+    def listed() -> list[dict[str, Any]]:
+        if state.control.store.get_batch_endpoint(endpoint) is None:
+            raise NotFound(f"batch endpoint '{endpoint}' does not exist")
+        return state.control.store.list_batch_deployments(endpoint)
+
+    return _json(await run_in_threadpool(listed))
+
+
+@operation(
+    "POST",
+    "/batch/jobs",
+    "Start a batch job",
+    tag="batch",
+    permission=Permission.OPERATE,
+    body=JobRequest,
+    response=Job,
+    ok_status=201,
+    errors=(404, 409),
+)
 async def invoke(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/jobs {endpoint, deployment?, input, input_type?, output,
     mini_batch_size?, instance_count?, error_threshold?, output_file_name?}"""
@@ -111,7 +170,15 @@ async def invoke(request: Request, state: GatewayState) -> Response:
     return _json(record, 201)
 
 
-@admin
+@operation(
+    "GET",
+    "/batch/jobs",
+    "List batch jobs, newest first",
+    tag="batch",
+    permission=Permission.READ,
+    response=list[Job],
+    query=(Query("endpoint", {"type": "string"}),),
+)
 async def list_jobs(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs[?endpoint=]"""
     return _json(
@@ -119,13 +186,28 @@ async def list_jobs(request: Request, state: GatewayState) -> Response:
     )
 
 
-@admin
+@operation(
+    "GET",
+    "/batch/jobs/{job}",
+    "A job: state, mini-batches, errors",
+    tag="batch",
+    permission=Permission.READ,
+    response=JobDetail,
+)
 async def show_job(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs/{job}"""
     return _json(await run_in_threadpool(_jobs(state).get, request.path_params["job"]))
 
 
-@admin
+@operation(
+    "POST",
+    "/batch/jobs/{job}/{action}",
+    "cancel, resume (after a crash) or retry (only the failed mini-batches)",
+    tag="batch",
+    permission=Permission.OPERATE,
+    response=JobDetail,
+    errors=(400, 409),
+)
 async def job_action(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/jobs/{job}/{action}: cancel, resume or retry (failed only)"""
     jobs, job, action = _jobs(state), request.path_params["job"], request.path_params["action"]
@@ -138,32 +220,21 @@ async def job_action(request: Request, state: GatewayState) -> Response:
             },
             404,
         )
-    return _json(await run_in_threadpool(handlers[action], job, _actor(request)))
+    await run_in_threadpool(handlers[action], job, _actor(request))
+    # The job as `show` gives it, whichever the action: the declared answer.
+    return _json(await run_in_threadpool(jobs.get, job))
 
 
-@admin
+@operation(
+    "GET",
+    "/batch/jobs/{job}/logs",
+    "The job's log",
+    tag="batch",
+    permission=Permission.READ,
+    response={"type": "string"},
+    media_type="text/plain",
+)
 async def job_logs(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs/{job}/logs"""
     text = await run_in_threadpool(_jobs(state).logs, request.path_params["job"])
     return Response(text, media_type="text/plain")
-
-
-ROUTES = [
-    Route(f"{PREFIX}/batch/endpoints", list_batch_endpoints, methods=["GET"]),
-    Route(f"{PREFIX}/batch/endpoints", create_batch_endpoint, methods=["POST"]),
-    Route(
-        f"{PREFIX}/batch/endpoints/{{endpoint}}/deployments",
-        list_batch_deployments,
-        methods=["GET"],
-    ),
-    Route(
-        f"{PREFIX}/batch/endpoints/{{endpoint}}/deployments",
-        create_batch_deployment,
-        methods=["POST"],
-    ),
-    Route(f"{PREFIX}/batch/jobs", list_jobs, methods=["GET"]),
-    Route(f"{PREFIX}/batch/jobs", invoke, methods=["POST"]),
-    Route(f"{PREFIX}/batch/jobs/{{job}}", show_job, methods=["GET"]),
-    Route(f"{PREFIX}/batch/jobs/{{job}}/logs", job_logs, methods=["GET"]),
-    Route(f"{PREFIX}/batch/jobs/{{job}}/{{action}}", job_action, methods=["POST"]),
-]

@@ -15,11 +15,11 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from deploy.store import Store, utc_now
+from gateway.api_models import ReplicaIdentity
 from gateway.metrics import DeploymentMetrics, GatewayMetrics
 from gateway.mirror import MirrorStats
 
@@ -37,29 +37,17 @@ def _version() -> str:
         return "unknown"
 
 
-@dataclass(frozen=True)
-class ReplicaIdentity:
-    id: str
-    host: str
-    pid: int
-    url: str
-    version: str
-    started_at: str
-
-    @classmethod
-    def here(cls, bind_host: str, port: int) -> ReplicaIdentity:
-        host = socket.gethostname()
-        return cls(
-            id=f"{host}-{os.getpid()}-{secrets.token_hex(2)}",
-            host=host,
-            pid=os.getpid(),
-            url=f"http://{bind_host}:{port}",
-            version=_version(),
-            started_at=utc_now(),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+def replica_here(bind_host: str, port: int) -> ReplicaIdentity:
+    """This process as a replica: a fresh id per start (host, pid and a random tag)."""
+    host = socket.gethostname()
+    return ReplicaIdentity(
+        id=f"{host}-{os.getpid()}-{secrets.token_hex(2)}",
+        host=host,
+        pid=os.getpid(),
+        url=f"http://{bind_host}:{port}",
+        version=_version(),
+        started_at=utc_now(),
+    )
 
 
 def reading(metrics: DeploymentMetrics) -> dict[str, Any]:
@@ -182,7 +170,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         await asyncio.to_thread(
-            self.store.heartbeat, self.identity.to_dict(), self.applied(), self.counters()
+            self.store.heartbeat, self.identity.model_dump(), self.applied(), self.counters()
         )
 
     async def run(self) -> None:

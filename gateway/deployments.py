@@ -22,10 +22,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
-from runtimes.hosts import ThreadHost
-from runtimes.registry import load_runtime
+from runtimes.host_registry import HOSTS, HostRequest
 from runtimes.resources import cpu_reading, usable_cpus
-from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
+from runtimes.scheduler import Batching, Scheduler, SchedulerSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,10 @@ class DeploymentHosts:
         """Everything a runtime instance needs, resolved from the store (blocking). The
         CPUs this process may use are split between its instances (worker processes for
         `host: process`) unless the deployment's runtime_options say otherwise."""
-        instances = int(resolved["instance_count"])
-        if resolved["host"] == "process":
-            instances *= scheduler_settings(resolved).max_concurrent_requests_per_instance
+        settings = scheduler_settings(resolved)
+        instances = HOSTS[resolved["host"]].parallel_instances(
+            settings.instance_count, settings.max_concurrent_requests_per_instance
+        )
         threads = max(1, usable_cpus() // instances)
         log.info(
             "deployment %s/%s: %d instance(s), %d compute thread(s) each (usable CPUs: %s)",
@@ -92,24 +92,18 @@ class DeploymentHosts:
         config = await run_in_threadpool(self.runtime_config, resolved)
         settings = scheduler_settings(resolved)
         name = f"{resolved['endpoint_name']}/{resolved['name']}"
-        runtime = resolved["runtime"]
-        host: InstanceHost
-        if resolved["host"] == "process":
-            from runtimes.workers import ProcessHost
-
-            workers = settings.instance_count * settings.max_concurrent_requests_per_instance
-            # A worker silent for longer than a request may last is hung: replace it.
-            hang_timeout_s = resolved["request_settings"]["request_timeout_ms"] / 1000 + 1.0
-            host = await ProcessHost.start(name, runtime, config, workers, hang_timeout_s)
-        else:
-            calls = 1 if settings.batching else settings.max_concurrent_requests_per_instance
-            host = await run_in_threadpool(
-                ThreadHost.load,
-                name,
-                settings.instance_count,
-                calls,
-                lambda: load_runtime(runtime, config),
+        host = await HOSTS[resolved["host"]].start(
+            HostRequest(
+                name=name,
+                runtime=resolved["runtime"],
+                config=config,
+                instance_count=settings.instance_count,
+                max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+                batching=settings.batching is not None,
+                # A worker silent for longer than a request may last is hung: replace it.
+                hang_timeout_s=resolved["request_settings"]["request_timeout_ms"] / 1000 + 1.0,
             )
+        )
         observer = self.metrics.for_deployment(resolved["endpoint_name"], resolved["name"])
         return Scheduler(name, host, settings, observer)
 

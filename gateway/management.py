@@ -1,12 +1,13 @@
 """The management REST API (admin bearer token): models, endpoints, deployments,
-keys and the audit log. Every change runs under the hosts' lock, then the
-routing snapshot is rebuilt and swapped."""
+keys, rollouts, the audit log and the cluster's status. Every change runs under the
+hosts' lock, then the routing snapshot is rebuilt and swapped. Each route is declared
+with `gateway.api.operation`, which also documents it."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,39 +15,37 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from deploy.errors import Conflict, SpecError
 from deploy.masking import mask_secrets
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
-from gateway.auth import authenticate_admin
+from gateway.api import Permission, Query, operation
+from gateway.api_models import (
+    AuditRecord,
+    ClusterStatus,
+    CodeUpload,
+    Deployment,
+    EndpointUpdate,
+    EndpointView,
+    Keys,
+    ModelVersion,
+    RegenerateKeys,
+    Rollout,
+    RolloutStatus,
+    Token,
+)
 from gateway.cluster import REPLICA_TIMEOUT_S
 from gateway.errors import MalformedRequest, PayloadTooLarge
 from gateway.state import GatewayState
 
 ACTOR_HEADER = "x-servegate-actor"
-PREFIX = "/management"
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _json(doc: Any, status: int = 200) -> Response:
     """A management answer; secrets (remote runtime headers, secret-looking environment
     variables) are masked in every one."""
     return Response(orjson.dumps(mask_secrets(doc)), status, media_type="application/json")
-
-
-def admin(handler: Callable[[Request, GatewayState], Awaitable[Response]]) -> Endpoint:
-    """Wrap a handler: check the admin token, hand it the gateway state."""
-
-    async def wrapped(request: Request) -> Response:
-        state: GatewayState = request.app.state.gateway
-        authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
-        return await handler(request, state)
-
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def _actor(request: Request) -> str:
@@ -107,7 +106,23 @@ async def _upload(request: Request, state: GatewayState, suffix: str = "") -> Pa
     return Path(name)
 
 
-@admin
+@operation(
+    "POST",
+    "/models/{name}/versions",
+    "Register a model version (the body is the file)",
+    tag="models",
+    permission=Permission.OPERATE,
+    body="binary",
+    response=ModelVersion,
+    ok_status=201,
+    errors=(400, 409),
+    query=(
+        Query("filename", {"type": "string"}, "the model file's name (picks the runtime)"),
+        Query("version", {"type": "integer", "minimum": 1}),
+        Query("runtime", {"type": "string"}),
+        Query("description", {"type": "string"}),
+    ),
+)
 async def register_model(request: Request, state: GatewayState) -> Response:
     """POST /management/models/{name}/versions?filename=&version=&runtime=&description="""
     query = request.query_params
@@ -134,7 +149,15 @@ async def register_model(request: Request, state: GatewayState) -> Response:
     return _json(record.to_dict(), 201)
 
 
-@admin
+@operation(
+    "GET",
+    "/models",
+    "List model versions",
+    tag="models",
+    permission=Permission.READ,
+    response=list[ModelVersion],
+    query=(Query("name", {"type": "string"}),),
+)
 async def list_models(request: Request, state: GatewayState) -> Response:
     """GET /management/models[?name=]"""
     records = await run_in_threadpool(
@@ -143,7 +166,15 @@ async def list_models(request: Request, state: GatewayState) -> Response:
     return _json([r.to_dict() for r in records])
 
 
-@admin
+@operation(
+    "GET",
+    "/models/{name}/versions/{version}",
+    "Show a model version ('latest' for the newest)",
+    tag="models",
+    permission=Permission.READ,
+    response=ModelVersion,
+    errors=(400,),
+)
 async def show_model(request: Request, state: GatewayState) -> Response:
     """GET /management/models/{name}/versions/{version} ('latest' for the newest)"""
     raw = request.path_params["version"]
@@ -155,7 +186,17 @@ async def show_model(request: Request, state: GatewayState) -> Response:
     return _json(record.to_dict())
 
 
-@admin
+@operation(
+    "POST",
+    "/code",
+    "Upload a scoring-script folder (tar.gz)",
+    tag="models",
+    permission=Permission.OPERATE,
+    body="binary",
+    response=CodeUpload,
+    ok_status=201,
+    errors=(400,),
+)
 async def upload_code(request: Request, state: GatewayState) -> Response:
     """POST /management/code: a tar.gz of a scoring-script folder -> {"code": <folder>}"""
     upload = await _upload(request, state)
@@ -187,7 +228,17 @@ def _endpoint_view(state: GatewayState, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@admin
+@operation(
+    "POST",
+    "/endpoints",
+    "Create an endpoint",
+    tag="endpoints",
+    permission=Permission.OPERATE,
+    body=EndpointSpec,
+    response=EndpointView,
+    ok_status=201,
+    errors=(409,),
+)
 async def create_endpoint(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints"""
     spec = parse_spec(EndpointSpec, await _body(request), "request body")
@@ -195,21 +246,44 @@ async def create_endpoint(request: Request, state: GatewayState) -> Response:
     return _json(_endpoint_view(state, data), 201)
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints",
+    "List endpoints",
+    tag="endpoints",
+    permission=Permission.READ,
+    response=list[EndpointView],
+)
 async def list_endpoints(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints"""
     specs = await run_in_threadpool(state.control.store.list_endpoints)
     return _json([_endpoint_view(state, s) for s in specs])
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints/{endpoint}",
+    "Show an endpoint",
+    tag="endpoints",
+    permission=Permission.READ,
+    response=EndpointView,
+)
 async def show_endpoint(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}"""
     spec = await run_in_threadpool(state.control.get_endpoint, request.path_params["endpoint"])
     return _json(_endpoint_view(state, spec))
 
 
-@admin
+@operation(
+    "PATCH",
+    "/endpoints/{endpoint}",
+    "Update traffic, mirror traffic, description, tags or auth mode",
+    tag="endpoints",
+    permission=Permission.OPERATE,
+    body=EndpointUpdate,
+    response=EndpointView,
+    errors=(409,),
+)
 async def update_endpoint(request: Request, state: GatewayState) -> Response:
     """PATCH /management/endpoints/{endpoint} with any of traffic, mirror_traffic,
     description, tags, auth_mode; `reason` goes to the audit log."""
@@ -226,7 +300,14 @@ async def update_endpoint(request: Request, state: GatewayState) -> Response:
     return _json(_endpoint_view(state, data))
 
 
-@admin
+@operation(
+    "DELETE",
+    "/endpoints/{endpoint}",
+    "Delete an endpoint and its deployments",
+    tag="endpoints",
+    permission=Permission.OPERATE,
+    ok_status=204,
+)
 async def delete_endpoint(request: Request, state: GatewayState) -> Response:
     """DELETE /management/endpoints/{endpoint} (with its deployments)"""
     name = request.path_params["endpoint"]
@@ -234,14 +315,30 @@ async def delete_endpoint(request: Request, state: GatewayState) -> Response:
     return Response(status_code=204)
 
 
-@admin
+@operation(
+    "POST",
+    "/endpoints/{endpoint}/listKeys",
+    "The endpoint's keys, or a token (get-credentials)",
+    tag="endpoints",
+    permission=Permission.READ_KEYS,
+    response=Keys | Token,
+    errors=(400,),
+)
 async def list_keys(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/listKeys (Azure's name): keys or a token"""
     creds = await run_in_threadpool(state.control.credentials_of, request.path_params["endpoint"])
     return _json(creds)
 
 
-@admin
+@operation(
+    "POST",
+    "/endpoints/{endpoint}/regenerateKeys",
+    "Regenerate a key (the old one is refused at once)",
+    tag="endpoints",
+    permission=Permission.OPERATE,
+    body=RegenerateKeys,
+    response=Keys,
+)
 async def regenerate_keys(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/regenerateKeys {"keyType": "primary"|"secondary"}"""
     key_type = str((await _body(request)).get("keyType", "")).lower()
@@ -253,7 +350,18 @@ async def regenerate_keys(request: Request, state: GatewayState) -> Response:
 
 
 # -- deployments ----------------------------------------------------------------
-@admin
+@operation(
+    "POST",
+    "/endpoints/{endpoint}/deployments",
+    "Create or update a deployment (loaded and warmed before it is stored)",
+    tag="deployments",
+    permission=Permission.OPERATE,
+    body=OnlineDeploymentSpec,
+    response=Deployment,
+    ok_status=201,
+    errors=(424,),
+    query=(Query("all_traffic", {"type": "boolean"}, "send it 100% of live traffic"),),
+)
 async def create_deployment(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/deployments[?all_traffic=true]
 
@@ -278,7 +386,14 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     return _json(resolved, 201)
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints/{endpoint}/deployments",
+    "List an endpoint's deployments",
+    tag="deployments",
+    permission=Permission.READ,
+    response=list[Deployment],
+)
 async def list_deployments(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments"""
     endpoint = request.path_params["endpoint"]
@@ -286,7 +401,14 @@ async def list_deployments(request: Request, state: GatewayState) -> Response:
     return _json(await run_in_threadpool(state.control.store.list_deployments, endpoint))
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints/{endpoint}/deployments/{deployment}",
+    "Show a deployment",
+    tag="deployments",
+    permission=Permission.READ,
+    response=Deployment,
+)
 async def show_deployment(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments/{deployment}"""
     spec = await run_in_threadpool(
@@ -297,7 +419,15 @@ async def show_deployment(request: Request, state: GatewayState) -> Response:
     return _json(spec)
 
 
-@admin
+@operation(
+    "DELETE",
+    "/endpoints/{endpoint}/deployments/{deployment}",
+    "Delete a deployment (refused while it takes traffic)",
+    tag="deployments",
+    permission=Permission.OPERATE,
+    ok_status=204,
+    errors=(409,),
+)
 async def delete_deployment(request: Request, state: GatewayState) -> Response:
     """DELETE /management/endpoints/{endpoint}/deployments/{deployment}; refused while it
     takes traffic; in-flight requests finish before its instances close."""
@@ -308,7 +438,17 @@ async def delete_deployment(request: Request, state: GatewayState) -> Response:
 
 
 # -- rollouts ---------------------------------------------------------------------
-@admin
+@operation(
+    "POST",
+    "/endpoints/{endpoint}/rollouts",
+    "Start a rollout",
+    tag="rollouts",
+    permission=Permission.OPERATE,
+    body=RolloutPlan,
+    response=Rollout,
+    ok_status=201,
+    errors=(409,),
+)
 async def start_rollout(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/rollouts: start a blue/green rollout"""
     plan = parse_spec(RolloutPlan, await _body(request), "request body")
@@ -316,7 +456,14 @@ async def start_rollout(request: Request, state: GatewayState) -> Response:
     return _json(record, 201)
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints/{endpoint}/rollouts",
+    "Rollout history, newest first",
+    tag="rollouts",
+    permission=Permission.READ,
+    response=list[Rollout],
+)
 async def list_rollouts(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/rollouts: history, newest first"""
     endpoint = request.path_params["endpoint"]
@@ -324,13 +471,27 @@ async def list_rollouts(request: Request, state: GatewayState) -> Response:
     return _json(await run_in_threadpool(state.control.store.list_rollouts, endpoint))
 
 
-@admin
+@operation(
+    "GET",
+    "/endpoints/{endpoint}/rollouts/status",
+    "The latest rollout, live",
+    tag="rollouts",
+    permission=Permission.READ,
+    response=RolloutStatus,
+)
 async def rollout_status(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/rollouts/status: the latest rollout, live"""
     return _json(await run_in_threadpool(state.rollouts.status, request.path_params["endpoint"]))
 
 
-@admin
+@operation(
+    "POST",
+    "/endpoints/{endpoint}/rollouts/abort",
+    "Abort the rollout in progress: roll back now",
+    tag="rollouts",
+    permission=Permission.OPERATE,
+    response=Rollout,
+)
 async def abort_rollout(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/rollouts/abort: roll back now"""
     return _json(await state.rollouts.abort(request.path_params["endpoint"], _actor(request)))
@@ -346,7 +507,18 @@ async def _refuse_during_rollout(state: GatewayState, endpoint: str, what: str) 
 
 
 # -- audit ------------------------------------------------------------------------
-@admin
+@operation(
+    "GET",
+    "/audit",
+    "The audit log, newest first",
+    tag="audit",
+    permission=Permission.READ,
+    response=list[AuditRecord],
+    query=(
+        Query("target", {"type": "string"}, "e.g. endpoints/demo (its deployments included)"),
+        Query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+    ),
+)
 async def list_audit(request: Request, state: GatewayState) -> Response:
     """GET /management/audit[?target=endpoints/e&limit=100]"""
     raw_limit = request.query_params.get("limit", "100")
@@ -360,7 +532,14 @@ async def list_audit(request: Request, state: GatewayState) -> Response:
 
 
 # -- the cluster ----------------------------------------------------------------------
-@admin
+@operation(
+    "GET",
+    "/status",
+    "The cluster: live replicas, lease holders, the store",
+    tag="cluster",
+    permission=Permission.READ,
+    response=ClusterStatus,
+)
 async def cluster_status(request: Request, state: GatewayState) -> Response:
     """GET /management/status: the live replicas (heartbeat), their versions and the last
     change each applied, and who holds which lease."""
@@ -385,36 +564,3 @@ async def cluster_status(request: Request, state: GatewayState) -> Response:
             ],
         }
     )
-
-
-ROUTES = [
-    Route(f"{PREFIX}/models", list_models, methods=["GET"]),
-    Route(f"{PREFIX}/models/{{name}}/versions", register_model, methods=["POST"]),
-    Route(f"{PREFIX}/models/{{name}}/versions/{{version}}", show_model, methods=["GET"]),
-    Route(f"{PREFIX}/code", upload_code, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints", list_endpoints, methods=["GET"]),
-    Route(f"{PREFIX}/endpoints", create_endpoint, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}", show_endpoint, methods=["GET"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}", update_endpoint, methods=["PATCH"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}", delete_endpoint, methods=["DELETE"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/listKeys", list_keys, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/regenerateKeys", regenerate_keys, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", list_deployments, methods=["GET"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/deployments", create_deployment, methods=["POST"]),
-    Route(
-        f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}",
-        show_deployment,
-        methods=["GET"],
-    ),
-    Route(
-        f"{PREFIX}/endpoints/{{endpoint}}/deployments/{{deployment}}",
-        delete_deployment,
-        methods=["DELETE"],
-    ),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts", list_rollouts, methods=["GET"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts", start_rollout, methods=["POST"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/status", rollout_status, methods=["GET"]),
-    Route(f"{PREFIX}/endpoints/{{endpoint}}/rollouts/abort", abort_rollout, methods=["POST"]),
-    Route(f"{PREFIX}/audit", list_audit, methods=["GET"]),
-    Route(f"{PREFIX}/status", cluster_status, methods=["GET"]),
-]

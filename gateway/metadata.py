@@ -16,15 +16,6 @@ from gateway.errors import DeploymentUnavailable
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
 
-# tritonclient names its platforms like Triton's backends.
-PLATFORMS = {
-    "onnx": "onnxruntime_onnx",
-    "torch": "pytorch_libtorch",
-    "script": "python",
-    "remote": "remote",
-    "fake": "servegate_fake",
-}
-
 try:
     SERVER_VERSION = version("servegate")
 except PackageNotFoundError:  # running from a source tree
@@ -90,7 +81,7 @@ async def model_metadata(request: Request) -> Response:
         {
             "name": endpoint.name,
             "versions": versions,
-            "platform": PLATFORMS.get(route.runtime, route.runtime),
+            "platform": route.kind.platform,
             "inputs": signature["inputs"],
             "outputs": signature["outputs"],
         }

@@ -1,9 +1,12 @@
-"""The OpenAPI 3.1 document of the whole HTTP surface, served at /openapi.json."""
+"""The OpenAPI 3.1 document of the whole HTTP surface, served at /openapi.json: the data
+plane written here, the management API generated from its declarations (`gateway.api`)."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
+
+from gateway import api
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _JSON_OBJECT = {"type": "object"}
@@ -122,7 +125,6 @@ def openapi_document() -> dict[str, Any]:
         params=[ep],
     )
     ready = _op("Model readiness", "v2", _responses(_JSON_OBJECT, 401, 404, 503), params=[ep])
-    admin = "adminToken"
     paths: dict[str, Any] = {
         "/endpoints/{endpoint}/score": {
             "post": _op(
@@ -167,279 +169,8 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": {
             "get": _op("This document", "operations", _responses(_JSON_OBJECT), secured=None)
         },
-        "/management/models": {
-            "get": _op(
-                "List registered models",
-                "management",
-                _responses({"type": "array"}, 401),
-                params=[_query("name", {"type": "string"})],
-                secured=admin,
-            )
-        },
-        "/management/models/{name}/versions": {
-            "post": _op(
-                "Register a model version; the body is the model file",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 409, 413, ok_status="201"),
-                {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                [
-                    _path("name"),
-                    _query("filename", {"type": "string"}, "required"),
-                    _query("version", {"type": "integer", "minimum": 1}, "default: next version"),
-                    _query("runtime", {"type": "string"}),
-                    _query("description", {"type": "string"}),
-                ],
-                secured=admin,
-            )
-        },
-        "/management/models/{name}/versions/{version}": {
-            "get": _op(
-                "Show a model version and its signature ('latest' for the newest)",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 404),
-                params=[_path("name"), _path("version")],
-                secured=admin,
-            )
-        },
-        "/management/code": {
-            "post": _op(
-                "Upload a scoring-script folder (tar.gz); answers the folder to name in "
-                "code_configuration.code",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 413, ok_status="201"),
-                {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
-                secured=admin,
-            )
-        },
-        "/management/endpoints": {
-            "get": _op(
-                "List endpoints", "management", _responses({"type": "array"}, 401), secured=admin
-            ),
-            "post": _op(
-                "Create an endpoint from its spec (endpoint.yml as JSON)",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 409, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                secured=admin,
-            ),
-        },
-        "/management/endpoints/{endpoint}": {
-            "get": _op(
-                "Show an endpoint",
-                "management",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[ep],
-                secured=admin,
-            ),
-            "patch": _op(
-                "Update traffic, mirror_traffic, description, tags or auth_mode",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 404),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                [ep],
-                secured=admin,
-            ),
-            "delete": _op(
-                "Delete an endpoint and its deployments",
-                "management",
-                {"204": {"description": "deleted"}, "404": {"description": "error"}},
-                params=[ep],
-                secured=admin,
-            ),
-        },
-        "/management/endpoints/{endpoint}/listKeys": {
-            "post": _op(
-                "Credentials: {primaryKey, secondaryKey} or {accessToken, expiryTimeUtc}",
-                "management",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[ep],
-                secured=admin,
-            )
-        },
-        "/management/endpoints/{endpoint}/regenerateKeys": {
-            "post": _op(
-                "Regenerate the primary or secondary key",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 404),
-                {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"keyType": {"enum": ["primary", "secondary"]}},
-                        }
-                    }
-                },
-                [ep],
-                secured=admin,
-            )
-        },
-        "/management/endpoints/{endpoint}/deployments": {
-            "get": _op(
-                "List an endpoint's deployments",
-                "management",
-                _responses({"type": "array"}, 401, 404),
-                params=[ep],
-                secured=admin,
-            ),
-            "post": _op(
-                "Create or update a deployment (deployment.yml as JSON)",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                [ep, _query("all_traffic", {"type": "boolean"})],
-                secured=admin,
-            ),
-        },
-        "/management/endpoints/{endpoint}/deployments/{deployment}": {
-            "get": _op(
-                "Show a deployment",
-                "management",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[ep, dep],
-                secured=admin,
-            ),
-            "delete": _op(
-                "Delete a deployment that takes no traffic",
-                "management",
-                {"204": {"description": "deleted"}, "409": {"description": "in use"}},
-                params=[ep, dep],
-                secured=admin,
-            ),
-        },
-        "/management/endpoints/{endpoint}/rollouts": {
-            "get": _op(
-                "Rollout history, newest first",
-                "management",
-                _responses({"type": "array"}, 401, 404),
-                params=[ep],
-                secured=admin,
-            ),
-            "post": _op(
-                "Start a blue/green rollout: to, from, steps, step_interval_s, "
-                "mirror_first_s, mirror_percent, min_agreement, max_error_rate, "
-                "max_p99_latency_ms, min_requests, delete_old",
-                "management",
-                _responses(_JSON_OBJECT, 400, 401, 404, 409, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                [ep],
-                secured=admin,
-            ),
-        },
-        "/management/endpoints/{endpoint}/rollouts/status": {
-            "get": _op(
-                "The latest rollout with its step, traffic and the candidate's numbers against "
-                "the gates",
-                "management",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[ep],
-                secured=admin,
-            )
-        },
-        "/management/endpoints/{endpoint}/rollouts/abort": {
-            "post": _op(
-                "Abort the rollout in progress and roll back to the traffic it started from",
-                "management",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[ep],
-                secured=admin,
-            )
-        },
-        "/management/batch/endpoints": {
-            "get": _op(
-                "List batch endpoints", "batch", _responses({"type": "array"}, 401), secured=admin
-            ),
-            "post": _op(
-                "Create a batch endpoint (batch-endpoint.yml as JSON)",
-                "batch",
-                _responses(_JSON_OBJECT, 400, 401, 409, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                secured=admin,
-            ),
-        },
-        "/management/batch/endpoints/{endpoint}/deployments": {
-            "get": _op(
-                "List a batch endpoint's deployments",
-                "batch",
-                _responses({"type": "array"}, 401),
-                params=[ep],
-                secured=admin,
-            ),
-            "post": _op(
-                "Create or update a batch deployment",
-                "batch",
-                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                [ep],
-                secured=admin,
-            ),
-        },
-        "/management/batch/jobs": {
-            "get": _op(
-                "List batch jobs, newest first",
-                "batch",
-                _responses({"type": "array"}, 401),
-                params=[_query("endpoint", {"type": "string"})],
-                secured=admin,
-            ),
-            "post": _op(
-                "Invoke a batch (or online) endpoint on an input: endpoint, deployment, "
-                "input, input_type, output, mini_batch_size, instance_count, "
-                "error_threshold, output_file_name",
-                "batch",
-                _responses(_JSON_OBJECT, 400, 401, 404, ok_status="201"),
-                {"application/json": {"schema": _JSON_OBJECT}},
-                secured=admin,
-            ),
-        },
-        "/management/batch/jobs/{job}": {
-            "get": _op(
-                "A job: state, mini-batches done/failed/pending, items/s, errors",
-                "batch",
-                _responses(_JSON_OBJECT, 401, 404),
-                params=[_path("job")],
-                secured=admin,
-            )
-        },
-        "/management/batch/jobs/{job}/logs": {
-            "get": _op(
-                "The job's log",
-                "batch",
-                {"200": {"description": "text"}},
-                params=[_path("job")],
-                secured=admin,
-            )
-        },
-        "/management/batch/jobs/{job}/{action}": {
-            "post": _op(
-                "cancel, resume (after a crash), or retry (only the failed mini-batches)",
-                "batch",
-                _responses(_JSON_OBJECT, 401, 404, 409),
-                params=[_path("job"), _path("action")],
-                secured=admin,
-            )
-        },
-        "/management/audit": {
-            "get": _op(
-                "The audit log, newest first",
-                "management",
-                _responses({"type": "array"}, 401),
-                params=[
-                    _query("target", {"type": "string"}),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
-                ],
-                secured=admin,
-            )
-        },
-        "/management/status": {
-            "get": _op(
-                "The cluster: live replicas (heartbeat, version, last change applied), "
-                "lease holders, the store",
-                "management",
-                _responses(_JSON_OBJECT, 401),
-                secured=admin,
-            )
-        },
     }
+    components: dict[str, Any] = {}
     tensor = {
         "type": "object",
         "required": ["name", "shape", "datatype"],
@@ -459,7 +190,7 @@ def openapi_document() -> dict[str, Any]:
             "description": "Model serving gateway: Azure ML style scoring, the Open "
             "Inference Protocol v2, and the management API.",
         },
-        "paths": paths,
+        "paths": {**paths, **api.openapi_paths(components)},
         "components": {
             "securitySchemes": {
                 "endpointKey": {
@@ -474,6 +205,7 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             "schemas": {
+                **components,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

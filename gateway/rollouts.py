@@ -22,6 +22,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from deploy.errors import Conflict, NotFound, SpecError
+from deploy.records import RolloutState
 from deploy.rollout import (
     ACTIVE_STATES,
     RolloutPlan,
@@ -100,7 +101,7 @@ class RolloutController:
                 "from": source,
                 "to": plan.to,
                 "plan": plan.model_dump(by_alias=True),
-                "state": "mirroring" if plan.mirror_first_s else "stepping",
+                "state": RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING,
                 "step": 0,
                 "original_traffic": spec["traffic"],
                 "original_mirror": spec["mirror_traffic"],
@@ -125,7 +126,9 @@ class RolloutController:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        finished = await self._finish(record, "aborted", f"aborted by {actor}", rollback=True)
+        finished = await self._finish(
+            record, RolloutState.ABORTED, f"aborted by {actor}", rollback=True
+        )
         if finished is None:
             raise NotFound(f"endpoint '{endpoint}' has no rollout in progress")
         return finished
@@ -234,7 +237,7 @@ class RolloutController:
                 if record is None or record["state"] not in ACTIVE_STATES:
                     return
                 plan = RolloutPlan.model_validate(record["plan"])
-                if record["state"] == "mirroring":
+                if record["state"] == RolloutState.MIRRORING:
                     await self._mirror_phase(record, plan)
                 else:
                     await self._step_phase(record, plan)
@@ -246,7 +249,9 @@ class RolloutController:
             log.exception("rollout %s failed", rollout_id)
             record = await run_in_threadpool(store.get_rollout, rollout_id)
             if record is not None and record["state"] in ACTIVE_STATES:
-                await self._finish(record, "rolled_back", f"controller error: {exc}", rollback=True)
+                await self._finish(
+                    record, RolloutState.ROLLED_BACK, f"controller error: {exc}", rollback=True
+                )
 
     async def _mirror_phase(self, record: dict[str, Any], plan: RolloutPlan) -> None:
         endpoint, candidate = record["endpoint"], record["to"]
@@ -273,7 +278,7 @@ class RolloutController:
         verdict = await self._watch(record, plan.mirror_first_s, view, judge_now)
         if verdict is None:
             return
-        record["state"], record["step"] = "stepping", 0
+        record["state"], record["step"] = RolloutState.STEPPING, 0
         self._event(record, f"mirror phase passed: {verdict.summary}")
         await self._set_traffic(
             record,
@@ -319,7 +324,7 @@ class RolloutController:
         if plan.delete_old:
             await self._delete_old(record)
         await self._finish(
-            record, "succeeded", f"{candidate} takes 100% of traffic", rollback=False
+            record, RolloutState.SUCCEEDED, f"{candidate} takes 100% of traffic", rollback=False
         )
 
     async def _watch(
@@ -345,13 +350,13 @@ class RolloutController:
             if verdict.breach:
                 phase = (
                     "mirror phase"
-                    if record["state"] == "mirroring"
+                    if record["state"] == RolloutState.MIRRORING
                     else (
                         f"step {RolloutPlan.model_validate(record['plan']).steps[record['step']]}%"
                     )
                 )
                 await self._finish(
-                    record, "rolled_back", f"{phase}: {verdict.breach}", rollback=True
+                    record, RolloutState.ROLLED_BACK, f"{phase}: {verdict.breach}", rollback=True
                 )
                 return None
             elapsed = loop.time() - started
@@ -360,7 +365,7 @@ class RolloutController:
             if elapsed >= interval_s * MAX_EXTENSIONS:
                 await self._finish(
                     record,
-                    "rolled_back",
+                    RolloutState.ROLLED_BACK,
                     f"not enough traffic to judge: {verdict.summary}",
                     rollback=True,
                 )

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from gateway.errors import DeploymentUnavailable, EndpointNotFound
+from runtimes.registry import RUNTIME_KINDS, RuntimeKind
 from runtimes.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class DeploymentRoute:
     @property
     def signature(self) -> Signature:
         return self.scheduler.signature
+
+    @property
+    def kind(self) -> RuntimeKind:
+        return RUNTIME_KINDS[self.runtime]
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ OFFLOAD_DECODE_BYTES = 1 << 20
 async def _score(
     state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
 ) -> Answer:
-    if route.runtime == "script":
+    if route.kind.takes_raw_body:
         # Azure ML's run(raw_data): the script gets the body as it came.
         timeout_s, timeout_name = _deadline_s(route, {})
         answer = await route.scheduler.score_raw(body, timeout_s, 0, timing, timeout_name)
@@ -133,7 +133,7 @@ async def _score(
 async def _v2_infer(
     state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
 ) -> Answer:
-    if route.runtime == "script":
+    if route.kind.takes_raw_body:
         raise InvalidInput(
             f"deployment '{route.name}' runs a scoring script, which takes raw requests: "
             f"use POST /endpoints/{route.endpoint}/score"

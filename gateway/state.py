@@ -12,7 +12,8 @@ from deploy.changes import ChangeFeed
 from deploy.control import ControlPlane
 from deploy.credentials import Credentials
 from deploy.home import ControlPlaneSettings, open_control_plane
-from gateway.cluster import Heartbeat, ReplicaIdentity, published_counters
+from gateway.api_models import ReplicaIdentity
+from gateway.cluster import Heartbeat, published_counters, replica_here
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics
 from gateway.mirror import Mirror
@@ -50,7 +51,7 @@ class GatewayState:
             settings=settings,
             control=control,
             hosts=hosts,
-            identity=ReplicaIdentity.here(settings.host, settings.port),
+            identity=replica_here(settings.host, settings.port),
             admin_token_hashes=control.store.admin_token_hashes(),
             metrics=metrics,
             mirror=mirror,

@@ -1,12 +1,17 @@
-"""Runtimes picked by name from a table of import strings, imported lazily.
+"""Runtime kinds: one record per kind with what it can do, and its implementation
+imported lazily by name.
 
-A runtime whose optional dependency is missing raises MissingExtra naming the
+Everything that depends on the kind of runtime (does it take the request body as it
+came, need a model file, batch, run in the gateway; which host it gets by default; its
+Open Inference Protocol platform) reads the kind's record here instead of comparing
+names. A runtime whose optional dependency is missing raises MissingExtra naming the
 extra to install, instead of an ImportError from deep inside.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +19,94 @@ from runtimes.base import Runtime, RuntimeConfig
 from runtimes.errors import MissingExtra, ModelLoadError
 from runtimes.types import Signature
 
-#: runtime name -> ("module:Class", extra that provides its dependency)
-RUNTIMES: dict[str, tuple[str, str]] = {
-    "onnx": ("runtimes.onnx_impl:OnnxRuntime", "cpu"),
-    "torch": ("runtimes.torch_impl:TorchRuntime", "torch"),
-    "script": ("runtimes.script_impl:ScriptRuntime", ""),
-    "remote": ("runtimes.remote_impl:RemoteRuntime", ""),
-    "fake": ("runtimes.fake:FakeRuntime", ""),
+
+@dataclass(frozen=True)
+class RuntimeKind:
+    name: str
+    #: "module:Class" of the implementation
+    target: str
+    #: the pip extra that provides its dependency ("" when none is needed)
+    extra: str
+    #: the platform reported by model metadata (tritonclient names Triton's backends)
+    platform: str
+    #: model file suffixes that pick this kind when a deployment does not say
+    suffixes: tuple[str, ...] = ()
+    needs_model: bool = True
+    #: Azure ML's run(raw_data): gets each request body as it came, no tensors
+    takes_raw_body: bool = False
+    #: several requests can be scored as one batch
+    batchable: bool = True
+    #: calls another server from the gateway process: no worker processes, no batch jobs
+    runs_in_gateway: bool = False
+    #: the host a deployment gets when it does not say (user code is isolated)
+    default_host: str = "thread"
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":")[0]
+
+
+RUNTIME_KINDS: dict[str, RuntimeKind] = {
+    kind.name: kind
+    for kind in (
+        RuntimeKind(
+            "onnx", "runtimes.onnx_impl:OnnxRuntime", "cpu", "onnxruntime_onnx", (".onnx", ".ort")
+        ),
+        RuntimeKind(
+            "torch",
+            "runtimes.torch_impl:TorchRuntime",
+            "torch",
+            "pytorch_libtorch",
+            # TorchScript (.pt, .pth) and torch.export (.pt2)
+            (".pt", ".pth", ".pt2"),
+        ),
+        RuntimeKind(
+            "script",
+            "runtimes.script_impl:ScriptRuntime",
+            "",
+            "python",
+            needs_model=False,
+            takes_raw_body=True,
+            batchable=False,
+            default_host="process",
+        ),
+        RuntimeKind(
+            "remote",
+            "runtimes.remote_impl:RemoteRuntime",
+            "",
+            "remote",
+            needs_model=False,
+            runs_in_gateway=True,
+        ),
+        RuntimeKind("fake", "runtimes.fake:FakeRuntime", "", "servegate_fake"),
+    )
 }
 
-#: model file suffix -> runtime name, for deployments that do not say.
-SUFFIX_TO_RUNTIME: dict[str, str] = {
-    ".onnx": "onnx",
-    ".ort": "onnx",
-    ".pt": "torch",  # TorchScript
-    ".pth": "torch",
-    ".pt2": "torch",  # torch.export
-}
+
+def runtime_kind(name: str) -> RuntimeKind:
+    try:
+        return RUNTIME_KINDS[name]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown runtime '{name}'; known runtimes: {', '.join(sorted(RUNTIME_KINDS))}"
+        ) from None
 
 
 def runtime_for_path(path: str | Path) -> str | None:
     """The runtime that serves a model file by its suffix, or None."""
-    return SUFFIX_TO_RUNTIME.get(Path(path).suffix.lower())
+    suffix = Path(path).suffix.lower()
+    return next((k.name for k in RUNTIME_KINDS.values() if suffix in k.suffixes), None)
 
 
 def _module_of(name: str) -> tuple[Any, str]:
-    try:
-        target, extra = RUNTIMES[name]
-    except KeyError:
-        raise ModelLoadError(
-            f"unknown runtime '{name}'; known runtimes: {', '.join(sorted(RUNTIMES))}"
-        ) from None
-    module_name, class_name = target.split(":")
+    kind = runtime_kind(name)
+    module_name, class_name = kind.target.split(":")
     try:
         return importlib.import_module(module_name), class_name
     except ImportError as exc:
         raise MissingExtra(
             f"runtime '{name}' needs an optional dependency ({exc.name}): "
-            f"pip install 'servegate[{extra}]'"
+            f"pip install 'servegate[{kind.extra}]'"
         ) from exc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import socket
@@ -11,8 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from gateway.api_models import (
+    AuditRecord,
+    BatchDeployment,
+    BatchEndpoint,
+    ClusterStatus,
+    CodeUpload,
+    Deployment,
+    EndpointView,
+    Job,
+    JobDetail,
+    Keys,
+    ModelVersion,
+    Rollout,
+    RolloutStatus,
+    Token,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@functools.cache
+def _adapter(answer: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(answer)
 
 
 class ClientError(Exception):
@@ -57,7 +81,9 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, answer: Any = None, **kwargs: Any) -> Any:
+        """Call the management API; with `answer` (the route's declared answer type, from
+        `gateway.api_models`), check the answer against it, as the OpenAPI document says."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -68,7 +94,17 @@ class AdminClient:
             except ValueError:
                 message = response.text
             raise ClientError(response.status_code, f"{response.status_code}: {message}")
-        return response.json() if response.content else None
+        body = response.json() if response.content else None
+        if answer is None or body is None:
+            return body
+        adapter = _adapter(answer)
+        try:
+            return adapter.dump_python(adapter.validate_python(body), mode="json", by_alias=True)
+        except ValidationError as exc:
+            raise ClientError(
+                response.status_code,
+                f"the gateway's answer to {method} {path} does not match the API: {exc}",
+            ) from None
 
     # models
     def register_model(
@@ -81,7 +117,11 @@ class AdminClient:
             params["runtime"] = runtime
         with path.open("rb") as f:
             return self.request(
-                "POST", f"/management/models/{name}/versions", params=params, content=f
+                "POST",
+                f"/management/models/{name}/versions",
+                ModelVersion,
+                params=params,
+                content=f,
             )
 
     def upload_code(self, folder: Path) -> str:
@@ -93,37 +133,41 @@ class AdminClient:
                     if "__pycache__" not in path.parts:
                         tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
             with archive.open("rb") as f:
-                reply = self.request("POST", "/management/code", content=f)
+                reply = self.request("POST", "/management/code", CodeUpload, content=f)
         return str(reply["code"])
 
     def list_models(self, name: str | None = None) -> Any:
-        return self.request("GET", "/management/models", params={"name": name} if name else None)
+        return self.request(
+            "GET", "/management/models", list[ModelVersion], params={"name": name} if name else None
+        )
 
     def show_model(self, name: str, version: int | None) -> Any:
-        return self.request("GET", f"/management/models/{name}/versions/{version or 'latest'}")
+        return self.request(
+            "GET", f"/management/models/{name}/versions/{version or 'latest'}", ModelVersion
+        )
 
     # endpoints
     def create_endpoint(self, spec: dict[str, Any]) -> Any:
-        return self.request("POST", "/management/endpoints", json=spec)
+        return self.request("POST", "/management/endpoints", EndpointView, json=spec)
 
     def show_endpoint(self, name: str) -> Any:
-        return self.request("GET", f"/management/endpoints/{name}")
+        return self.request("GET", f"/management/endpoints/{name}", EndpointView)
 
     def list_endpoints(self) -> Any:
-        return self.request("GET", "/management/endpoints")
+        return self.request("GET", "/management/endpoints", list[EndpointView])
 
     def update_endpoint(self, name: str, changes: dict[str, Any]) -> Any:
-        return self.request("PATCH", f"/management/endpoints/{name}", json=changes)
+        return self.request("PATCH", f"/management/endpoints/{name}", EndpointView, json=changes)
 
     def delete_endpoint(self, name: str) -> Any:
         return self.request("DELETE", f"/management/endpoints/{name}")
 
     def credentials(self, name: str) -> Any:
-        return self.request("POST", f"/management/endpoints/{name}/listKeys")
+        return self.request("POST", f"/management/endpoints/{name}/listKeys", Keys | Token)
 
     def regenerate_key(self, name: str, key_type: str) -> Any:
         return self.request(
-            "POST", f"/management/endpoints/{name}/regenerateKeys", json={"keyType": key_type}
+            "POST", f"/management/endpoints/{name}/regenerateKeys", Keys, json={"keyType": key_type}
         )
 
     # deployments
@@ -131,54 +175,69 @@ class AdminClient:
         return self.request(
             "POST",
             f"/management/endpoints/{endpoint}/deployments",
+            Deployment,
             json=spec,
             params={"all_traffic": str(all_traffic).lower()},
         )
 
     def list_deployments(self, endpoint: str) -> Any:
-        return self.request("GET", f"/management/endpoints/{endpoint}/deployments")
+        return self.request(
+            "GET", f"/management/endpoints/{endpoint}/deployments", list[Deployment]
+        )
 
     def show_deployment(self, endpoint: str, name: str) -> Any:
-        return self.request("GET", f"/management/endpoints/{endpoint}/deployments/{name}")
+        return self.request(
+            "GET", f"/management/endpoints/{endpoint}/deployments/{name}", Deployment
+        )
 
     def delete_deployment(self, endpoint: str, name: str) -> Any:
         return self.request("DELETE", f"/management/endpoints/{endpoint}/deployments/{name}")
 
     # rollouts
     def start_rollout(self, endpoint: str, plan: dict[str, Any]) -> Any:
-        return self.request("POST", f"/management/endpoints/{endpoint}/rollouts", json=plan)
+        return self.request(
+            "POST", f"/management/endpoints/{endpoint}/rollouts", Rollout, json=plan
+        )
 
     def rollout_status(self, endpoint: str) -> Any:
-        return self.request("GET", f"/management/endpoints/{endpoint}/rollouts/status")
+        return self.request(
+            "GET", f"/management/endpoints/{endpoint}/rollouts/status", RolloutStatus
+        )
 
     def abort_rollout(self, endpoint: str) -> Any:
-        return self.request("POST", f"/management/endpoints/{endpoint}/rollouts/abort")
+        return self.request("POST", f"/management/endpoints/{endpoint}/rollouts/abort", Rollout)
 
     def list_rollouts(self, endpoint: str) -> Any:
-        return self.request("GET", f"/management/endpoints/{endpoint}/rollouts")
+        return self.request("GET", f"/management/endpoints/{endpoint}/rollouts", list[Rollout])
 
     # batch
     def create_batch_endpoint(self, spec: dict[str, Any]) -> Any:
-        return self.request("POST", "/management/batch/endpoints", json=spec)
+        return self.request("POST", "/management/batch/endpoints", BatchEndpoint, json=spec)
 
     def create_batch_deployment(self, endpoint: str, spec: dict[str, Any]) -> Any:
         return self.request(
-            "POST", f"/management/batch/endpoints/{endpoint}/deployments", json=spec
+            "POST",
+            f"/management/batch/endpoints/{endpoint}/deployments",
+            BatchDeployment,
+            json=spec,
         )
 
     def invoke_batch(self, body: dict[str, Any]) -> Any:
-        return self.request("POST", "/management/batch/jobs", json=body)
+        return self.request("POST", "/management/batch/jobs", Job, json=body)
 
     def job(self, job_id: str) -> Any:
-        return self.request("GET", f"/management/batch/jobs/{job_id}")
+        return self.request("GET", f"/management/batch/jobs/{job_id}", JobDetail)
 
     def jobs(self, endpoint: str | None) -> Any:
         return self.request(
-            "GET", "/management/batch/jobs", params={"endpoint": endpoint} if endpoint else None
+            "GET",
+            "/management/batch/jobs",
+            list[Job],
+            params={"endpoint": endpoint} if endpoint else None,
         )
 
     def job_action(self, job_id: str, action: str) -> Any:
-        return self.request("POST", f"/management/batch/jobs/{job_id}/{action}")
+        return self.request("POST", f"/management/batch/jobs/{job_id}/{action}", JobDetail)
 
     def job_logs(self, job_id: str) -> str:
         response = self._http.get(f"/management/batch/jobs/{job_id}/logs")
@@ -191,10 +250,10 @@ class AdminClient:
         params: dict[str, Any] = {"limit": limit}
         if target:
             params["target"] = target
-        return self.request("GET", "/management/audit", params=params)
+        return self.request("GET", "/management/audit", list[AuditRecord], params=params)
 
     def status(self) -> Any:
-        return self.request("GET", "/management/status")
+        return self.request("GET", "/management/status", ClusterStatus)
 
     # data plane
     def invoke(

@@ -336,3 +336,40 @@ def wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):  # type:
             return value
         time.sleep(every_s)
     raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto's standalone server) on loopback."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(env["AWS_ENDPOINT_URL"], timeout=1).status_code < 500
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 30)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.terminate()
+        server.wait(10)

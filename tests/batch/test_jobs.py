@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -22,7 +18,6 @@ import pytest
 from tests.conftest import (
     Gateway,
     assert_clean_exit,
-    free_port,
     start_gateway,
     wait_for,
     write_yaml,
@@ -418,43 +413,6 @@ def test_bad_inputs_name_the_file_and_write_nothing(
         reasons
     )
     assert not (tmp_path / "out").exists()  # nothing written
-
-
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A real S3-compatible server (moto's standalone server) on loopback."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(env["AWS_ENDPOINT_URL"], timeout=1).status_code < 500
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 30)
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.terminate()
-        server.wait(10)
 
 
 def test_inputs_and_outputs_on_s3(s3: dict[str, str], tmp_path: Path, model_dir: Path) -> None:

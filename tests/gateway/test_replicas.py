@@ -334,3 +334,66 @@ def test_two_replicas_starting_at_once_on_an_empty_database_migrate_once(
     finally:
         for gw in started:
             gw.stop()
+
+
+def test_replicas_share_models_and_scoring_code_through_s3_artifacts(
+    s3: dict[str, str], tmp_path: Path, model_dir: Path
+) -> None:
+    """No shared filesystem: model files and code archives go to an S3 prefix (a real
+    S3-compatible server, moto's), and each replica fetches what it loads."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(
+        endpoint_override=s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir("artifacts")
+    store = new_postgres_database()
+    env = {"SERVEGATE_SECRET_KEY": SECRET, "SERVEGATE_ARTIFACTS": "s3://artifacts/servegate"}
+    homes = [tmp_path / f"r{i}" / "home" for i in (1, 2)]
+    homes[0].parent.mkdir()
+    r1 = start_gateway(homes[0], store=store, env_extra=env)
+    replicas = [r1]
+    try:
+        name = "from-s3"
+        r1.create_endpoint(tmp_path, name)
+        r1.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx")
+        _rollout_endpoint_script(r1, tmp_path, name)
+        homes[1].mkdir(parents=True)  # its own home: nothing shared on disk
+        (homes[1] / "admin_token").write_text(r1.admin_token)
+        r2 = start_gateway(homes[1], store=store, env_extra=env)
+        replicas.append(r2)
+        auth = r1.auth(name)
+        for gw in replicas:
+            assert _answered_by(gw, name, auth) == "200:blue"
+            r = httpx.post(
+                f"{gw.url}/endpoints/{name}/score",
+                json=BODY,
+                headers={**auth, "azureml-model-deployment": "green"},
+            )
+            assert r.status_code == 200 and r.json() == {"ok": True}, r.text
+        # Replica 2 fetched them from the object store into its own cache.
+        assert list((homes[1] / "artifact-cache" / "artifacts" / "sha256").glob("*.onnx"))
+        assert list((homes[1] / "artifact-cache" / "code").iterdir())
+        stored = fs.get_file_info(pafs.FileSelector("artifacts/servegate", recursive=True))
+        names = [f.path for f in stored if f.type == pafs.FileType.File]
+        assert any(n.endswith(".onnx") for n in names) and any(
+            n.endswith(".tar.gz") for n in names
+        ), names
+    finally:
+        for gw in replicas:
+            gw.stop()
+
+
+def _rollout_endpoint_script(gw: Gateway, tmp_path: Path, name: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "score.py").write_text("def init():\n    pass\ndef run(raw):\n    return {'ok': True}\n")
+    spec = write_yaml(
+        tmp_path / "green.yml",
+        f"name: green\nendpoint_name: {name}\n"
+        "code_configuration: {code: src, scoring_script: score.py}\n",
+    )
+    gw.cli("deployment", "create", "-f", str(spec))

@@ -1,0 +1,97 @@
+"""Where a job's mini-batches run, behind one interface: the runner plans, submits
+mini-batches, reads their outcomes and keeps the job's state; an executor only runs
+them. `local` (worker processes on the runner's host) is the one today; `ray` joins
+this table in the Ray issue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from importlib import import_module
+from typing import ClassVar, Protocol
+
+from batch import worker
+from runtimes.base import RuntimeConfig
+from runtimes.registry import runtime_kind
+
+
+class Executor(Protocol):
+    #: the exception a mini-batch's outcome raises when its worker died
+    worker_died: ClassVar[type[BaseException]]
+
+    def start(self) -> None:
+        """Start the workers (they load the model meanwhile)."""
+
+    def submit(self, job_dir: str, index: int, format_name: str) -> Future[tuple[int, float]]:
+        """Score one mini-batch; the future gives (items, seconds)."""
+        ...
+
+    def restart(self) -> None:
+        """Replace every worker (one died or hung); queued work is dropped."""
+
+    def stop(self) -> None: ...
+
+
+class LocalProcesses:
+    """Worker processes on this host, one mini-batch at a time each.
+
+    The runner is forked, so workers start with its imports instead of spending ~0.7 s
+    each re-importing numpy, pyarrow and onnxruntime (spawn where fork does not exist).
+    The runner has one thread of its own (the lease renewal): `fork_guard` is held by
+    that thread while it works and here around every submit (which may fork), so no
+    child starts with a lock that thread held.
+    """
+
+    worker_died: ClassVar[type[BaseException]] = BrokenProcessPool
+
+    def __init__(
+        self,
+        runtime_name: str,
+        config: RuntimeConfig,
+        input_uri: str,
+        workers: int,
+        fork_guard: threading.Lock,
+    ) -> None:
+        self.runtime_name, self.config, self.input_uri = runtime_name, config, input_uri
+        self.workers = workers
+        self.fork_guard = fork_guard
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        if "fork" in methods:
+            import_module(runtime_kind(self.runtime_name).module)
+        self._pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("fork" if "fork" in methods else "spawn"),
+            initializer=worker.init,
+            initargs=(self.runtime_name, self.config, self.input_uri, os.getpid()),
+        )
+        with self.fork_guard:
+            for _ in range(self.workers):
+                self._pool.submit(int)
+
+    def submit(self, job_dir: str, index: int, format_name: str) -> Future[tuple[int, float]]:
+        assert self._pool is not None
+        with self.fork_guard:
+            return self._pool.submit(worker.score, job_dir, index, format_name)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self._pool is None:
+            return
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            if process.is_alive():
+                process.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
+
+EXECUTORS = {"local": LocalProcesses}

@@ -1,0 +1,196 @@
+"""The management API's answers and the bodies it takes that are not spec files, as
+models. The server declares them per route (`gateway.api`), the OpenAPI document is
+generated from them, and `servegate.client` parses answers with them.
+
+Answers that carry a spec (endpoints, deployments, jobs) allow the spec's other fields:
+the spec models (`deploy.specs`) define those.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Answer(BaseModel):
+    """An answer whose listed fields are always there; others may be too."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EndpointView(Answer):
+    name: str
+    auth_mode: str
+    traffic: dict[str, int]
+    mirror_traffic: dict[str, int]
+    scoring_uri: str
+    openapi_uri: str
+    #: deployments loaded on the replica that answered
+    deployments: list[str]
+    #: deployments that failed to load there, with the reason
+    unavailable_deployments: dict[str, str]
+
+
+class EndpointUpdate(BaseModel):
+    """PATCH body: any of these; `reason` goes to the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    traffic: dict[str, int] | None = None
+    mirror_traffic: dict[str, int] | None = None
+    description: str | None = None
+    tags: dict[str, str] | None = None
+    auth_mode: Literal["key", "aml_token", "token"] | None = None
+    reason: str = ""
+
+
+class Deployment(Answer):
+    name: str
+    endpoint_name: str
+    runtime: str
+    host: str
+    instance_count: int
+
+
+class ModelVersion(Answer):
+    name: str
+    version: int
+    runtime: str
+    sha256: str
+    filename: str
+    size_bytes: int
+    signature: dict[str, Any]
+    description: str
+    tags: dict[str, str]
+    created_at: str
+
+
+class CodeUpload(BaseModel):
+    #: the folder to give as code_configuration.code
+    code: str
+
+
+class Keys(BaseModel):
+    primaryKey: str
+    secondaryKey: str
+
+
+class Token(BaseModel):
+    accessToken: str
+    tokenType: str
+    expiryTimeUtc: str
+
+
+class RegenerateKeys(BaseModel):
+    keyType: Literal["primary", "secondary"]
+
+
+class RolloutEvent(BaseModel):
+    at: str
+    message: str
+
+
+class Rollout(Answer):
+    id: str
+    endpoint: str
+    from_: str = Field(alias="from")
+    to: str
+    state: str
+    step: int
+    events: list[RolloutEvent]
+
+
+class RolloutStatus(Rollout):
+    traffic: dict[str, int]
+    mirror_traffic: dict[str, int]
+    #: the latest verdict of the replica answering, when it drives the rollout
+    judgement: dict[str, Any] | None
+
+
+class AuditRecord(BaseModel):
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str
+
+
+class BatchEndpoint(Answer):
+    name: str
+    defaults: dict[str, Any]
+
+
+class BatchDeployment(Answer):
+    name: str
+    endpoint_name: str
+
+
+class JobRequest(BaseModel):
+    """POST /management/batch/jobs: a job on a batch endpoint or an online endpoint's
+    deployment; the settings override the deployment's for this job."""
+
+    endpoint: str
+    deployment: str | None = None
+    input: str
+    input_type: Literal["uri_file", "uri_folder"] | None = None
+    output: str
+    mini_batch_size: int | None = None
+    instance_count: int | None = None
+    max_concurrency_per_instance: int | None = None
+    error_threshold: int | None = None
+    output_file_name: str | None = None
+
+
+class Job(Answer):
+    id: str
+    endpoint: str
+    deployment: str
+    state: str
+    input: str
+    output: str
+
+
+class JobDetail(Job):
+    mini_batch_states: dict[str, int]
+    runner_alive: bool
+    #: the lease holder running it now (None when no runner holds the job)
+    runner: str | None
+    errors: list[dict[str, Any]]
+
+
+class ReplicaIdentity(BaseModel):
+    """Who a gateway replica is (what its heartbeat row says)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    host: str
+    pid: int
+    url: str
+    version: str
+    started_at: str
+
+
+class Replica(ReplicaIdentity):
+    #: the newest control-plane change its routing snapshot has applied
+    applied_change: int
+    heartbeat_age_s: float
+
+
+class Lease(BaseModel):
+    name: str
+    holder: str
+    acquired_at: str
+    expires_in_s: float
+
+
+class ClusterStatus(BaseModel):
+    store: str
+    this_replica: str
+    latest_change: int
+    replicas: list[Replica]
+    leases: list[Lease]
