@@ -216,15 +216,20 @@ class JobRunner:
                     executor.stop()
                     self.finish(JobState.CANCELLED, "cancelled by request")
                     return
-                while pending and len(running) < workers * 2:
-                    index = pending.pop(0)
-                    self.store.update_mini_batch(self.job_id, index, state=MiniBatchState.RUNNING)
-                    running[executor.submit(str(self.job_dir), index, _format_name(job))] = (
-                        index,
-                        time.monotonic(),
-                    )
-                done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 broken = False
+                while pending and len(running) < workers * 2:
+                    index = pending[0]
+                    try:
+                        future = executor.submit(str(self.job_dir), index, _format_name(job))
+                    except executor.worker_died:
+                        # A worker died since the last look: the futures it broke say
+                        # which mini-batch it held; this one waits for the new workers.
+                        broken = True
+                        break
+                    pending.pop(0)
+                    self.store.update_mini_batch(self.job_id, index, state=MiniBatchState.RUNNING)
+                    running[future] = (index, time.monotonic())
+                done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
                     index, _ = running.pop(future)
                     try:

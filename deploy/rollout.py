@@ -16,10 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from deploy.records import ACTIVE_ROLLOUT_STATES
 from deploy.specs import DeploymentName, Spec
-
-ACTIVE_STATES = ACTIVE_ROLLOUT_STATES
 
 #: Statuses that count against a candidate: its own failures and its overload.
 #: Client errors (400, 401, 404, 413) are the caller's, not the candidate's.

@@ -453,7 +453,7 @@ async def start_rollout(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/rollouts: start a blue/green rollout"""
     plan = parse_spec(RolloutPlan, await _body(request), "request body")
     record = await state.rollouts.start(request.path_params["endpoint"], plan, _actor(request))
-    return _json(record, 201)
+    return _json(record.to_dict(), 201)
 
 
 @operation(
@@ -468,7 +468,8 @@ async def list_rollouts(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/rollouts: history, newest first"""
     endpoint = request.path_params["endpoint"]
     await run_in_threadpool(state.control.get_endpoint, endpoint)
-    return _json(await run_in_threadpool(state.control.store.list_rollouts, endpoint))
+    records = await run_in_threadpool(state.control.store.list_rollouts, endpoint)
+    return _json([r.to_dict() for r in records])
 
 
 @operation(
@@ -494,14 +495,15 @@ async def rollout_status(request: Request, state: GatewayState) -> Response:
 )
 async def abort_rollout(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/rollouts/abort: roll back now"""
-    return _json(await state.rollouts.abort(request.path_params["endpoint"], _actor(request)))
+    record = await state.rollouts.abort(request.path_params["endpoint"], _actor(request))
+    return _json(record.to_dict())
 
 
 async def _refuse_during_rollout(state: GatewayState, endpoint: str, what: str) -> None:
     active = await run_in_threadpool(state.rollouts.active, endpoint)
     if active is not None:
         raise Conflict(
-            f"rollout {active['id']} is moving traffic on endpoint '{endpoint}'; {what} after it "
+            f"rollout {active.id} is moving traffic on endpoint '{endpoint}'; {what} after it "
             "ends, or abort it first (servegate rollout abort)"
         )
 

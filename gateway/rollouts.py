@@ -17,14 +17,14 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from deploy.errors import Conflict, NotFound, SpecError
-from deploy.records import RolloutState
+from deploy.records import RolloutRecord, RolloutState
 from deploy.rollout import (
-    ACTIVE_STATES,
     RolloutPlan,
     Verdict,
     judge_mirror,
@@ -44,8 +44,8 @@ CHECK_EVERY_S = 0.25
 MAX_EXTENSIONS = 10
 #: The driver renews its lease every LEASE_RENEW_S; another replica takes the rollout
 #: over at most LEASE_TTL_S after the driver's last renewal.
-LEASE_TTL_S = 5.0
-LEASE_RENEW_S = 1.0
+LEASE_TTL_S = 10.0
+LEASE_RENEW_S = 2.0
 #: How often every replica looks for active rollouts nobody drives.
 SUPERVISE_EVERY_S = 1.0
 
@@ -72,7 +72,7 @@ class RolloutController:
         self.judgements: dict[str, dict[str, Any]] = {}
 
     # -- API ---------------------------------------------------------------------
-    async def start(self, endpoint: str, plan: RolloutPlan, actor: str) -> dict[str, Any]:
+    async def start(self, endpoint: str, plan: RolloutPlan, actor: str) -> RolloutRecord:
         control = self.state.control
         async with self.state.hosts.lock:
             spec = await run_in_threadpool(control.get_endpoint, endpoint)
@@ -91,38 +91,39 @@ class RolloutController:
                         f"field '{role}': deployment '{name}' is not a loaded deployment "
                         f"of endpoint '{endpoint}'"
                     )
+            assert source is not None
             if source == plan.to:
                 raise SpecError(
                     "field 'to': the candidate must differ from the deployment it replaces"
                 )
-            record = {
-                "id": f"{endpoint}-{secrets.token_hex(4)}",
-                "endpoint": endpoint,
-                "from": source,
-                "to": plan.to,
-                "plan": plan.model_dump(by_alias=True),
-                "state": RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING,
-                "step": 0,
-                "original_traffic": spec["traffic"],
-                "original_mirror": spec["mirror_traffic"],
-                "started_at": utc_now(),
-                "started_by": actor,
-                "reason": "",
-                "events": [],
-            }
-            self._event(record, f"started by {actor}: {source} -> {plan.to}, steps {plan.steps}")
+            rollout_id = f"{endpoint}-{secrets.token_hex(4)}"
+            # The lease first: once the record is stored, any replica looking for rollouts
+            # nobody drives would find this one.
+            await self._take_lease(rollout_id)
+            record = RolloutRecord(
+                id=rollout_id,
+                endpoint=endpoint,
+                source=source,
+                target=plan.to,
+                plan=plan.model_dump(by_alias=True),
+                state=RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING,
+                step=0,
+                original_traffic=spec["traffic"],
+                original_mirror=spec["mirror_traffic"],
+                started_at=utc_now(),
+                started_by=actor,
+            ).noted(f"started by {actor}: {source} -> {plan.to}, steps {plan.steps}")
             await run_in_threadpool(control.store.put_rollout, record)
-        if await self._take_lease(record["id"]):
-            self._spawn(record["id"])
+        self._spawn(record.id)
         return record
 
-    async def abort(self, endpoint: str, actor: str) -> dict[str, Any]:
+    async def abort(self, endpoint: str, actor: str) -> RolloutRecord:
         """From any replica: the record is finished in the store, so the replica driving
         it (here or elsewhere) stops at its next check, and its writes are refused."""
         record = self.active(endpoint)
         if record is None:
             raise NotFound(f"endpoint '{endpoint}' has no rollout in progress")
-        task = self._tasks.pop(record["id"], None)
+        task = self._tasks.pop(record.id, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -133,9 +134,9 @@ class RolloutController:
             raise NotFound(f"endpoint '{endpoint}' has no rollout in progress")
         return finished
 
-    def active(self, endpoint: str) -> dict[str, Any] | None:
+    def active(self, endpoint: str) -> RolloutRecord | None:
         for record in self.state.control.store.list_rollouts(endpoint, limit=5):
-            if record["state"] in ACTIVE_STATES:
+            if record.active:
                 return record
         return None
 
@@ -146,10 +147,10 @@ class RolloutController:
         record = records[0]
         spec = self.state.control.get_endpoint(endpoint)
         return {
-            **record,
+            **record.to_dict(),
             "traffic": spec["traffic"],
             "mirror_traffic": spec["mirror_traffic"],
-            "judgement": self.judgements.get(record["id"]),
+            "judgement": self.judgements.get(record.id),
         }
 
     async def supervise(self) -> None:
@@ -159,14 +160,13 @@ class RolloutController:
     async def adopt_orphans(self) -> None:
         store = self.state.control.store
         for record in await run_in_threadpool(store.list_rollouts, None, 1000):
-            rollout_id = record["id"]
-            if record["state"] not in ACTIVE_STATES or rollout_id in self._tasks:
+            if not record.active or record.id in self._tasks:
                 continue
-            if not await self._take_lease(rollout_id):
+            if not await self._take_lease(record.id):
                 continue
-            self._event(record, f"taken over by replica {self.replica}")
-            if await run_in_threadpool(self._save, record, None):
-                self._spawn(rollout_id)
+            taken = record.noted(f"taken over by replica {self.replica}")
+            if await run_in_threadpool(self._save, taken, None):
+                self._spawn(record.id)
 
     async def close(self) -> None:
         for task in self._tasks.values():
@@ -197,27 +197,27 @@ class RolloutController:
         if not await self._take_lease(rollout_id):
             raise LeaseLost(f"replica {self.replica} lost the lease of rollout {rollout_id}")
         stored = await run_in_threadpool(self.state.control.store.get_rollout, rollout_id)
-        if stored is None or stored["state"] not in ACTIVE_STATES:
+        if stored is None or not stored.active:
             raise LeaseLost(f"rollout {rollout_id} was finished elsewhere")
 
     def _save(
-        self, record: dict[str, Any], changes: dict[str, Any] | None, reason: str = ""
+        self, record: RolloutRecord, changes: dict[str, Any] | None, reason: str = ""
     ) -> bool:
         """Write the record (and a traffic change) in one transaction, only while the
         stored rollout is still active: once it was finished anywhere (abort, or another
         replica's rollback) no driver can move traffic again. False when refused."""
         control = self.state.control
         with control.store.transaction():
-            stored = control.store.get_rollout(record["id"])
-            if stored is None or stored["state"] not in ACTIVE_STATES:
+            stored = control.store.get_rollout(record.id)
+            if stored is None or not stored.active:
                 return False
             if changes is not None:
-                current = control.get_endpoint(record["endpoint"])
+                current = control.get_endpoint(record.endpoint)
                 if any(current[k] != v for k, v in changes.items()):
                     control.update_endpoint(
-                        record["endpoint"],
+                        record.endpoint,
                         changes,
-                        f"rollout {record['id']}",
+                        f"rollout {record.id}",
                         f"{reason} [replica {self.replica}]",
                     )
             control.store.put_rollout(record)
@@ -230,14 +230,15 @@ class RolloutController:
         task.add_done_callback(lambda _: self._tasks.pop(rollout_id, None))
 
     async def _drive(self, rollout_id: str) -> None:
+        """Run the stored rollout's current phase, again and again, until it is over."""
         store = self.state.control.store
         try:
             while True:
                 record = await run_in_threadpool(store.get_rollout, rollout_id)
-                if record is None or record["state"] not in ACTIVE_STATES:
+                if record is None or not record.active:
                     return
-                plan = RolloutPlan.model_validate(record["plan"])
-                if record["state"] == RolloutState.MIRRORING:
+                plan = RolloutPlan.model_validate(record.plan)
+                if record.state == RolloutState.MIRRORING:
                     await self._mirror_phase(record, plan)
                 else:
                     await self._step_phase(record, plan)
@@ -247,17 +248,17 @@ class RolloutController:
             log.info("rollout %s: %s", rollout_id, exc)
         except Exception as exc:  # a broken controller must not leave traffic half-moved
             log.exception("rollout %s failed", rollout_id)
-            record = await run_in_threadpool(store.get_rollout, rollout_id)
-            if record is not None and record["state"] in ACTIVE_STATES:
+            failed = await run_in_threadpool(store.get_rollout, rollout_id)
+            if failed is not None and failed.active:
                 await self._finish(
-                    record, RolloutState.ROLLED_BACK, f"controller error: {exc}", rollback=True
+                    failed, RolloutState.ROLLED_BACK, f"controller error: {exc}", rollback=True
                 )
 
-    async def _mirror_phase(self, record: dict[str, Any], plan: RolloutPlan) -> None:
-        endpoint, candidate = record["endpoint"], record["to"]
-        await self._set_traffic(
+    async def _mirror_phase(self, record: RolloutRecord, plan: RolloutPlan) -> None:
+        endpoint, candidate = record.endpoint, record.target
+        record = await self._set_traffic(
             record,
-            record["original_traffic"],
+            record.original_traffic,
             {candidate: plan.mirror_percent},
             f"mirror {plan.mirror_percent}% to {candidate} for {plan.mirror_first_s:g}s",
         )
@@ -278,24 +279,25 @@ class RolloutController:
         verdict = await self._watch(record, plan.mirror_first_s, view, judge_now)
         if verdict is None:
             return
-        record["state"], record["step"] = RolloutState.STEPPING, 0
-        self._event(record, f"mirror phase passed: {verdict.summary}")
+        passed = record.noted(
+            f"mirror phase passed: {verdict.summary}", state=RolloutState.STEPPING, step=0
+        )
         await self._set_traffic(
-            record,
-            record["original_traffic"],
-            _without(record["original_mirror"], candidate),
+            passed,
+            record.original_traffic,
+            _without(record.original_mirror, candidate),
             "mirror phase passed",
         )
 
-    async def _step_phase(self, record: dict[str, Any], plan: RolloutPlan) -> None:
-        endpoint, source, candidate = record["endpoint"], record["from"], record["to"]
-        percent = plan.steps[record["step"]]
-        traffic = step_traffic(record["original_traffic"], source, candidate, percent)
-        await self._set_traffic(
+    async def _step_phase(self, record: RolloutRecord, plan: RolloutPlan) -> None:
+        endpoint, candidate = record.endpoint, record.target
+        percent = plan.steps[record.step]
+        traffic = step_traffic(record.original_traffic, record.source, candidate, percent)
+        record = await self._set_traffic(
             record,
             traffic,
-            _without(record["original_mirror"], candidate),
-            f"step {record['step'] + 1}/{len(plan.steps)}: {candidate} {percent}%",
+            _without(record.original_mirror, candidate),
+            f"step {record.step + 1}/{len(plan.steps)}: {candidate} {percent}%",
         )
         metrics = self.state.metrics.for_deployment(endpoint, candidate)
         view = ClusterView(
@@ -315,21 +317,20 @@ class RolloutController:
         verdict = await self._watch(record, plan.step_interval_s, view, judge_now)
         if verdict is None:
             return
-        self._event(record, f"step {percent}% passed: {verdict.summary}")
-        record["step"] += 1
-        if record["step"] < len(plan.steps):
+        record = record.noted(f"step {percent}% passed: {verdict.summary}", step=record.step + 1)
+        if record.step < len(plan.steps):
             if not await run_in_threadpool(self._save, record, None):
-                raise LeaseLost(f"rollout {record['id']} was finished elsewhere")
+                raise LeaseLost(f"rollout {record.id} was finished elsewhere")
             return
         if plan.delete_old:
-            await self._delete_old(record)
+            record = await self._delete_old(record)
         await self._finish(
             record, RolloutState.SUCCEEDED, f"{candidate} takes 100% of traffic", rollback=False
         )
 
     async def _watch(
         self,
-        record: dict[str, Any],
+        record: RolloutRecord,
         interval_s: float,
         view: ClusterView,
         judge: Callable[[dict[str, dict[str, Any]]], Verdict],
@@ -341,19 +342,17 @@ class RolloutController:
         started = loop.time()
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
-            await self._renew(record["id"])
+            await self._renew(record.id)
             verdict = judge(await run_in_threadpool(view.per_replica))
-            self.judgements[record["id"]] = {
+            self.judgements[record.id] = {
                 **verdict.summary,
                 "phase_elapsed_s": round(loop.time() - started, 2),
             }
             if verdict.breach:
                 phase = (
                     "mirror phase"
-                    if record["state"] == RolloutState.MIRRORING
-                    else (
-                        f"step {RolloutPlan.model_validate(record['plan']).steps[record['step']]}%"
-                    )
+                    if record.state == RolloutState.MIRRORING
+                    else f"step {RolloutPlan.model_validate(record.plan).steps[record.step]}%"
                 )
                 await self._finish(
                     record, RolloutState.ROLLED_BACK, f"{phase}: {verdict.breach}", rollback=True
@@ -373,56 +372,53 @@ class RolloutController:
 
     # -- effects -------------------------------------------------------------------
     async def _set_traffic(
-        self, record: dict[str, Any], traffic: dict[str, int], mirror: dict[str, int], reason: str
-    ) -> None:
-        self._event(record, reason)
+        self, record: RolloutRecord, traffic: dict[str, int], mirror: dict[str, int], reason: str
+    ) -> RolloutRecord:
+        record = record.noted(reason)
         await self._apply(record, {"traffic": traffic, "mirror_traffic": mirror}, reason)
+        return record
 
-    async def _apply(self, record: dict[str, Any], changes: dict[str, Any], reason: str) -> None:
+    async def _apply(self, record: RolloutRecord, changes: dict[str, Any], reason: str) -> None:
         async with self.state.hosts.lock:
             saved = await run_in_threadpool(self._save, record, changes, reason)
             await self.state.hosts.sync()
         if not saved:
-            raise LeaseLost(f"rollout {record['id']} was finished elsewhere")
+            raise LeaseLost(f"rollout {record.id} was finished elsewhere")
 
-    async def _delete_old(self, record: dict[str, Any]) -> None:
-        final = step_traffic(record["original_traffic"], record["from"], record["to"], 100)
-        final.pop(record["from"], None)
-        await self._apply(record, {"traffic": final}, f"--delete-old: {record['from']} leaves")
+    async def _delete_old(self, record: RolloutRecord) -> RolloutRecord:
+        final = step_traffic(record.original_traffic, record.source, record.target, 100)
+        final.pop(record.source, None)
+        await self._apply(record, {"traffic": final}, f"--delete-old: {record.source} leaves")
         async with self.state.hosts.lock:
             await run_in_threadpool(
                 self.state.control.delete_deployment,
-                record["endpoint"],
-                record["from"],
-                f"rollout {record['id']}",
+                record.endpoint,
+                record.source,
+                f"rollout {record.id}",
             )
             await self.state.hosts.sync()
-        self._event(record, f"deleted {record['from']}")
+        return record.noted(f"deleted {record.source}")
 
     async def _finish(
-        self, record: dict[str, Any], state: str, reason: str, rollback: bool
-    ) -> dict[str, Any] | None:
+        self, record: RolloutRecord, state: RolloutState, reason: str, rollback: bool
+    ) -> RolloutRecord | None:
         """Finish the rollout once: None when it was already finished (by another replica
         or an abort), and then nothing is written."""
-        record["state"], record["reason"] = state, reason
-        record["finished_at"] = utc_now()
-        self._event(record, f"{state}: {reason}")
+        record = replace(
+            record.noted(f"{state}: {reason}"), state=state, reason=reason, finished_at=utc_now()
+        )
         changes = (
-            {"traffic": record["original_traffic"], "mirror_traffic": record["original_mirror"]}
+            {"traffic": record.original_traffic, "mirror_traffic": record.original_mirror}
             if rollback
-            else None
+            else {}
         )
         try:
-            await self._apply(record, changes or {}, f"rollback ({state}): {reason}")
+            await self._apply(record, changes, f"rollback ({state}): {reason}")
         except LeaseLost:
             return None
-        self._renewed.pop(record["id"], None)
+        self._renewed.pop(record.id, None)
         await run_in_threadpool(
-            self.state.control.store.release_lease, lease_name(record["id"]), self.replica
+            self.state.control.store.release_lease, lease_name(record.id), self.replica
         )
-        log.info("rollout %s %s: %s", record["id"], state, reason)
+        log.info("rollout %s %s: %s", record.id, state, reason)
         return record
-
-    @staticmethod
-    def _event(record: dict[str, Any], message: str) -> None:
-        record["events"].append({"at": utc_now(), "message": message})

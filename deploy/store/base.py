@@ -5,7 +5,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from deploy.records import RolloutRecord
 
 
 def utc_now() -> str:
@@ -117,13 +120,12 @@ class Store(Protocol):
     def put_key(self, record: KeyRecord, audit: AuditEntry | None) -> None: ...
     def get_keys(self, endpoint: str) -> dict[str, KeyRecord]: ...
 
-    # rollouts (the controller's state; the record is a JSON dict with `id`,
-    # `endpoint` and `state`)
-    def put_rollout(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None: ...
-    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None: ...
+    # rollouts (the controller's state)
+    def put_rollout(self, record: RolloutRecord, audit: AuditEntry | None = None) -> None: ...
+    def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(
         self, endpoint: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[RolloutRecord]: ...
 
     # batch endpoints, deployments, jobs and mini-batches
     def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None: ...

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from deploy.masking import mask_secrets
+from deploy.records import RolloutRecord
 from deploy.store.base import AuditEntry, KeyRecord, ModelRecord, utc_now
 
 Row = dict[str, Any]
@@ -252,15 +253,15 @@ class SqlStore:
         }
 
     # -- rollouts -----------------------------------------------------------
-    def put_rollout(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
-        self._upsert_record("rollouts", record, audit)
+    def put_rollout(self, record: RolloutRecord, audit: AuditEntry | None = None) -> None:
+        self._upsert_record("rollouts", record.to_dict(), audit)
 
-    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None:
+    def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         row = self._one("SELECT record FROM rollouts WHERE id = ?", (rollout_id,))
-        return _loads(row["record"]) if row else None
+        return RolloutRecord.from_dict(_loads(row["record"])) if row else None
 
-    def list_rollouts(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return self._records("rollouts", endpoint, limit)
+    def list_rollouts(self, endpoint: str | None = None, limit: int = 50) -> list[RolloutRecord]:
+        return [RolloutRecord.from_dict(r) for r in self._records("rollouts", endpoint, limit)]
 
     # -- batch endpoints and deployments --------------------------------------
     def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
