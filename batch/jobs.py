@@ -210,18 +210,22 @@ class BatchJobs:
         }
 
     def cancel(self, job_id: str, actor: str) -> dict[str, Any]:
-        record = self.get(job_id)
-        if record["state"] in FINAL:
-            raise Conflict(f"job '{job_id}' is already {record['state']}")
-        if record["runner_alive"]:
-            record["state"] = JobState.CANCELLING  # the runner stops its workers and finishes
-        else:
-            record.update(
-                state=JobState.CANCELLED, reason=f"cancelled by {actor}", finished_at=utc_now()
+        # One transaction: the runner's own writes (progress, its final state) cannot
+        # fall between the read and the write.
+        with self.store.transaction():
+            record = self.get(job_id)
+            if record["state"] in FINAL:
+                raise Conflict(f"job '{job_id}' is already {record['state']}")
+            if record["runner_alive"]:
+                record["state"] = JobState.CANCELLING  # the runner stops its workers, finishes
+            else:
+                record.update(
+                    state=JobState.CANCELLED, reason=f"cancelled by {actor}", finished_at=utc_now()
+                )
+            self.store.put_job(
+                _stored(record),
+                AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None),
             )
-        self.store.put_job(
-            _stored(record), AuditEntry(actor, "batch_job.cancel", f"jobs/{job_id}", None, None)
-        )
         return record
 
     def resume(self, job_id: str, actor: str, reason: str = "") -> dict[str, Any]:

@@ -68,8 +68,11 @@ class JobRunner:
         return job
 
     def save(self, **changes: Any) -> dict[str, Any]:
-        job = {**self.record(), **changes}
-        self.store.put_job(job)
+        """Merge `changes` into the stored job, atomically: a cancel written by any
+        replica between the read and the write is never overwritten."""
+        with self.store.transaction():
+            job = {**self.record(), **changes}
+            self.store.put_job(job)
         return job
 
     # -- the lease -------------------------------------------------------------------
@@ -114,13 +117,19 @@ class JobRunner:
             log.info("job %s is already %s", self.job_id, job["state"])
             return
         started = time.time()
-        job = self.save(
-            state=JobState.RUNNING,
-            pid=os.getpid(),
-            started_at=job.get("started_at") or utc_now(),
-            runner_started=started,
-            reason="",
-        )
+        with self.store.transaction():  # a cancel that came before this runner started
+            cancelled = self.record()["state"] == JobState.CANCELLING
+            if not cancelled:
+                job = self.save(
+                    state=JobState.RUNNING,
+                    pid=os.getpid(),
+                    started_at=job.get("started_at") or utc_now(),
+                    runner_started=started,
+                    reason="",
+                )
+        if cancelled:
+            self.finish(JobState.CANCELLED, "cancelled by request")
+            return
         settings = job["settings"]
         executor: Executor | None = None
         try:

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 #: One replica at a time supervises jobs: the holder of this lease.
 SUPERVISOR_LEASE = "batch/supervisor"
-SUPERVISOR_LEASE_TTL_S = 5.0
-SUPERVISE_EVERY_S = 1.0
+SUPERVISOR_LEASE_TTL_S = 10.0
+SUPERVISE_EVERY_S = 2.0
 
 
 def _jobs(state: GatewayState) -> BatchJobs:

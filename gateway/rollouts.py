@@ -46,8 +46,9 @@ MAX_EXTENSIONS = 10
 #: over at most LEASE_TTL_S after the driver's last renewal.
 LEASE_TTL_S = 10.0
 LEASE_RENEW_S = 2.0
-#: How often every replica looks for active rollouts nobody drives.
-SUPERVISE_EVERY_S = 1.0
+#: How often every replica looks for active rollouts nobody drives (well inside the
+#: lease time; each look is a store query off the event loop).
+SUPERVISE_EVERY_S = 2.0
 
 
 class LeaseLost(Exception):

@@ -397,3 +397,78 @@ def _rollout_endpoint_script(gw: Gateway, tmp_path: Path, name: str) -> None:
         "code_configuration: {code: src, scoring_script: score.py}\n",
     )
     gw.cli("deployment", "create", "-f", str(spec))
+
+
+def test_two_gateways_on_one_sqlite_file_see_each_others_changes(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """SQLite's change feed (no NOTIFY: the file is checked every 0.2 s): two processes on
+    one host sharing the store file."""
+    store = f"sqlite:///{tmp_path / 'shared-store.db'}"
+    env = {"SERVEGATE_SECRET_KEY": SECRET, "SERVEGATE_ARTIFACTS": str(tmp_path / "artifacts")}
+    homes = [tmp_path / f"s{i}" / "home" for i in (1, 2)]
+    for home in homes:
+        home.mkdir(parents=True)
+    first = start_gateway(homes[0], store=store, env_extra=env)
+    gateways = [first]
+    try:
+        name = "on-sqlite"
+        first.create_endpoint(tmp_path, name)
+        first.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx")
+        first.deploy(tmp_path, name, "green", model_dir / "classifier-v2.onnx", all_traffic=False)
+        (homes[1] / "admin_token").write_text(first.admin_token)
+        second = start_gateway(homes[1], store=store, env_extra=env)
+        gateways.append(second)
+        auth = first.auth(name)
+        assert _answered_by(second, name, auth) == "200:blue"
+        first.cli("endpoint", "update", "--name", name, "--traffic", "blue=0,green=100")
+        _seen_within(lambda: _answered_by(second, name, auth) == "200:green", 1.0)
+        second.cli("endpoint", "update", "--name", name, "--traffic", "blue=100,green=0")
+        _seen_within(lambda: _answered_by(first, name, auth) == "200:blue", 1.0)
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def test_abort_and_batch_cancel_work_from_a_replica_that_does_not_drive_them(
+    cluster: Cluster, tmp_path: Path, model_dir: Path
+) -> None:
+    from tests.batch.test_jobs import start_sleeping_job
+
+    r1, r2 = cluster.start(2)
+    name = "elsewhere"
+    _rollout_endpoint(r1, tmp_path, model_dir, name, "model")
+    r1.cli(
+        "rollout",
+        "start",
+        "-e",
+        name,
+        "--to",
+        "green",
+        "--steps",
+        "10,100",
+        "--step-interval",
+        "60s",
+        "--min-requests",
+        "1",
+    )
+    wait_for(lambda: _step_reached(r2, name, "step 1/2"), 10)
+    # Replica 1 drives it; replica 2 aborts it: rolled back once, and the driver stops.
+    record = json.loads(r2.cli("rollout", "abort", "-e", name)[1])
+    assert record["state"] == "aborted" and record["events"][-1]["message"].startswith("aborted")
+    time.sleep(3)  # the driver's next look at the store
+    final = _rollout(r1, name)
+    assert final["state"] == "aborted" and final["traffic"] == {"blue": 100, "green": 0}
+    assert len(final["events"]) == len(record["events"])  # nothing written after the abort
+    # A batch job started through replica 1 is cancelled through replica 2, at once (its
+    # runner may not have started yet: it must not run the job anyway).
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir()
+    job_id = start_sleeping_job(r1, jobs_dir, model_dir, "sleepy", 4)
+    r2.cli("batch", "cancel", job_id)
+    job = wait_for(
+        lambda: (j := json.loads(r1.cli("batch", "show", job_id)[1]))["state"] == "cancelled" and j,
+        30,
+    )
+    assert job["reason"].startswith("cancelled by")
+    wait_for(lambda: not json.loads(r2.cli("batch", "show", job_id)[1])["runner_alive"], 10)
