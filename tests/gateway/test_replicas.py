@@ -188,22 +188,7 @@ def test_a_rollout_survives_the_sigkill_of_the_replica_driving_it(
     wait_for(lambda: _answered_by(r3, name, auth) == "200:blue", 10)
     urls = [f"{gw.url}/endpoints/{name}/score" for gw in (r2, r3)]
     with Load(urls, BODY, auth, threads=3) as load:
-        _, out = r1.cli(
-            "rollout",
-            "start",
-            "-e",
-            name,
-            "--to",
-            "green",
-            "--steps",
-            "10,50,100",
-            "--step-interval",
-            "2s",
-            "--min-requests",
-            "10",
-            "--max-error-rate",
-            "0.05",
-        )
+        _, out = _start_rollout(r1, name, "10,50,100", "2s", min_requests=10, max_error_rate=0.05)
         rollout_id = json.loads(out)["id"]
         leases = json.loads(r2.cli("status")[1])["leases"]
         assert (f"rollout/{rollout_id}", r1_id(r2, r1)) in {
@@ -240,6 +225,33 @@ def r1_id(observer: Gateway, gw: Gateway) -> str:
     return ids[gw.process.pid]
 
 
+def _start_rollout(
+    gw: Gateway,
+    name: str,
+    steps: str,
+    interval: str,
+    min_requests: int,
+    max_error_rate: float = 0.01,
+) -> tuple[int, str]:
+    """`servegate rollout start` from blue to green on `gw`."""
+    return gw.cli(
+        "rollout",
+        "start",
+        "-e",
+        name,
+        "--to",
+        "green",
+        "--steps",
+        steps,
+        "--step-interval",
+        interval,
+        "--min-requests",
+        str(min_requests),
+        "--max-error-rate",
+        str(max_error_rate),
+    )
+
+
 def _rollout(gw: Gateway, name: str) -> dict:
     return json.loads(gw.cli("rollout", "status", "-e", name)[1])
 
@@ -267,22 +279,7 @@ def test_a_rollout_gate_judges_the_traffic_of_every_replica(
     # successes of its own.
     urls = [f"{gw.url}/endpoints/{name}/score" for gw in (r1, r2, r3)]
     with Load(urls, BODY, auth, threads=3):
-        r1.cli(
-            "rollout",
-            "start",
-            "-e",
-            name,
-            "--to",
-            "green",
-            "--steps",
-            "50,100",
-            "--step-interval",
-            "3s",
-            "--min-requests",
-            "20",
-            "--max-error-rate",
-            "0.05",
-        )
+        _start_rollout(r1, name, "50,100", "3s", min_requests=20, max_error_rate=0.05)
         record = wait_for(lambda: _finished(r1, name), 60)
     assert record["state"] == "rolled_back", record
     assert "error rate" in record["reason"]
@@ -438,20 +435,7 @@ def test_abort_and_batch_cancel_work_from_a_replica_that_does_not_drive_them(
     r1, r2 = cluster.start(2)
     name = "elsewhere"
     _rollout_endpoint(r1, tmp_path, model_dir, name, "model")
-    r1.cli(
-        "rollout",
-        "start",
-        "-e",
-        name,
-        "--to",
-        "green",
-        "--steps",
-        "10,100",
-        "--step-interval",
-        "60s",
-        "--min-requests",
-        "1",
-    )
+    _start_rollout(r1, name, "10,100", "60s", min_requests=1)
     wait_for(lambda: _step_reached(r2, name, "step 1/2"), 10)
     # Replica 1 drives it; replica 2 aborts it: rolled back once, and the driver stops.
     record = json.loads(r2.cli("rollout", "abort", "-e", name)[1])
