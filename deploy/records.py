@@ -1,16 +1,17 @@
 """Typed records of the control plane's moving parts: the states a job, a mini-batch
 and a rollout go through, as enums, and the rollout record.
 
-They are `StrEnum`s: stored and shown as their plain values ("running"), compared
+The states are `StrEnum`s: stored and shown as their plain values ("running"), compared
 equal to them, so records written before these enums read back unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobState(StrEnum):
@@ -46,20 +47,23 @@ class RolloutState(StrEnum):
 ACTIVE_ROLLOUT_STATES = frozenset({RolloutState.MIRRORING, RolloutState.STEPPING})
 
 
-@dataclass(frozen=True)
-class RolloutEvent:
+class RolloutEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     at: str
     message: str
 
 
-@dataclass(frozen=True)
-class RolloutRecord:
-    """A rollout as the store keeps it. Changes make a new record (`replace`, `noted`)."""
+class RolloutRecord(BaseModel):
+    """A rollout as the store keeps it and the management API answers it (Azure-like
+    `from`/`to`). Frozen: a change makes a new record (`noted`)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
     id: str
     endpoint: str
-    source: str
-    target: str
+    source: str = Field(alias="from")
+    target: str = Field(alias="to")
     #: the RolloutPlan as asked for (by alias: `from`, not `from_`)
     plan: dict[str, Any]
     state: RolloutState
@@ -77,46 +81,10 @@ class RolloutRecord:
         return self.state in ACTIVE_ROLLOUT_STATES
 
     def noted(self, message: str, **changes: Any) -> RolloutRecord:
-        """This record with `changes` and one more event."""
-        event = RolloutEvent(datetime.now(timezone.utc).isoformat(timespec="milliseconds"), message)
-        return replace(self, **changes, events=(*self.events, event))
+        """This record with `changes` (field names) and one more event."""
+        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        events = (*self.events, RolloutEvent(at=at, message=message))
+        return self.model_copy(update={**changes, "events": events})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape stored and answered (Azure-like `from`/`to`)."""
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "endpoint": self.endpoint,
-            "from": self.source,
-            "to": self.target,
-            "plan": self.plan,
-            "state": str(self.state),
-            "step": self.step,
-            "original_traffic": self.original_traffic,
-            "original_mirror": self.original_mirror,
-            "started_at": self.started_at,
-            "started_by": self.started_by,
-            "reason": self.reason,
-            "events": [{"at": e.at, "message": e.message} for e in self.events],
-        }
-        if self.finished_at is not None:
-            doc["finished_at"] = self.finished_at
-        return doc
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> RolloutRecord:
-        return cls(
-            id=doc["id"],
-            endpoint=doc["endpoint"],
-            source=doc["from"],
-            target=doc["to"],
-            plan=doc["plan"],
-            state=RolloutState(doc["state"]),
-            step=int(doc["step"]),
-            original_traffic=doc["original_traffic"],
-            original_mirror=doc["original_mirror"],
-            started_at=doc["started_at"],
-            started_by=doc["started_by"],
-            reason=doc.get("reason", ""),
-            events=tuple(RolloutEvent(e["at"], e["message"]) for e in doc.get("events", ())),
-            finished_at=doc.get("finished_at"),
-        )
+        return self.model_dump(mode="json", by_alias=True)

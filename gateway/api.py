@@ -152,6 +152,12 @@ def routes() -> list[Route]:
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+def error_responses(*statuses: int) -> dict[str, Any]:
+    """OpenAPI responses for error statuses: each answers the one error body."""
+    error = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+    return {str(status): error for status in statuses}
+
+
 def _schema(kind: Any, components: dict[str, Any]) -> dict[str, Any]:
     """The JSON schema of a model, list[Model] or a plain schema; models go to components."""
     if isinstance(kind, dict):
@@ -182,11 +188,7 @@ def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
                 "description": "OK",
                 "content": {"application/json": {"schema": _schema(op.response, components)}},
             }
-        for status in op.error_statuses():
-            responses[str(status)] = {
-                "description": "error",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
+        responses.update(error_responses(*op.error_statuses()))
         spec: dict[str, Any] = {
             "summary": op.summary,
             "description": op.description,

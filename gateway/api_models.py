@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from deploy.records import RolloutRecord
 
 
 class Answer(BaseModel):
@@ -86,22 +88,11 @@ class RegenerateKeys(BaseModel):
     keyType: Literal["primary", "secondary"]
 
 
-class RolloutEvent(BaseModel):
-    at: str
-    message: str
+#: A rollout is answered as the store keeps it.
+Rollout = RolloutRecord
 
 
-class Rollout(Answer):
-    id: str
-    endpoint: str
-    from_: str = Field(alias="from")
-    to: str
-    state: str
-    step: int
-    events: list[RolloutEvent]
-
-
-class RolloutStatus(Rollout):
+class RolloutStatus(RolloutRecord):
     traffic: dict[str, int]
     mirror_traffic: dict[str, int]
     #: the latest verdict of the replica answering, when it drives the rollout

@@ -8,13 +8,8 @@ from typing import Any
 
 from gateway import api
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
 _JSON_OBJECT = {"type": "object"}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    error = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-    return {str(status): error for status in statuses}
+_errors = api.error_responses
 
 
 def _responses(ok: dict[str, Any] | None, *errors: int, ok_status: str = "200") -> dict[str, Any]:
@@ -26,9 +21,9 @@ def _responses(ok: dict[str, Any] | None, *errors: int, ok_status: str = "200") 
     return {**out, **_errors(*errors)}
 
 
-#: Statuses that follow from an operation's shape, so no route can forget them: a
-#: credential can be wrong (401), a named thing missing (404), a body or query value
-#: malformed (400) or too large (413); a write can meet an unusable store (503).
+#: Statuses that follow from a data-plane operation's shape, so no route can forget
+#: them: a credential can be wrong (401), a named thing missing (404), a body or query
+#: value malformed (400) or too large (413). (Management routes: `api.Operation`.)
 _ERROR_BY_SHAPE = {
     "secured": (401,),
     "path": (404,),
@@ -51,10 +46,6 @@ def _op(
     derived = [
         status for shape, on in shapes.items() if on for status in _ERROR_BY_SHAPE.get(shape, ())
     ]
-    if secured == "adminToken" and (
-        body is not None or summary.startswith(("Delete", "Regenerate"))
-    ):
-        derived.append(503)
     responses = {**_errors(*derived), **responses}
     responses = {k: responses[k] for k in sorted(responses)}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}

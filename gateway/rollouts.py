@@ -17,7 +17,6 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -101,18 +100,22 @@ class RolloutController:
             # The lease first: once the record is stored, any replica looking for rollouts
             # nobody drives would find this one.
             await self._take_lease(rollout_id)
-            record = RolloutRecord(
-                id=rollout_id,
-                endpoint=endpoint,
-                source=source,
-                target=plan.to,
-                plan=plan.model_dump(by_alias=True),
-                state=RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING,
-                step=0,
-                original_traffic=spec["traffic"],
-                original_mirror=spec["mirror_traffic"],
-                started_at=utc_now(),
-                started_by=actor,
+            record = RolloutRecord.model_validate(
+                {
+                    "id": rollout_id,
+                    "endpoint": endpoint,
+                    "from": source,
+                    "to": plan.to,
+                    "plan": plan.model_dump(by_alias=True),
+                    "state": (
+                        RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING
+                    ),
+                    "step": 0,
+                    "original_traffic": spec["traffic"],
+                    "original_mirror": spec["mirror_traffic"],
+                    "started_at": utc_now(),
+                    "started_by": actor,
+                }
             ).noted(f"started by {actor}: {source} -> {plan.to}, steps {plan.steps}")
             await run_in_threadpool(control.store.put_rollout, record)
         self._spawn(record.id)
@@ -405,8 +408,8 @@ class RolloutController:
     ) -> RolloutRecord | None:
         """Finish the rollout once: None when it was already finished (by another replica
         or an abort), and then nothing is written."""
-        record = replace(
-            record.noted(f"{state}: {reason}"), state=state, reason=reason, finished_at=utc_now()
+        record = record.noted(
+            f"{state}: {reason}", state=state, reason=reason, finished_at=utc_now()
         )
         changes = (
             {"traffic": record.original_traffic, "mirror_traffic": record.original_mirror}

@@ -33,14 +33,15 @@ class DeploymentRoute:
     runtime: str
     request_timeout_s: float
     collector: PayloadCollector | None = None
+    #: the runtime's kind, looked up once here rather than on every request
+    kind: RuntimeKind = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", RUNTIME_KINDS[self.runtime])
 
     @property
     def signature(self) -> Signature:
         return self.scheduler.signature
-
-    @property
-    def kind(self) -> RuntimeKind:
-        return RUNTIME_KINDS[self.runtime]
 
 
 @dataclass(frozen=True)

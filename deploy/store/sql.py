@@ -8,6 +8,7 @@ the PostgreSQL store rewrites them once per statement.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -29,7 +30,7 @@ def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-class SqlStore:
+class SqlStore(ABC):
     """`Store` over a SQL connection; see the module docstring for what subclasses add."""
 
     #: SQL expression: seconds since the epoch on the database's clock.
@@ -40,23 +41,25 @@ class SqlStore:
     url = ""
 
     # -- what a dialect supplies ------------------------------------------------
+    @abstractmethod
     def _run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        raise NotImplementedError
+        """Execute one statement (in this thread's transaction, if any); its rows."""
 
-    def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
+        """Group calls atomically; re-entrant (the outermost one commits)."""
 
-    def _announce_change(self) -> None:
+    def _announce_change(self) -> None:  # noqa: B027 - a hook; most dialects need none
         """Called inside the transaction that wrote an audit entry."""
 
-    def check_file(self) -> None:
+    def check_file(self) -> None:  # noqa: B027 - a hook; only a file can be swapped
         """Raise StoreUnavailable if the store can no longer be written safely."""
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     # -- plumbing -----------------------------------------------------------------
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
@@ -258,10 +261,10 @@ class SqlStore:
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         row = self._one("SELECT record FROM rollouts WHERE id = ?", (rollout_id,))
-        return RolloutRecord.from_dict(_loads(row["record"])) if row else None
+        return RolloutRecord.model_validate(_loads(row["record"])) if row else None
 
     def list_rollouts(self, endpoint: str | None = None, limit: int = 50) -> list[RolloutRecord]:
-        return [RolloutRecord.from_dict(r) for r in self._records("rollouts", endpoint, limit)]
+        return [RolloutRecord.model_validate(r) for r in self._records("rollouts", endpoint, limit)]
 
     # -- batch endpoints and deployments --------------------------------------
     def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:

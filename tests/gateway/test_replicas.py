@@ -91,16 +91,7 @@ def test_changes_through_one_replica_reach_every_replica_within_a_second(
 ) -> None:
     (r1,) = cluster.start(1)
     name = "spread"
-    r1.create_endpoint(tmp_path, name)
-    r1.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx", extra_yaml=FAST)
-    r1.deploy(
-        tmp_path,
-        name,
-        "green",
-        model_dir / "classifier-v2.onnx",
-        all_traffic=False,
-        extra_yaml=FAST,
-    )
+    _rollout_endpoint(r1, tmp_path, model_dir, name, "model")
     r2, r3 = cluster.start(2)
     keys = json.loads(r1.cli("endpoint", "get-credentials", "--name", name)[1])
     # Every replica accepts the same keys: one secret, one store.
@@ -150,23 +141,7 @@ def _rollout_endpoint(gw: Gateway, tmp_path: Path, model_dir: Path, name: str, g
     gw.create_endpoint(tmp_path, name)
     gw.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx", extra_yaml=FAST)
     if green == "script":
-        # Fails only where the gateway's environment says so: on one replica.
-        src = tmp_path / "src"
-        src.mkdir()
-        (src / "score.py").write_text(
-            "import json, os\n"
-            "def init():\n    pass\n"
-            "def run(raw):\n"
-            "    if os.environ.get('FAIL_ON_THIS_REPLICA'):\n"
-            "        raise ValueError('this replica cannot score')\n"
-            "    return {'ok': True}\n"
-        )
-        spec = write_yaml(
-            tmp_path / "green.yml",
-            f"name: green\nendpoint_name: {name}\n"
-            "code_configuration: {code: src, scoring_script: score.py}\n",
-        )
-        gw.cli("deployment", "create", "-f", str(spec))
+        _script_green(gw, tmp_path, name)
     else:
         gw.deploy(
             tmp_path,
@@ -357,7 +332,7 @@ def test_replicas_share_models_and_scoring_code_through_s3_artifacts(
         name = "from-s3"
         r1.create_endpoint(tmp_path, name)
         r1.deploy(tmp_path, name, "blue", model_dir / "classifier.onnx")
-        _rollout_endpoint_script(r1, tmp_path, name)
+        _script_green(r1, tmp_path, name)
         homes[1].mkdir(parents=True)  # its own home: nothing shared on disk
         (homes[1] / "admin_token").write_text(r1.admin_token)
         r2 = start_gateway(homes[1], store=store, env_extra=env)
@@ -384,10 +359,19 @@ def test_replicas_share_models_and_scoring_code_through_s3_artifacts(
             gw.stop()
 
 
-def _rollout_endpoint_script(gw: Gateway, tmp_path: Path, name: str) -> None:
+def _script_green(gw: Gateway, tmp_path: Path, name: str) -> None:
+    """Deployment `green`: a scoring script answering {"ok": true}, except on a replica
+    whose environment has FAIL_ON_THIS_REPLICA."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "score.py").write_text("def init():\n    pass\ndef run(raw):\n    return {'ok': True}\n")
+    (src / "score.py").write_text(
+        "import os\n"
+        "def init():\n    pass\n"
+        "def run(raw):\n"
+        "    if os.environ.get('FAIL_ON_THIS_REPLICA'):\n"
+        "        raise ValueError('this replica cannot score')\n"
+        "    return {'ok': True}\n"
+    )
     spec = write_yaml(
         tmp_path / "green.yml",
         f"name: green\nendpoint_name: {name}\n"
