@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from batch.errors import BatchError
 from batch.jobs import BatchJobs
 from deploy.errors import Conflict, ControlPlaneError
-from deploy.records import FINAL_JOB_STATES
+from deploy.jobs import JobOrder
 from deploy.store import utc_now
 
 log = logging.getLogger("servegate.jobs")
@@ -94,24 +94,23 @@ class JobTopics:
             job_id = str(message.get("job_id") or (record.key or b"").decode() or "") or None
             if job_id is None:
                 raise ControlPlaneError("a job submission needs a 'job_id' (or a record key)")
-            if self.jobs.store.get_job(job_id) is not None:
+            if self.jobs.control.store.get_job(job_id) is not None:
                 log.info("job %s already exists: submission ignored", job_id)
                 return
 
             def text(key: str) -> str:
                 return str(message.get(key) or "")
 
-            await asyncio.to_thread(
-                self.jobs.invoke,
+            order = JobOrder(
                 text("endpoint"),
                 text("deployment") or None,
                 text("input"),
                 text("input_type") or None,
                 text("output"),
                 {k: message.get(k) for k in OVERRIDES},
-                f"kafka:{self.jobs_topic}",
                 job_id,
             )
+            await asyncio.to_thread(self.jobs.invoke, order, f"kafka:{self.jobs_topic}")
         except Conflict:
             return  # created a moment ago by another submission with the same id
         except (ControlPlaneError, BatchError, orjson.JSONDecodeError, ValueError) as exc:
@@ -129,26 +128,25 @@ class JobTopics:
 
     async def _watch(self, producer: AIOKafkaProducer) -> None:
         while True:
-            for job in await asyncio.to_thread(self.jobs.store.list_jobs, None, 500):
-                done = int(job.get("done") or 0)
-                mark = (job["state"], done)
-                if self._published.get(job["id"]) == mark:
+            for job in await asyncio.to_thread(self.jobs.ledger.recent, None, 500):
+                mark = (job.state, job.done)
+                if self._published.get(job.id) == mark:
                     continue
-                self._published[job["id"]] = mark
+                self._published[job.id] = mark
                 event = {
-                    "job_id": job["id"],
-                    "endpoint": job["endpoint"],
-                    "state": job["state"],
-                    "reason": job.get("reason", ""),
-                    "mini_batches_done": done,
-                    "mini_batches": job.get("mini_batches"),
-                    "output": job["output"],
+                    "job_id": job.id,
+                    "endpoint": job.endpoint,
+                    "state": job.state,
+                    "reason": job.reason,
+                    "mini_batches_done": job.done,
+                    "mini_batches": job.mini_batches,
+                    "output": job.output,
                     "at": utc_now(),
                 }
-                if job["state"] in FINAL_JOB_STATES:
-                    event["summary"] = job.get("summary")
+                if job.final:
+                    event["summary"] = job.summary
                 await producer.send_and_wait(
-                    self.events_topic, orjson.dumps(event), key=job["id"].encode()
+                    self.events_topic, orjson.dumps(event), key=job.id.encode()
                 )
             await asyncio.sleep(0.5)
 

@@ -30,8 +30,8 @@ from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner
 from batch.sources import Location, list_inputs, locate
 from batch.tensors import check_schema
 from deploy.home import ControlPlaneSettings, open_control_plane
-from deploy.records import FINAL_JOB_STATES, JobState, MiniBatchState
-from deploy.store import STORE_ENV, utc_now
+from deploy.records import JobRecord, JobState, MiniBatchRecord, MiniBatchState
+from deploy.store import STORE_ENV
 from runtimes.registry import runtime_kind
 from runtimes.types import Signature
 
@@ -39,10 +39,10 @@ log = logging.getLogger("servegate.batch")
 POLL_S = 0.2
 
 
-def _format_name(job: dict[str, Any]) -> str:
+def _format_name(job: JobRecord) -> str:
     """The job's input format (jobs planned before formats had names kept a mode)."""
     legacy = {"parquet": "parquet", "tabular": "csv", "files": "files"}
-    return str(job.get("format") or legacy[job["mode"]])
+    return job.format or legacy[job.mode or ""]
 
 
 class JobRunner:
@@ -52,6 +52,7 @@ class JobRunner:
         self.fork_guard = threading.Lock()
         self.control = open_control_plane(ControlPlaneSettings.resolve(home))
         self.store = self.control.store
+        self.ledger = self.control.jobs
         self.job_id = job_id
         self._last_progress = 0.0
         self.job_dir = home / "jobs" / job_id
@@ -61,18 +62,10 @@ class JobRunner:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> JobRecord:
         job = self.store.get_job(self.job_id)
         if job is None:
             raise SystemExit(f"no job {self.job_id}")
-        return job
-
-    def save(self, **changes: Any) -> dict[str, Any]:
-        """Merge `changes` into the stored job, atomically: a cancel written by any
-        replica between the read and the write is never overwritten."""
-        with self.store.transaction():
-            job = {**self.record(), **changes}
-            self.store.put_job(job)
         return job
 
     # -- the lease -------------------------------------------------------------------
@@ -113,33 +106,24 @@ class JobRunner:
 
     def _run(self) -> None:
         job = self.record()
-        if job["state"] in FINAL_JOB_STATES:
-            log.info("job %s is already %s", self.job_id, job["state"])
+        if job.final:
+            log.info("job %s is already %s", self.job_id, job.state)
             return
-        started = time.time()
-        with self.store.transaction():  # a cancel that came before this runner started
-            cancelled = self.record()["state"] == JobState.CANCELLING
-            if not cancelled:
-                job = self.save(
-                    state=JobState.RUNNING,
-                    pid=os.getpid(),
-                    started_at=job.get("started_at") or utc_now(),
-                    runner_started=started,
-                    reason="",
-                )
-        if cancelled:
+        running = self.ledger.start_running(self.job_id, os.getpid(), time.time())
+        if running is None:  # a cancel that came before this runner started
             self.finish(JobState.CANCELLED, "cancelled by request")
             return
-        settings = job["settings"]
+        job = running
+        settings = job.settings
         executor: Executor | None = None
         try:
-            inputs = None if job.get("planned") else self.inspect(job)
+            inputs = None if job.planned else self.inspect(job)
             # Workers import their libraries and load the model while the planner works.
             executor = EXECUTORS["local"](
-                job["runtime_name"],
-                self.control.runtime_config(job["deployment_spec"], 1),
-                job["input"],
-                settings["instance_count"] * settings["max_concurrency_per_instance"],
+                job.runtime_name,
+                self.control.runtime_config(job.deployment_spec, 1),
+                job.input,
+                settings.instance_count * settings.max_concurrency_per_instance,
                 self.fork_guard,
             )
             executor.start()
@@ -155,11 +139,11 @@ class JobRunner:
             log.error("job %s failed: %s", self.job_id, exc)
             self.finish(JobState.FAILED, str(exc), write_summary=False)
 
-    def inspect(self, job: dict[str, Any]) -> tuple[Location, list[str], InputFormat]:
+    def inspect(self, job: JobRecord) -> tuple[Location, list[str], InputFormat]:
         """List the inputs and check, from the first file's schema, that they fit the
         model: a mismatch fails the job here, once, before any worker starts (every
         file has the first one's schema; planning checks that)."""
-        location, files = list_inputs(job["input"], job.get("input_type"))
+        location, files = list_inputs(job.input, job.input_type)
         fmt = format_of(files)
         signature = self._signature(job)
         if fmt.tabular and signature is not None and signature.inputs:
@@ -170,30 +154,29 @@ class JobRunner:
                 raise BatchInputError(f"input file '{files[0]}': {exc}") from None
         return location, files, fmt
 
-    def _signature(self, job: dict[str, Any]) -> Signature | None:
+    def _signature(self, job: JobRecord) -> Signature | None:
         """The model's signature as registered (None for scoring scripts, which take
         tables as they are, and for models registered without one)."""
-        spec = job["deployment_spec"]
-        if runtime_kind(job["runtime_name"]).takes_raw_body:
+        spec = job.deployment_spec
+        if runtime_kind(job.runtime_name).takes_raw_body:
             return None
-        if spec.get("signature"):
-            return Signature.from_dict(spec["signature"])
-        if spec.get("model"):
-            record = self.control.get_model(spec["model"]["name"], spec["model"]["version"])
+        if spec.signature is not None:
+            return Signature.from_dict(spec.signature.to_dict())
+        if spec.model is not None and spec.model.name is not None:
+            record = self.control.get_model(spec.model.name, spec.model.version)
             return Signature.from_dict(record.signature) if record.signature else None
         return None
 
     def plan(
-        self, job: dict[str, Any], location: Location, files: list[str], fmt: InputFormat
-    ) -> dict[str, Any]:
-        if not fmt.tabular and not runtime_kind(job["runtime_name"]).takes_raw_body:
+        self, job: JobRecord, location: Location, files: list[str], fmt: InputFormat
+    ) -> JobRecord:
+        if not fmt.tabular and not runtime_kind(job.runtime_name).takes_raw_body:
             raise BatchInputError(
-                f"input '{job['input']}' is not a tabular dataset (Parquet, CSV, JSON lines); "
+                f"input '{job.input}' is not a tabular dataset (Parquet, CSV, JSON lines); "
                 "a folder of arbitrary files needs a scoring script (code_configuration)"
             )
-        size = job["settings"]["mini_batch_size"] or fmt.default_mini_batch_size
+        size = job.settings.mini_batch_size or fmt.default_mini_batch_size
         counts = fmt.plan(location.filesystem, files, size, self.job_dir)
-        self.store.add_mini_batches(self.job_id, counts)
         log.info(
             "planned %d mini-batches (%s, %d items) from %d files",
             len(counts),
@@ -201,27 +184,24 @@ class JobRunner:
             sum(counts),
             len(files),
         )
-        return self.save(planned=True, format=fmt.name, mini_batches=len(counts), items=sum(counts))
+        return self.ledger.plan(self.job_id, counts, fmt.name)
 
-    def execute(self, job: dict[str, Any], executor: Executor) -> None:
-        settings = job["settings"]
-        retries, timeout_s = (
-            settings["retry_settings"]["max_retries"],
-            settings["retry_settings"]["timeout"],
-        )
-        threshold = settings["error_threshold"]
-        workers = settings["instance_count"] * settings["max_concurrency_per_instance"]
-        batches = {mb["idx"]: mb for mb in self.store.list_mini_batches(self.job_id)}
+    def execute(self, job: JobRecord, executor: Executor) -> None:
+        settings = job.settings
+        retries = settings.retry_settings.max_retries
+        timeout_s = settings.retry_settings.timeout
+        threshold = settings.error_threshold
+        workers = settings.instance_count * settings.max_concurrency_per_instance
+        batches = {mb.index: mb for mb in self.ledger.mini_batches(self.job_id)}
         for mb in batches.values():
-            if mb["state"] == MiniBatchState.RUNNING:  # left by a runner that was killed
-                mb["state"] = MiniBatchState.PENDING
-                self.store.update_mini_batch(self.job_id, mb["idx"], state=MiniBatchState.PENDING)
-        pending = [i for i, mb in sorted(batches.items()) if mb["state"] == MiniBatchState.PENDING]
+            if mb.state == MiniBatchState.RUNNING:  # left by a runner that was killed
+                self._set(mb.changed(state=MiniBatchState.PENDING), batches)
+        pending = [i for i, mb in sorted(batches.items()) if mb.state == MiniBatchState.PENDING]
         phase = time.perf_counter()
         running: dict[Future[tuple[int, float]], tuple[int, float]] = {}
         try:
             while pending or running:
-                if self.record()["state"] == JobState.CANCELLING:
+                if self.record().state == JobState.CANCELLING:
                     executor.stop()
                     self.finish(JobState.CANCELLED, "cancelled by request")
                     return
@@ -236,7 +216,7 @@ class JobRunner:
                         broken = True
                         break
                     pending.pop(0)
-                    self.store.update_mini_batch(self.job_id, index, state=MiniBatchState.RUNNING)
+                    self._set(batches[index].changed(state=MiniBatchState.RUNNING), batches)
                     running[future] = (index, time.monotonic())
                 done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -246,21 +226,21 @@ class JobRunner:
                     except executor.worker_died:
                         broken = True
                         self._failed_attempt(
-                            batches[index], "a worker process died", retries, pending
+                            batches, index, "a worker process died", retries, pending
                         )
                         continue
                     except BatchInputError as exc:
                         # The data itself does not fit: the same error on every attempt.
-                        self._failed_attempt(batches[index], str(exc), 0, pending)
+                        self._failed_attempt(batches, index, str(exc), 0, pending)
                         continue
                     except Exception as exc:
                         self._failed_attempt(
-                            batches[index], f"{type(exc).__name__}: {exc}", retries, pending
+                            batches, index, f"{type(exc).__name__}: {exc}", retries, pending
                         )
                         continue
-                    batches[index].update(state=MiniBatchState.DONE, seconds=seconds)
-                    self.store.update_mini_batch(
-                        self.job_id, index, state=MiniBatchState.DONE, seconds=seconds
+                    self._set(
+                        batches[index].changed(state=MiniBatchState.DONE, seconds=seconds),
+                        batches,
                     )
                 now = time.monotonic()
                 stuck = [f for f, (_, t0) in running.items() if now - t0 > timeout_s]
@@ -271,16 +251,14 @@ class JobRunner:
                         index, _ = running.pop(future)
                         if future in stuck:
                             self._failed_attempt(
-                                batches[index], f"timed out after {timeout_s:g} s", retries, pending
+                                batches, index, f"timed out after {timeout_s:g} s", retries, pending
                             )
                         else:
                             pending.insert(0, index)
-                            self.store.update_mini_batch(
-                                self.job_id, index, state=MiniBatchState.PENDING
-                            )
+                            self._set(batches[index].changed(state=MiniBatchState.PENDING), batches)
                     executor.restart()
                 failed_items = sum(
-                    mb["items"] for mb in batches.values() if mb["state"] == MiniBatchState.FAILED
+                    mb.items for mb in batches.values() if mb.state == MiniBatchState.FAILED
                 )
                 if threshold != -1 and failed_items > threshold:
                     executor.stop()
@@ -295,98 +273,98 @@ class JobRunner:
         log.info("scoring %d mini-batches took %.3f s", len(batches), time.perf_counter() - phase)
         self.complete(job, batches)
 
+    def _set(self, mb: MiniBatchRecord, batches: dict[int, MiniBatchRecord]) -> None:
+        """Keep a mini-batch's new record here and in the store."""
+        batches[mb.index] = mb
+        self.ledger.save_mini_batch(self.job_id, mb)
+
     def _failed_attempt(
-        self, mb: dict[str, Any], error: str, retries: int, pending: list[int]
+        self,
+        batches: dict[int, MiniBatchRecord],
+        index: int,
+        error: str,
+        retries: int,
+        pending: list[int],
     ) -> None:
-        mb["attempts"] += 1
-        if mb["attempts"] <= retries:
-            log.warning(
-                "mini-batch %d failed (attempt %d, retrying): %s", mb["idx"], mb["attempts"], error
-            )
-            mb["state"] = MiniBatchState.PENDING
-            pending.append(mb["idx"])
+        mb = batches[index]
+        attempts = mb.attempts + 1
+        if attempts <= retries:
+            log.warning("mini-batch %d failed (attempt %d, retrying): %s", index, attempts, error)
+            state = MiniBatchState.PENDING
+            pending.append(index)
         else:
-            log.error(
-                "mini-batch %d failed for good after %d attempts: %s",
-                mb["idx"],
-                mb["attempts"],
-                error,
-            )
-            mb["state"] = MiniBatchState.FAILED
-        mb["error"] = error
-        self.store.update_mini_batch(
-            self.job_id,
-            mb["idx"],
-            state=mb["state"],
-            attempts=mb["attempts"],
-            error=error,
-            failed_items=mb["items"] if mb["state"] == MiniBatchState.FAILED else 0,
+            log.error("mini-batch %d failed for good after %d attempts: %s", index, attempts, error)
+            state = MiniBatchState.FAILED
+        failed_items = mb.items if state == MiniBatchState.FAILED else 0
+        self._set(
+            mb.changed(state=state, attempts=attempts, error=error, failed_items=failed_items),
+            batches,
         )
 
-    def _progress(self, batches: dict[int, dict[str, Any]]) -> None:
+    def _progress(self, batches: dict[int, MiniBatchRecord]) -> None:
         now = time.monotonic()
         if now - self._last_progress < 0.5:
             return
         self._last_progress = now
-        done = [mb for mb in batches.values() if mb["state"] == MiniBatchState.DONE]
+        done = [mb for mb in batches.values() if mb.state == MiniBatchState.DONE]
         job = self.record()
-        elapsed = max(time.time() - job["runner_started"], 1e-9)
+        elapsed = max(time.time() - (job.runner_started or time.time()), 1e-9)
         rate = (
-            sum(mb["items"] for mb in done) / elapsed
-            if FORMATS[_format_name(job)].tabular
-            else None
+            sum(mb.items for mb in done) / elapsed if FORMATS[_format_name(job)].tabular else None
         )
-        self.save(
+        self.ledger.update(
+            self.job_id,
             done=len(done),
-            failed=sum(mb["state"] == MiniBatchState.FAILED for mb in batches.values()),
+            failed=sum(mb.state == MiniBatchState.FAILED for mb in batches.values()),
             items_per_s=rate,
         )
 
-    def complete(self, job: dict[str, Any], batches: dict[int, dict[str, Any]]) -> None:
-        settings = job["settings"]
-        output = locate(job["output"])
-        done = sorted(i for i, mb in batches.items() if mb["state"] == MiniBatchState.DONE)
+    def complete(self, job: JobRecord, batches: dict[int, MiniBatchRecord]) -> None:
+        settings = job.settings
+        output = locate(job.output)
+        done = sorted(i for i, mb in batches.items() if mb.state == MiniBatchState.DONE)
         rows = None
         phase = time.perf_counter()
-        if settings["output_action"] == "append_row":
-            rows = sinks.assemble(self.job_dir, done, output, settings["output_file_name"])
+        if settings.output_action == "append_row":
+            rows = sinks.assemble(self.job_dir, done, output, settings.output_file_name)
             log.info("assembling %d rows took %.3f s", rows, time.perf_counter() - phase)
         self.finish(JobState.COMPLETED, "", output_rows=rows)
 
-    def finish(self, state: str, reason: str, write_summary: bool = True, **extra: Any) -> None:
+    def finish(
+        self, state: JobState, reason: str, write_summary: bool = True, **extra: Any
+    ) -> None:
         job = self.record()
-        batches = self.store.list_mini_batches(self.job_id)
-        seconds = time.time() - job.get("runner_started", time.time())
-        done_items = sum(mb["items"] for mb in batches if mb["state"] == MiniBatchState.DONE)
+        batches = self.ledger.mini_batches(self.job_id)
+        seconds = time.time() - (job.runner_started or time.time())
+        done_items = sum(mb.items for mb in batches if mb.state == MiniBatchState.DONE)
         summary = {
             "job": self.job_id,
             "state": state,
             "reason": reason,
-            "input": job["input"],
-            "output": job["output"],
+            "input": job.input,
+            "output": job.output,
             "mini_batches": {
                 "total": len(batches),
-                "done": sum(mb["state"] == MiniBatchState.DONE for mb in batches),
-                "failed": sum(mb["state"] == MiniBatchState.FAILED for mb in batches),
+                "done": sum(mb.state == MiniBatchState.DONE for mb in batches),
+                "failed": sum(mb.state == MiniBatchState.FAILED for mb in batches),
                 "pending": sum(
-                    mb["state"] in (MiniBatchState.PENDING, MiniBatchState.RUNNING)
-                    for mb in batches
+                    mb.state in (MiniBatchState.PENDING, MiniBatchState.RUNNING) for mb in batches
                 ),
             },
             "items": {
-                "total": sum(mb["items"] for mb in batches),
+                "total": sum(mb.items for mb in batches),
                 "done": done_items,
-                "failed": sum(mb["failed_items"] for mb in batches),
+                "failed": sum(mb.failed_items for mb in batches),
             },
             "failures": [
                 {
-                    "mini_batch": mb["idx"],
-                    "items": mb["items"],
-                    "attempts": mb["attempts"],
-                    "error": mb["error"],
+                    "mini_batch": mb.index,
+                    "items": mb.items,
+                    "attempts": mb.attempts,
+                    "error": mb.error,
                 }
                 for mb in batches
-                if mb["state"] == MiniBatchState.FAILED
+                if mb.state == MiniBatchState.FAILED
             ],
             "seconds": round(seconds, 3),
             "items_per_s": round(done_items / seconds, 1) if seconds > 0 else None,
@@ -394,11 +372,11 @@ class JobRunner:
         }
         if write_summary:
             try:
-                sinks.write_summary(locate(job["output"]), summary)
+                sinks.write_summary(locate(job.output), summary)
             except OSError as exc:
                 log.error("cannot write summary.json: %s", exc)
         log.info("job %s %s %s", self.job_id, state, reason)
-        self.save(state=state, reason=reason, finished_at=utc_now(), summary=summary)
+        self.ledger.finish(self.job_id, state, reason, summary)
 
 
 def main() -> None:

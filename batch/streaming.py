@@ -386,15 +386,15 @@ def run_stream(
     home = Path(home)
     control = open_control_plane(ControlPlaneSettings.resolve(home))
     online = control.get_endpoint(endpoint)
-    name = deployment or max(online["traffic"], key=lambda d: online["traffic"][d], default=None)
+    name = deployment or max(online.traffic, key=online.traffic.__getitem__, default=None)
     spec = control.store.get_deployment(endpoint, name) if name else None
     if spec is None or name is None:
         raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
-    runtime_name = spec.get("runtime") or "onnx"
+    runtime_name = spec.runtime or "onnx"
     config = control.runtime_config(spec, 1)
     host = ThreadHost.load(
         f"{endpoint}/{name}",
-        spec["instance_count"],
+        spec.instance_count,
         1,
         lambda: load_runtime(runtime_name, config),
     )
@@ -403,7 +403,7 @@ def run_stream(
         host,
         SchedulerSettings(
             settings.max_batch_size,
-            spec["instance_count"],
+            spec.instance_count,
             settings.request_timeout_s,
             Batching(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
         ),

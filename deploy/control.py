@@ -1,10 +1,11 @@
 """Control-plane operations: each validates, writes the store and its audit entry.
 
-The one writer of models, online and batch endpoints and deployments, keys and admin
-tokens, used by the gateway's management API, the batch runner, `stream run` and
-`stream jobs` (and at startup for the demo). Knows no HTTP. Every change is one store
-transaction with the audit entry that records who made it, when, and the spec before
-and after.
+The one writer of the store: models, online and batch endpoints and deployments, keys,
+admin tokens, rollouts, and (through `jobs`, a `JobLedger`) batch jobs, used by the
+gateway's management API, the batch runner, `stream run` and `stream jobs` (and at
+startup for the demo). Knows no HTTP. Every change is one store transaction with the
+audit entry that records who made it, when, and the spec before and after. It speaks
+records: spec models for endpoints and deployments, `deploy.records` for the rest.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from deploy.credentials import (
     read_or_create_secret,
 )
 from deploy.errors import Conflict, NotFound, SpecError
+from deploy.jobs import JobLedger
+from deploy.records import RolloutRecord
 from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
     EndpointSpec,
     ModelRef,
     OnlineDeploymentSpec,
+    SpecT,
     parse_spec,
 )
 from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
@@ -50,6 +54,7 @@ class ControlPlane:
         settings: ControlPlaneSettings | None = None,
     ) -> None:
         self.store = store
+        self.jobs = JobLedger(store)
         self.artifacts = artifacts
         self.credentials = credentials
         #: How this plane was opened (None in tests that build one by hand).
@@ -127,36 +132,36 @@ class ControlPlane:
                 shutil.copyfile(source, target)
         return folder
 
-    def runtime_config(self, spec: dict[str, Any], threads: int) -> RuntimeConfig:
+    def runtime_config(
+        self, spec: OnlineDeploymentSpec | BatchDeploymentSpec, threads: int
+    ) -> RuntimeConfig:
         """What a process needs to load one instance of a deployment's runtime (an online
         or a batch deployment's resolved spec). `threads` is the default compute threads
         per instance, unless the deployment's runtime_options say otherwise."""
         model_path: Path | None = None
-        if spec.get("model"):
-            record = self.get_model(spec["model"]["name"], spec["model"]["version"])
+        if spec.model is not None and spec.model.name is not None:
+            record = self.get_model(spec.model.name, spec.model.version)
             model_path = self.model_dir(record) / record.filename
-        options = dict(spec.get("runtime_options") or {})
+        options = dict(spec.runtime_options)
         options.setdefault("intra_op_num_threads", threads)
         # Sequential execution uses no inter-op pool; 1 keeps onnxruntime from sizing
         # one from the host's core count anyway.
         options.setdefault("inter_op_num_threads", 1)
         options.setdefault("num_threads", threads)
-        code = spec.get("code_configuration")
-        signature = spec.get("signature")
-        environment = (
-            spec.get("environment_variables")
-            or (spec.get("settings") or {}).get("environment_variables")
-            or {}
-        )
+        code = spec.code_configuration
+        if isinstance(spec, BatchDeploymentSpec):
+            environment, url = spec.settings.environment_variables, None
+        else:
+            environment, url = spec.environment_variables, spec.url
         return RuntimeConfig(
             model_path=model_path,
-            device=spec.get("device", "cpu"),
+            device=spec.device,
             options=options,
-            signature=Signature.from_dict(signature) if signature else None,
-            code_dir=self.artifacts.code_dir(code["code"]) if code else None,
-            scoring_script=code["scoring_script"] if code else None,
-            url=spec.get("url"),
-            environment=environment,
+            signature=Signature.from_dict(spec.signature.to_dict()) if spec.signature else None,
+            code_dir=self.artifacts.code_dir(code.code) if code else None,
+            scoring_script=code.scoring_script if code else None,
+            url=url,
+            environment=dict(environment),
         )
 
     def store_code(self, archive: Path) -> Path:
@@ -167,49 +172,52 @@ class ControlPlane:
             raise SpecError(f"code_configuration.code: {exc}") from None
 
     # -- endpoints ---------------------------------------------------------
-    def get_endpoint(self, name: str) -> dict[str, Any]:
+    def get_endpoint(self, name: str) -> EndpointSpec:
         spec = self.store.get_endpoint(name)
         if spec is None:
             raise NotFound(f"endpoint '{name}' does not exist")
         return spec
 
-    def create_endpoint(self, spec: EndpointSpec, actor: str) -> dict[str, Any]:
-        data = spec.model_dump(exclude={"schema_url"})
+    def create_endpoint(self, spec: EndpointSpec, actor: str) -> EndpointSpec:
+        spec = spec.model_copy(update={"schema_url": None})
         with self.store.transaction():
             if self.store.get_endpoint(spec.name) is not None:
                 raise Conflict(f"endpoint '{spec.name}' already exists")
             # No deployment exists yet, so traffic may name none (Azure ML sets it later).
             self._check_known(spec.name, {**spec.traffic, **spec.mirror_traffic}, set())
             self.store.put_endpoint(
-                spec.name,
-                data,
-                AuditEntry(actor, "endpoint.create", f"endpoints/{spec.name}", None, data),
+                spec,
+                AuditEntry(
+                    actor, "endpoint.create", f"endpoints/{spec.name}", None, spec.to_dict()
+                ),
             )
             for key_type in KEY_TYPES:
                 self._new_key(spec.name, key_type, None)
-        return data
+        return spec
 
     def update_endpoint(
         self, name: str, changes: dict[str, Any], actor: str, reason: str = ""
-    ) -> dict[str, Any]:
+    ) -> EndpointSpec:
         """Apply `changes` (traffic, mirror_traffic, description, tags, auth_mode)."""
         with self.store.transaction():
-            before = self.get_endpoint(name)
-            merged = parse_spec(EndpointSpec, {**before, **changes}, "endpoint update")
-            deployments = {d["name"] for d in self.store.list_deployments(name)}
-            self._check_known(name, {**merged.traffic, **merged.mirror_traffic}, deployments)
-            after = merged.model_dump(exclude={"schema_url"})
+            before = self.get_endpoint(name).to_dict()
+            after = parse_spec(EndpointSpec, {**before, **changes}, "endpoint update")
+            deployments = {d.name for d in self.store.list_deployments(name)}
+            self._check_known(name, {**after.traffic, **after.mirror_traffic}, deployments)
             self.store.put_endpoint(
-                name,
                 after,
-                AuditEntry(actor, "endpoint.update", f"endpoints/{name}", before, after, reason),
+                AuditEntry(
+                    actor, "endpoint.update", f"endpoints/{name}", before, after.to_dict(), reason
+                ),
             )
         return after
 
     def delete_endpoint(self, name: str, actor: str) -> None:
         with self.store.transaction():
-            before = self.get_endpoint(name)
-            before["deployments"] = self.store.list_deployments(name)
+            before = {
+                **self.get_endpoint(name).to_dict(),
+                "deployments": [d.to_dict() for d in self.store.list_deployments(name)],
+            }
             self.store.delete_endpoint(
                 name, AuditEntry(actor, "endpoint.delete", f"endpoints/{name}", before, None)
             )
@@ -262,35 +270,57 @@ class ControlPlane:
     def issue_token(self, endpoint: str) -> dict[str, Any]:
         """Azure's `get-credentials` shape for token auth."""
         spec = self.get_endpoint(endpoint)
-        if spec["auth_mode"] != "token":
-            raise SpecError(
-                f"endpoint '{endpoint}' uses auth_mode '{spec['auth_mode']}', not token"
-            )
+        if spec.auth_mode != "token":
+            raise SpecError(f"endpoint '{endpoint}' uses auth_mode '{spec.auth_mode}', not token")
         generation = key_generation(k.key_hash for k in self.store.get_keys(endpoint).values())
         token, expiry = self.credentials.issue_token(endpoint, generation)
         return {"accessToken": token, "tokenType": "Bearer", "expiryTimeUtc": expiry_text(expiry)}
 
     def credentials_of(self, endpoint: str) -> dict[str, Any]:
         spec = self.get_endpoint(endpoint)
-        return (
-            self.issue_token(endpoint) if spec["auth_mode"] == "token" else self.list_keys(endpoint)
-        )
+        return self.issue_token(endpoint) if spec.auth_mode == "token" else self.list_keys(endpoint)
 
     # -- deployments -------------------------------------------------------
-    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
+    def get_deployment(self, endpoint: str, name: str) -> OnlineDeploymentSpec:
         spec = self.store.get_deployment(endpoint, name)
         if spec is None:
             raise NotFound(f"deployment '{name}' does not exist in endpoint '{endpoint}'")
         return spec
 
-    def resolve_deployment(self, spec: OnlineDeploymentSpec, actor: str) -> dict[str, Any]:
-        """Pin the deployment's model to a registered `name:version`.
+    def _pin_model(
+        self, spec: OnlineDeploymentSpec | BatchDeploymentSpec, actor: str
+    ) -> ModelRecord | None:
+        """The registered model a deployment names. A `model.path` (a file on the
+        gateway's host) is registered as model `<endpoint>-<deployment>` first, as Azure
+        ML registers anonymous models."""
+        ref = spec.model
+        if ref is None:
+            return None
+        if ref.path is None:
+            assert ref.name is not None
+            return self.get_model(ref.name, ref.version)
+        path = Path(ref.path)
+        if not path.is_file():
+            raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
+        name = f"{spec.endpoint_name}-{spec.name}"
+        return self.register_model(name, path.name, path, actor, runtime=spec.runtime)
 
-        A `model.path` (a file on the gateway's host) is registered as model
-        `<endpoint>-<deployment>` first, as Azure ML registers anonymous models.
-        """
+    def _pinned(self, spec: SpecT, actor: str) -> SpecT:
+        """`spec` with its model pinned to a registered `name:version` and the runtime
+        that model has, validated again with it."""
+        record = self._pin_model(spec, actor)  # type: ignore[arg-type]
+        if record is None:
+            return spec.model_copy(update={"schema_url": None})
+        pinned = {
+            **spec.to_dict(),
+            "model": {"name": record.name, "version": record.version},
+            "runtime": getattr(spec, "runtime", None) or record.runtime,
+        }
+        return parse_spec(type(spec), pinned, "deployment")
+
+    def resolve_deployment(self, spec: OnlineDeploymentSpec, actor: str) -> OnlineDeploymentSpec:
+        """The deployment as it is stored: its scoring script checked, its model pinned."""
         self.get_endpoint(spec.endpoint_name)
-        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
         if spec.code_configuration is not None:
             code = Path(spec.code_configuration.code)
             script = code / spec.code_configuration.scoring_script
@@ -299,44 +329,28 @@ class ControlPlane:
                     f"field 'code_configuration': no scoring script '{script.name}' in "
                     f"'{code}' on the gateway host"
                 )
-        ref = spec.model
-        if ref is None:
-            return data
-        if ref.path is not None:
-            path = Path(ref.path)
-            if not path.is_file():
-                raise SpecError(
-                    f"field 'model.path': no model file at '{path}' on the gateway host"
-                )
-            name = f"{spec.endpoint_name}-{spec.name}"
-            record = self.register_model(name, path.name, path, actor, runtime=spec.runtime)
-        else:
-            assert ref.name is not None
-            record = self.get_model(ref.name, ref.version)
-        data.update(
-            model={"name": record.name, "version": record.version},
-            runtime=spec.runtime or record.runtime,
-        )
-        return data
+        return self._pinned(spec, actor)
 
     def put_deployment(
-        self, resolved: dict[str, Any], actor: str, all_traffic: bool = False
-    ) -> dict[str, Any]:
+        self, resolved: OnlineDeploymentSpec, actor: str, all_traffic: bool = False
+    ) -> OnlineDeploymentSpec:
         """Store a resolved deployment; with `all_traffic`, send it 100% of live traffic."""
-        endpoint, name = resolved["endpoint_name"], resolved["name"]
+        endpoint, name = resolved.endpoint_name, resolved.name
         with self.store.transaction():
             before = self.store.get_deployment(endpoint, name)
             action = "deployment.create" if before is None else "deployment.update"
             self.store.put_deployment(
-                endpoint,
-                name,
                 resolved,
                 AuditEntry(
-                    actor, action, f"endpoints/{endpoint}/deployments/{name}", before, resolved
+                    actor,
+                    action,
+                    f"endpoints/{endpoint}/deployments/{name}",
+                    before.to_dict() if before else None,
+                    resolved.to_dict(),
                 ),
             )
             # As in Azure ML, the traffic map lists every deployment; a new one starts at 0.
-            traffic = self.get_endpoint(endpoint)["traffic"]
+            traffic = self.get_endpoint(endpoint).traffic
             wanted = (
                 ({d: 0 for d in traffic} | {name: 100}) if all_traffic else ({name: 0} | traffic)
             )
@@ -349,7 +363,7 @@ class ControlPlane:
         with self.store.transaction():
             before = self.get_deployment(endpoint, name)
             spec = self.get_endpoint(endpoint)
-            live, mirrored = spec["traffic"].get(name, 0), spec["mirror_traffic"].get(name, 0)
+            live, mirrored = spec.traffic.get(name, 0), spec.mirror_traffic.get(name, 0)
             if live or mirrored:
                 raise Conflict(
                     f"deployment '{name}' still takes {live}% of traffic and {mirrored}% of "
@@ -363,90 +377,92 @@ class ControlPlane:
                     actor,
                     "deployment.delete",
                     f"endpoints/{endpoint}/deployments/{name}",
-                    before,
+                    before.to_dict(),
                     None,
                 ),
             )
             # Drop zero entries so the endpoint no longer names the deployment.
             cleaned = {
-                "traffic": {d: p for d, p in spec["traffic"].items() if d != name},
-                "mirror_traffic": {d: p for d, p in spec["mirror_traffic"].items() if d != name},
+                "traffic": {d: p for d, p in spec.traffic.items() if d != name},
+                "mirror_traffic": {d: p for d, p in spec.mirror_traffic.items() if d != name},
             }
-            if (
-                cleaned["traffic"] != spec["traffic"]
-                or cleaned["mirror_traffic"] != spec["mirror_traffic"]
-            ):
+            if cleaned != {"traffic": spec.traffic, "mirror_traffic": spec.mirror_traffic}:
                 self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")
 
     # -- batch endpoints and deployments ---------------------------------------------
-    def create_batch_endpoint(self, spec: BatchEndpointSpec, actor: str) -> dict[str, Any]:
-        data = spec.model_dump(exclude={"schema_url"})
+    def create_batch_endpoint(self, spec: BatchEndpointSpec, actor: str) -> BatchEndpointSpec:
+        spec = spec.model_copy(update={"schema_url": None})
         with self.store.transaction():
             if self.store.get_batch_endpoint(spec.name) is not None:
                 raise Conflict(f"batch endpoint '{spec.name}' already exists")
             self.store.put_batch_endpoint(
-                spec.name,
-                data,
+                spec,
                 AuditEntry(
-                    actor, "batch_endpoint.create", f"batch-endpoints/{spec.name}", None, data
+                    actor,
+                    "batch_endpoint.create",
+                    f"batch-endpoints/{spec.name}",
+                    None,
+                    spec.to_dict(),
                 ),
             )
-        return data
+        return spec
 
-    def put_batch_deployment(self, spec: BatchDeploymentSpec, actor: str) -> dict[str, Any]:
-        endpoint = self.store.get_batch_endpoint(spec.endpoint_name)
-        if endpoint is None:
+    def put_batch_deployment(self, spec: BatchDeploymentSpec, actor: str) -> BatchDeploymentSpec:
+        if self.store.get_batch_endpoint(spec.endpoint_name) is None:
             raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
-        data = spec.model_dump(exclude={"schema_url"}, exclude_none=True)
-        if spec.model is not None:
-            if spec.model.path is not None:
-                path = Path(spec.model.path)
-                if not path.is_file():
-                    raise SpecError(
-                        f"field 'model.path': no model file at '{path}' on the gateway host"
-                    )
-                record = self.register_model(
-                    f"{spec.endpoint_name}-{spec.name}",
-                    path.name,
-                    path,
-                    actor,
-                    runtime=spec.runtime,
-                )
-            else:
-                assert spec.model.name is not None
-                record = self.get_model(spec.model.name, spec.model.version)
-            data["model"] = {"name": record.name, "version": record.version}
-            data["runtime"] = spec.runtime or record.runtime
+        spec = self._pinned(spec, actor)
+        target = f"batch-endpoints/{spec.endpoint_name}"
         with self.store.transaction():
+            endpoint = self.store.get_batch_endpoint(spec.endpoint_name)
+            if endpoint is None:
+                raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
             before = self.store.get_batch_deployment(spec.endpoint_name, spec.name)
             self.store.put_batch_deployment(
-                spec.endpoint_name,
-                spec.name,
-                data,
+                spec,
                 AuditEntry(
                     actor,
                     "batch_deployment.create" if before is None else "batch_deployment.update",
-                    f"batch-endpoints/{spec.endpoint_name}/deployments/{spec.name}",
-                    before,
-                    data,
+                    f"{target}/deployments/{spec.name}",
+                    before.to_dict() if before else None,
+                    spec.to_dict(),
                 ),
             )
-            if not endpoint["defaults"].get("deployment_name"):
+            if not endpoint.defaults.get("deployment_name"):
                 # The first deployment becomes the default, as in Azure ML.
-                updated = {**endpoint, "defaults": {"deployment_name": spec.name}}
+                updated = endpoint.model_copy(update={"defaults": {"deployment_name": spec.name}})
                 self.store.put_batch_endpoint(
-                    spec.endpoint_name,
                     updated,
                     AuditEntry(
                         actor,
                         "batch_endpoint.update",
-                        f"batch-endpoints/{spec.endpoint_name}",
-                        endpoint,
-                        updated,
+                        target,
+                        endpoint.to_dict(),
+                        updated.to_dict(),
                         f"default deployment {spec.name}",
                     ),
                 )
-        return data
+        return spec
+
+    # -- rollouts (their controller lives in the gateway; the records here) ------------
+    def save_rollout(self, record: RolloutRecord, audit: AuditEntry | None = None) -> None:
+        self.store.put_rollout(record, audit)
+
+    def advance_rollout(
+        self, record: RolloutRecord, traffic: dict[str, Any] | None, reason: str
+    ) -> bool:
+        """Write a rollout's next record (and its traffic change) in one transaction, only
+        while the stored rollout is still active: once it was finished anywhere (abort, or
+        another replica's rollback) no driver can move traffic again. False when refused."""
+        with self.store.transaction():
+            stored = self.store.get_rollout(record.id)
+            if stored is None or not stored.active:
+                return False
+            if traffic is not None:
+                current = self.get_endpoint(record.endpoint)
+                if any(getattr(current, k) != v for k, v in traffic.items()):
+                    self.update_endpoint(record.endpoint, traffic, f"rollout {record.id}", reason)
+            self.store.put_rollout(record)
+        return True
 
     # -- admin tokens ----------------------------------------------------------------
     def ensure_owner_token(self, token_path: Path) -> None:

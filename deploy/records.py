@@ -1,5 +1,6 @@
 """Typed records of the control plane's moving parts: the states a job, a mini-batch
-and a rollout go through, as enums, and the rollout record.
+and a rollout go through, as enums, and their records (frozen: a change is a new
+record). Endpoints and deployments are their spec models (`deploy.specs`).
 
 The states are `StrEnum`s: stored and shown as their plain values ("running"), compared
 equal to them, so records written before these enums read back unchanged.
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from deploy.specs import BatchDeploymentSpec, BatchSettings, OnlineDeploymentSpec
 
 
 class JobState(StrEnum):
@@ -88,3 +91,113 @@ class RolloutRecord(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+class Record(BaseModel):
+    """A stored record: frozen; fields it does not know (written by a newer version)
+    are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def changed(self, **changes: Any) -> Self:
+        """This record with `changes`, validated (a state given as a string becomes
+        its enum)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class JobSettings(BatchSettings):
+    """A job's settings: its deployment's, with the job's overrides, and how many
+    instances run it."""
+
+    instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class JobRecord(Record):
+    """A batch job as the store keeps it. The deployment's spec is copied in at
+    creation: a job runs what was deployed when it was created."""
+
+    id: str
+    endpoint: str
+    deployment: str
+    #: a batch endpoint's deployment, or an online endpoint's
+    kind: Literal["batch", "online"]
+    input: str
+    input_type: str | None = None
+    output: str
+    settings: JobSettings
+    runtime_name: str
+    deployment_spec: OnlineDeploymentSpec | BatchDeploymentSpec
+    state: JobState
+    created_at: str
+    created_by: str
+    reason: str = ""
+    #: set once the runner has planned the mini-batches (and the input format)
+    planned: bool = False
+    format: str | None = None
+    #: before formats had names, a job kept the planner's mode
+    mode: str | None = None
+    mini_batches: int | None = None
+    items: int | None = None
+    #: the runner's process on its host (informational: the lease says who runs it)
+    pid: int | None = None
+    started_at: str | None = None
+    runner_started: float | None = None
+    done: int = 0
+    failed: int = 0
+    items_per_s: float | None = None
+    retried_mini_batches: tuple[int, ...] = ()
+    finished_at: str | None = None
+    summary: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_JOB_STATES
+
+
+class MiniBatchRecord(Record):
+    """One mini-batch of a job: `items` rows (or files), its state and attempts."""
+
+    index: int
+    state: MiniBatchState = MiniBatchState.PENDING
+    items: int
+    attempts: int = 0
+    failed_items: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+
+class ReplicaIdentity(BaseModel):
+    """Who a gateway replica is (what its heartbeat row says)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    host: str
+    pid: int
+    url: str
+    version: str
+    started_at: str
+
+
+class ReplicaRecord(ReplicaIdentity):
+    """A live replica as its last heartbeat left it."""
+
+    #: the newest control-plane change its routing snapshot has applied
+    applied_change: int
+    heartbeat_age_s: float
+    #: the counters it publishes (per deployment and mirror target) for rollout gates
+    stats: dict[str, Any] | None = None
+
+
+class LeaseRecord(BaseModel):
+    """Who holds a lease (a rollout, a job, the job supervisor) and for how long more."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    holder: str
+    acquired_at: str
+    expires_in_s: float

@@ -10,7 +10,7 @@ import re
 import reprlib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -69,7 +69,17 @@ _SHORT_MODEL = re.compile(
 
 
 class Spec(BaseModel):
+    """A validated, frozen spec. Specs are the control plane's records too: the store
+    keeps `to_dict()` and reads back the same model (validated again)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    #: Whether `to_dict` leaves out unset optional fields (deployments) or shows them
+    #: as null (endpoints), as the management API always answered.
+    omit_none: ClassVar[bool] = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as stored, audited and answered (the `$schema` hint left out)."""
+        return self.model_dump(mode="json", exclude={"schema_url"}, exclude_none=self.omit_none)
 
 
 class ModelRef(Spec):
@@ -197,6 +207,8 @@ _KNOWN = ", ".join(sorted(RUNTIME_KINDS))
 
 class EndpointSpec(Spec):
     """An online endpoint (`endpoint.yml`)."""
+
+    omit_none: ClassVar[bool] = False
 
     schema_url: str | None = Field(default=None, alias="$schema")
     name: EndpointName
@@ -333,6 +345,8 @@ class OnlineDeploymentSpec(Spec):
 
 class BatchEndpointSpec(Spec):
     """A batch endpoint (`batch-endpoint.yml`)."""
+
+    omit_none: ClassVar[bool] = False
 
     schema_url: str | None = Field(default=None, alias="$schema")
     name: EndpointName

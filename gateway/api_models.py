@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from deploy.records import RolloutRecord
+from deploy.records import LeaseRecord as Lease
+from deploy.records import ReplicaIdentity, RolloutRecord
 
 
 class Answer(BaseModel):
@@ -153,30 +154,10 @@ class JobDetail(Job):
     errors: list[dict[str, Any]]
 
 
-class ReplicaIdentity(BaseModel):
-    """Who a gateway replica is (what its heartbeat row says)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    host: str
-    pid: int
-    url: str
-    version: str
-    started_at: str
-
-
 class Replica(ReplicaIdentity):
     #: the newest control-plane change its routing snapshot has applied
     applied_change: int
     heartbeat_age_s: float
-
-
-class Lease(BaseModel):
-    name: str
-    holder: str
-    acquired_at: str
-    expires_in_s: float
 
 
 class ClusterStatus(BaseModel):

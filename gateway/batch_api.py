@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,6 +12,7 @@ from starlette.responses import Response
 
 from batch.jobs import BatchJobs
 from deploy.errors import NotFound
+from deploy.jobs import JobOrder
 from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, parse_spec
 from gateway.api import Permission, Query, operation
 from gateway.api_models import (
@@ -124,7 +124,7 @@ async def list_batch_deployments(request: Request, state: GatewayState) -> Respo
     """GET /management/batch/endpoints/{endpoint}/deployments"""
     endpoint = request.path_params["endpoint"]
 
-    def listed() -> list[dict[str, Any]]:
+    def listed() -> list[BatchDeploymentSpec]:
         if state.control.store.get_batch_endpoint(endpoint) is None:
             raise NotFound(f"batch endpoint '{endpoint}' does not exist")
         return state.control.store.list_batch_deployments(endpoint)
@@ -157,16 +157,15 @@ async def invoke(request: Request, state: GatewayState) -> Response:
             "max_concurrency_per_instance",
         )
     }
-    record = await run_in_threadpool(
-        _jobs(state).invoke,
+    order = JobOrder(
         str(body.get("endpoint", "")),
         body.get("deployment"),
         str(body.get("input", "")),
         body.get("input_type"),
         str(body.get("output", "")),
         overrides,
-        _actor(request),
     )
+    record = await run_in_threadpool(_jobs(state).invoke, order, _actor(request))
     return _json(record, 201)
 
 
@@ -182,7 +181,7 @@ async def invoke(request: Request, state: GatewayState) -> Response:
 async def list_jobs(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs[?endpoint=]"""
     return _json(
-        await run_in_threadpool(state.control.store.list_jobs, request.query_params.get("endpoint"))
+        await run_in_threadpool(state.control.jobs.recent, request.query_params.get("endpoint"))
     )
 
 

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from deploy.records import ReplicaIdentity
 from deploy.store import Store, utc_now
-from gateway.api_models import ReplicaIdentity
 from gateway.metrics import DeploymentMetrics, GatewayMetrics
 from gateway.mirror import MirrorStats
 
@@ -115,11 +115,11 @@ class ClusterView:
         (at most HEARTBEAT_S old)."""
         found: dict[str, dict[str, Any]] = {}
         for row in self.store.list_replicas(REPLICA_TIMEOUT_S):
-            if row["id"] == self.replica_id:
+            if row.id == self.replica_id:
                 continue
-            counters = ((row["stats"] or {}).get(self.kind) or {}).get(self.key)
+            counters = ((row.stats or {}).get(self.kind) or {}).get(self.key)
             if counters:
-                found[row["id"]] = counters
+                found[row.id] = counters
         mine = self.local()
         if mine is not None:
             found[self.replica_id] = mine
@@ -170,7 +170,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         await asyncio.to_thread(
-            self.store.heartbeat, self.identity.model_dump(), self.applied(), self.counters()
+            self.store.heartbeat, self.identity, self.applied(), self.counters()
         )
 
     async def run(self) -> None:

@@ -23,6 +23,8 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
+from deploy.specs import CollectionSpec, DataCollectorSpec
+
 log = logging.getLogger(__name__)
 
 BUFFER = 10_000
@@ -40,14 +42,14 @@ ROLL_FORMATS = {
 
 
 class PayloadCollector:
-    def __init__(self, endpoint: str, deployment: str, spec: dict[str, Any]) -> None:
+    def __init__(self, endpoint: str, deployment: str, spec: DataCollectorSpec) -> None:
         self.endpoint, self.deployment = endpoint, deployment
-        self.sampling_rate = float(spec.get("sampling_rate", 1.0))
-        collections = spec.get("collections") or {}
-        self.requests = bool((collections.get("request") or {}).get("enabled"))
-        self.responses = bool((collections.get("response") or {}).get("enabled"))
-        self.destination = spec["destination"]
-        self.rolling_rate = spec.get("rolling_rate", "Hour")
+        self.sampling_rate = spec.sampling_rate
+        off = CollectionSpec()
+        self.requests = spec.collections.get("request", off).enabled
+        self.responses = spec.collections.get("response", off).enabled
+        self.destination = spec.destination
+        self.rolling_rate = spec.rolling_rate
         self.collected = 0
         self.dropped = 0
         self._buffer: deque[dict[str, Any]] = deque()
@@ -56,7 +58,7 @@ class PayloadCollector:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        sender = self._kafka if "kafka" in self.destination else self._files
+        sender = self._kafka if self.destination.kafka is not None else self._files
         self._task = asyncio.get_running_loop().create_task(sender())
 
     def offer(
@@ -119,20 +121,21 @@ class PayloadCollector:
         import orjson
         from aiokafka import AIOKafkaProducer
 
-        settings = self.destination["kafka"]
+        settings = self.destination.kafka
+        assert settings is not None
         producer: AIOKafkaProducer | None = None
         while True:
             record = await self._next()
             try:
                 if producer is None:
                     producer = AIOKafkaProducer(
-                        bootstrap_servers=settings["bootstrap_servers"],
+                        bootstrap_servers=settings.bootstrap_servers,
                         request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
                     )
                     await asyncio.wait_for(producer.start(), SEND_TIMEOUT_S)
                 await asyncio.wait_for(
                     producer.send_and_wait(
-                        settings["topic"], orjson.dumps(record), key=record["request_id"].encode()
+                        settings.topic, orjson.dumps(record), key=record["request_id"].encode()
                     ),
                     SEND_TIMEOUT_S,
                 )
@@ -151,7 +154,8 @@ class PayloadCollector:
 
         from batch.sources import locate
 
-        target = locate(self.destination["path"])
+        assert self.destination.path is not None
+        target = locate(self.destination.path)
         rows: list[dict[str, Any]] = []
         deadline = time.monotonic() + FLUSH_EVERY_S
         while True:

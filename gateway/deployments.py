@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
+from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec
 from gateway.collector import PayloadCollector
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
@@ -31,18 +31,17 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 30.0
 
 
-def _fingerprint(resolved: dict[str, Any]) -> bytes:
-    return orjson.dumps(resolved, option=orjson.OPT_SORT_KEYS)
+def _fingerprint(resolved: OnlineDeploymentSpec) -> bytes:
+    return orjson.dumps(resolved.to_dict(), option=orjson.OPT_SORT_KEYS)
 
 
-def scheduler_settings(resolved: dict[str, Any]) -> SchedulerSettings:
-    request = resolved["request_settings"]
-    batching = resolved.get("batching")
+def scheduler_settings(resolved: OnlineDeploymentSpec) -> SchedulerSettings:
+    request, batching = resolved.request_settings, resolved.batching
     return SchedulerSettings(
-        max_concurrent_requests_per_instance=request["max_concurrent_requests_per_instance"],
-        instance_count=resolved["instance_count"],
-        max_queue_wait_s=request["max_queue_wait_ms"] / 1000,
-        batching=Batching(batching["max_batch_size"], batching["max_batch_delay_ms"] / 1000)
+        max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
+        instance_count=resolved.instance_count,
+        max_queue_wait_s=request.max_queue_wait_ms / 1000,
+        batching=Batching(batching.max_batch_size, batching.max_batch_delay_ms / 1000)
         if batching
         else None,
     )
@@ -68,49 +67,49 @@ class DeploymentHosts:
         """Held by every control-plane change, so changes apply one at a time."""
         return self._lock
 
-    def runtime_config(self, resolved: dict[str, Any]) -> RuntimeConfig:
+    def runtime_config(self, resolved: OnlineDeploymentSpec) -> RuntimeConfig:
         """Everything a runtime instance needs, resolved from the store (blocking). The
         CPUs this process may use are split between its instances (worker processes for
         `host: process`) unless the deployment's runtime_options say otherwise."""
         settings = scheduler_settings(resolved)
-        instances = HOSTS[resolved["host"]].parallel_instances(
+        instances = HOSTS[resolved.host or "thread"].parallel_instances(
             settings.instance_count, settings.max_concurrent_requests_per_instance
         )
         threads = max(1, usable_cpus() // instances)
         log.info(
             "deployment %s/%s: %d instance(s), %d compute thread(s) each (usable CPUs: %s)",
-            resolved["endpoint_name"],
-            resolved["name"],
+            resolved.endpoint_name,
+            resolved.name,
             instances,
             threads,
             cpu_reading().describe(),
         )
         return self.control.runtime_config(resolved, threads)
 
-    async def load(self, resolved: dict[str, Any]) -> Scheduler:
+    async def load(self, resolved: OnlineDeploymentSpec) -> Scheduler:
         """Load and warm a deployment's instances; raise ModelLoadError on failure."""
         config = await run_in_threadpool(self.runtime_config, resolved)
         settings = scheduler_settings(resolved)
-        name = f"{resolved['endpoint_name']}/{resolved['name']}"
-        host = await HOSTS[resolved["host"]].start(
+        name = f"{resolved.endpoint_name}/{resolved.name}"
+        host = await HOSTS[resolved.host or "thread"].start(
             HostRequest(
                 name=name,
-                runtime=resolved["runtime"],
+                runtime=resolved.runtime or "onnx",
                 config=config,
                 instance_count=settings.instance_count,
                 max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
                 batching=settings.batching is not None,
                 # A worker silent for longer than a request may last is hung: replace it.
-                hang_timeout_s=resolved["request_settings"]["request_timeout_ms"] / 1000 + 1.0,
+                hang_timeout_s=resolved.request_settings.request_timeout_ms / 1000 + 1.0,
             )
         )
-        observer = self.metrics.for_deployment(resolved["endpoint_name"], resolved["name"])
+        observer = self.metrics.for_deployment(resolved.endpoint_name, resolved.name)
         return Scheduler(name, host, settings, observer)
 
-    def adopt(self, resolved: dict[str, Any], scheduler: Scheduler) -> None:
+    def adopt(self, resolved: OnlineDeploymentSpec, scheduler: Scheduler) -> None:
         """Take ownership of a scheduler made by `load`, retiring the one it replaces."""
-        key = (resolved["endpoint_name"], resolved["name"])
-        self._collector_for(key, resolved.get("data_collector"))
+        key = (resolved.endpoint_name, resolved.name)
+        self._collector_for(key, resolved.data_collector)
         old = self._schedulers.get(key)
         self._schedulers[key] = (_fingerprint(resolved), scheduler)
         self._failed.pop(key, None)
@@ -121,7 +120,7 @@ class DeploymentHosts:
     async def sync(self) -> RoutingSnapshot:
         """Bring schedulers in line with the store, then publish a new snapshot."""
         stored = await run_in_threadpool(self.control.store.list_deployments)
-        wanted = {(d["endpoint_name"], d["name"]): d for d in stored}
+        wanted = {(d.endpoint_name, d.name): d for d in stored}
         for key, resolved in wanted.items():
             current = self._schedulers.get(key)
             if current is not None and current[0] == _fingerprint(resolved):
@@ -141,7 +140,7 @@ class DeploymentHosts:
             del self._failed[key]
         return self.snapshot
 
-    def _collector_for(self, key: tuple[str, str], spec: dict[str, Any] | None) -> None:
+    def _collector_for(self, key: tuple[str, str], spec: DataCollectorSpec | None) -> None:
         old = self.collectors.pop(key, None)
         if old is not None:
             asyncio.get_running_loop().create_task(old.close())
@@ -150,27 +149,27 @@ class DeploymentHosts:
             collector.start()
             self.collectors[key] = collector
 
-    def _build(self, wanted: dict[tuple[str, str], dict[str, Any]]) -> RoutingSnapshot:
+    def _build(self, wanted: dict[tuple[str, str], OnlineDeploymentSpec]) -> RoutingSnapshot:
         store = self.control.store
         change_id = store.last_change_id()
         endpoints = {}
         for spec in store.list_endpoints():
-            name = spec["name"]
+            name = spec.name
             routes, unavailable = {}, {}
             for (endpoint, deployment), resolved in wanted.items():
                 if endpoint != name:
                     continue
                 if (endpoint, deployment) in self._schedulers:
-                    model = resolved.get("model") or {}
+                    model = resolved.model
                     routes[deployment] = DeploymentRoute(
                         endpoint=endpoint,
                         name=deployment,
                         metrics=self.metrics.for_deployment(endpoint, deployment),
                         scheduler=self._schedulers[(endpoint, deployment)][1],
-                        model_name=model.get("name", ""),
-                        model_version=model.get("version", 0),
-                        runtime=resolved["runtime"],
-                        request_timeout_s=resolved["request_settings"]["request_timeout_ms"] / 1000,
+                        model_name=(model.name or "") if model else "",
+                        model_version=(model.version or 0) if model else 0,
+                        runtime=resolved.runtime or "onnx",
+                        request_timeout_s=resolved.request_settings.request_timeout_ms / 1000,
                         collector=self.collectors.get((endpoint, deployment)),
                     )
                 else:
@@ -178,13 +177,13 @@ class DeploymentHosts:
             key_hashes = tuple(k.key_hash for k in store.get_keys(name).values())
             endpoints[name] = EndpointRoute.build(
                 name,
-                spec["auth_mode"],
+                spec.auth_mode,
                 key_hashes,
-                spec["traffic"],
+                spec.traffic,
                 routes,
                 unavailable,
-                spec.get("mirror_traffic"),
-                spec.get("sticky_routing_header"),
+                spec.mirror_traffic,
+                spec.sticky_routing_header,
             )
         return RoutingSnapshot(endpoints, change_id)
 

@@ -42,10 +42,21 @@ from gateway.state import GatewayState
 ACTOR_HEADER = "x-servegate-actor"
 
 
+def _document(doc: Any) -> Any:
+    """An answer as JSON-ready values: records (specs, jobs, rollouts, models) as their
+    `to_dict()`, in lists too."""
+    if isinstance(doc, list):
+        return [_document(item) for item in doc]
+    to_dict = getattr(doc, "to_dict", None)
+    return to_dict() if callable(to_dict) else doc
+
+
 def _json(doc: Any, status: int = 200) -> Response:
     """A management answer; secrets (remote runtime headers, secret-looking environment
     variables) are masked in every one."""
-    return Response(orjson.dumps(mask_secrets(doc)), status, media_type="application/json")
+    return Response(
+        orjson.dumps(mask_secrets(_document(doc))), status, media_type="application/json"
+    )
 
 
 def _actor(request: Request) -> str:
@@ -216,12 +227,12 @@ async def _apply(state: GatewayState, change: Callable[[], Any]) -> Any:
     return result
 
 
-def _endpoint_view(state: GatewayState, spec: dict[str, Any]) -> dict[str, Any]:
-    route = state.hosts.snapshot.endpoints.get(spec["name"])
+def _endpoint_view(state: GatewayState, spec: EndpointSpec) -> dict[str, Any]:
+    route = state.hosts.snapshot.endpoints.get(spec.name)
     settings = state.settings
     return {
-        **spec,
-        "scoring_uri": f"http://{settings.host}:{settings.port}/endpoints/{spec['name']}/score",
+        **spec.to_dict(),
+        "scoring_uri": f"http://{settings.host}:{settings.port}/endpoints/{spec.name}/score",
         "openapi_uri": f"http://{settings.host}:{settings.port}/openapi.json",
         "deployments": sorted(route.deployments) if route else [],
         "unavailable_deployments": dict(route.unavailable) if route else {},
@@ -555,14 +566,12 @@ async def cluster_status(request: Request, state: GatewayState) -> Response:
             "this_replica": state.identity.id,
             "latest_change": latest,
             "replicas": [
-                {
-                    **{k: v for k, v in r.items() if k != "stats"},
-                    "heartbeat_age_s": round(r["heartbeat_age_s"], 3),
-                }
+                r.model_dump(exclude={"stats"}) | {"heartbeat_age_s": round(r.heartbeat_age_s, 3)}
                 for r in replicas
             ],
             "leases": [
-                {**lease, "expires_in_s": round(lease["expires_in_s"], 3)} for lease in leases
+                lease.model_dump() | {"expires_in_s": round(lease.expires_in_s, 3)}
+                for lease in leases
             ],
         }
     )

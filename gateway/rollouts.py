@@ -82,9 +82,7 @@ class RolloutController:
                     "abort it first (servegate rollout abort)"
                 )
             deployments = set(self.state.hosts.snapshot.endpoint(endpoint).deployments)
-            source = plan.from_ or max(
-                spec["traffic"], key=lambda d: spec["traffic"][d], default=None
-            )
+            source = plan.from_ or max(spec.traffic, key=spec.traffic.__getitem__, default=None)
             for role, name in (("to", plan.to), ("from", source)):
                 if name is None or name not in deployments:
                     raise SpecError(
@@ -111,13 +109,13 @@ class RolloutController:
                         RolloutState.MIRRORING if plan.mirror_first_s else RolloutState.STEPPING
                     ),
                     "step": 0,
-                    "original_traffic": spec["traffic"],
-                    "original_mirror": spec["mirror_traffic"],
+                    "original_traffic": spec.traffic,
+                    "original_mirror": spec.mirror_traffic,
                     "started_at": utc_now(),
                     "started_by": actor,
                 }
             ).noted(f"started by {actor}: {source} -> {plan.to}, steps {plan.steps}")
-            await run_in_threadpool(control.store.put_rollout, record)
+            await run_in_threadpool(control.save_rollout, record)
         self._spawn(record.id)
         return record
 
@@ -152,8 +150,8 @@ class RolloutController:
         spec = self.state.control.get_endpoint(endpoint)
         return {
             **record.to_dict(),
-            "traffic": spec["traffic"],
-            "mirror_traffic": spec["mirror_traffic"],
+            "traffic": spec.traffic,
+            "mirror_traffic": spec.mirror_traffic,
             "judgement": self.judgements.get(record.id),
         }
 
@@ -207,25 +205,9 @@ class RolloutController:
     def _save(
         self, record: RolloutRecord, changes: dict[str, Any] | None, reason: str = ""
     ) -> bool:
-        """Write the record (and a traffic change) in one transaction, only while the
-        stored rollout is still active: once it was finished anywhere (abort, or another
-        replica's rollback) no driver can move traffic again. False when refused."""
-        control = self.state.control
-        with control.store.transaction():
-            stored = control.store.get_rollout(record.id)
-            if stored is None or not stored.active:
-                return False
-            if changes is not None:
-                current = control.get_endpoint(record.endpoint)
-                if any(current[k] != v for k, v in changes.items()):
-                    control.update_endpoint(
-                        record.endpoint,
-                        changes,
-                        f"rollout {record.id}",
-                        f"{reason} [replica {self.replica}]",
-                    )
-            control.store.put_rollout(record)
-        return True
+        return self.state.control.advance_rollout(
+            record, changes, f"{reason} [replica {self.replica}]"
+        )
 
     # -- driving -------------------------------------------------------------------
     def _spawn(self, rollout_id: str) -> None:

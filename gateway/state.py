@@ -12,7 +12,7 @@ from deploy.changes import ChangeFeed
 from deploy.control import ControlPlane
 from deploy.credentials import Credentials
 from deploy.home import ControlPlaneSettings, open_control_plane
-from gateway.api_models import ReplicaIdentity
+from deploy.records import ReplicaIdentity
 from gateway.cluster import Heartbeat, published_counters, replica_here
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics

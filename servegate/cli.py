@@ -16,6 +16,7 @@ import orjson
 import yaml
 
 from deploy.errors import ControlPlaneError, SpecError
+from deploy.records import FINAL_JOB_STATES, JobState
 from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
@@ -640,16 +641,19 @@ def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
                 description=f"{job_id} {job['state']}",
                 rate=rate,
             )
-            if job["state"] in ("completed", "failed", "cancelled"):
+            if job["state"] in FINAL_JOB_STATES:
                 return dict(job)
-            if not job.get("runner_alive") and job["state"] in ("running", "queued"):
+            if not job.get("runner_alive") and job["state"] in WAITING_FOR_A_RUNNER:
                 time.sleep(1)
                 job = ctx.client.job(job_id)
-                if not job.get("runner_alive") and job["state"] in ("running", "queued"):
+                if not job.get("runner_alive") and job["state"] in WAITING_FOR_A_RUNNER:
                     return dict(job)
             time.sleep(0.3)
 
 
+#: A job in these states with no runner for a second has lost it (until the supervisor
+#: resumes it): `--wait` stops there rather than wait for ever.
+WAITING_FOR_A_RUNNER = frozenset({JobState.RUNNING, JobState.QUEUED})
 #: `--wait` exit codes; the commands' help repeats them.
 EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 1, 3  # 0: completed, every mini-batch done
 _WAIT_HELP = (
@@ -663,7 +667,7 @@ def _finish_waiting(ctx: Ctx, job_id: str) -> None:
     """Wait for the job, print its summary, and exit with the code for its outcome."""
     final = _wait_for_job(ctx, job_id)
     _print(final.get("summary") or final)
-    if final["state"] != "completed":
+    if final["state"] != JobState.COMPLETED:
         raise SystemExit(EXIT_FAILED)
     failed = (final.get("summary") or {}).get("mini_batches", {}).get("failed", 0)
     if failed:

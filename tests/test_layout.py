@@ -64,3 +64,34 @@ def test_no_package_cycle() -> None:
 def test_nothing_imports_the_top_package() -> None:
     importers = [p for p, targets in package_imports().items() if "servegate" in targets]
     assert importers == []
+
+
+def _record_writes() -> set[str]:
+    """The store's methods that write control-plane records (specs, models, keys,
+    rollouts, jobs, mini-batches, admin tokens), and with them the audit log."""
+    from deploy.store.base import Store
+
+    return {name for name in vars(Store) if name.startswith(("put_", "add_", "delete_"))}
+
+
+def test_only_the_control_plane_writes_records() -> None:
+    """`deploy/` is the one writer: no other package calls (or hands out) a store
+    method that writes a record; they go through the control plane (`ControlPlane`,
+    its `JobLedger`)."""
+    writes = _record_writes()
+    assert {"put_job", "put_rollout", "put_endpoint", "put_mini_batch"} <= writes
+    found = []
+    for package in PACKAGES:
+        if package == "deploy":
+            continue
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.Attribute) or node.attr not in writes:
+                    continue
+                receiver = node.value  # `store.put_job`, `self.store.put_job`, ...
+                name = receiver.attr if isinstance(receiver, ast.Attribute) else None
+                if isinstance(receiver, ast.Name):
+                    name = receiver.id
+                if name is not None and "store" in name:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.attr}")
+    assert not found, found

@@ -16,7 +16,23 @@ from typing import Any
 import orjson
 
 from deploy.masking import mask_secrets
-from deploy.records import RolloutRecord
+from deploy.records import (
+    FINAL_JOB_STATES,
+    JobRecord,
+    LeaseRecord,
+    MiniBatchRecord,
+    MiniBatchState,
+    ReplicaIdentity,
+    ReplicaRecord,
+    RolloutRecord,
+)
+from deploy.specs import (
+    BatchDeploymentSpec,
+    BatchEndpointSpec,
+    EndpointSpec,
+    OnlineDeploymentSpec,
+    Spec,
+)
 from deploy.store.base import AuditEntry, KeyRecord, ModelRecord, utc_now
 
 Row = dict[str, Any]
@@ -82,9 +98,7 @@ class SqlStore(ABC):
         )
         self._announce_change()
 
-    def _upsert_spec(
-        self, table: str, keys: dict[str, str], spec: dict[str, Any], audit: AuditEntry
-    ) -> None:
+    def _upsert_spec(self, table: str, keys: dict[str, str], spec: Spec, audit: AuditEntry) -> None:
         """Insert or replace a spec row (endpoints, deployments, batch ones) with its audit."""
         now = utc_now()
         columns = [*keys, "spec", "created_at", "updated_at"]
@@ -94,7 +108,7 @@ class SqlStore(ABC):
                 f"VALUES ({', '.join('?' for _ in columns)}) "
                 f"ON CONFLICT({', '.join(keys)}) DO UPDATE "
                 "SET spec = excluded.spec, updated_at = excluded.updated_at",
-                (*keys.values(), _dumps(spec), now, now),
+                (*keys.values(), _dumps(spec.to_dict()), now, now),
             )
             self._audit(audit)
 
@@ -186,15 +200,16 @@ class SqlStore(ABC):
         return int((row or {}).get("v") or 0)
 
     # -- endpoints ---------------------------------------------------------
-    def put_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
-        self._upsert_spec("endpoints", {"name": name}, spec, audit)
+    def put_endpoint(self, spec: EndpointSpec, audit: AuditEntry) -> None:
+        self._upsert_spec("endpoints", {"name": spec.name}, spec, audit)
 
-    def get_endpoint(self, name: str) -> dict[str, Any] | None:
+    def get_endpoint(self, name: str) -> EndpointSpec | None:
         row = self._one("SELECT spec FROM endpoints WHERE name = ?", (name,))
-        return _loads(row["spec"]) if row else None
+        return EndpointSpec.model_validate(_loads(row["spec"])) if row else None
 
-    def list_endpoints(self) -> list[dict[str, Any]]:
-        return [_loads(r["spec"]) for r in self._run("SELECT spec FROM endpoints ORDER BY name")]
+    def list_endpoints(self) -> list[EndpointSpec]:
+        rows = self._run("SELECT spec FROM endpoints ORDER BY name")
+        return [EndpointSpec.model_validate(_loads(r["spec"])) for r in rows]
 
     def delete_endpoint(self, name: str, audit: AuditEntry) -> None:
         with self.transaction():
@@ -202,25 +217,24 @@ class SqlStore(ABC):
             self._audit(audit)
 
     # -- deployments -------------------------------------------------------
-    def put_deployment(
-        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
-    ) -> None:
-        self._upsert_spec("deployments", {"endpoint": endpoint, "name": name}, spec, audit)
+    def put_deployment(self, spec: OnlineDeploymentSpec, audit: AuditEntry) -> None:
+        keys = {"endpoint": spec.endpoint_name, "name": spec.name}
+        self._upsert_spec("deployments", keys, spec, audit)
 
-    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+    def get_deployment(self, endpoint: str, name: str) -> OnlineDeploymentSpec | None:
         row = self._one(
             "SELECT spec FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
         )
-        return _loads(row["spec"]) if row else None
+        return OnlineDeploymentSpec.model_validate(_loads(row["spec"])) if row else None
 
-    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+    def list_deployments(self, endpoint: str | None = None) -> list[OnlineDeploymentSpec]:
         if endpoint is None:
             rows = self._run("SELECT spec FROM deployments ORDER BY endpoint, name")
         else:
             rows = self._run(
                 "SELECT spec FROM deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
             )
-        return [_loads(r["spec"]) for r in rows]
+        return [OnlineDeploymentSpec.model_validate(_loads(r["spec"])) for r in rows]
 
     def delete_deployment(self, endpoint: str, name: str, audit: AuditEntry) -> None:
         with self.transaction():
@@ -267,51 +281,51 @@ class SqlStore(ABC):
         return [RolloutRecord.model_validate(r) for r in self._records("rollouts", endpoint, limit)]
 
     # -- batch endpoints and deployments --------------------------------------
-    def put_batch_endpoint(self, name: str, spec: dict[str, Any], audit: AuditEntry) -> None:
-        self._upsert_spec("batch_endpoints", {"name": name}, spec, audit)
+    def put_batch_endpoint(self, spec: BatchEndpointSpec, audit: AuditEntry) -> None:
+        self._upsert_spec("batch_endpoints", {"name": spec.name}, spec, audit)
 
-    def get_batch_endpoint(self, name: str) -> dict[str, Any] | None:
+    def get_batch_endpoint(self, name: str) -> BatchEndpointSpec | None:
         row = self._one("SELECT spec FROM batch_endpoints WHERE name = ?", (name,))
-        return _loads(row["spec"]) if row else None
+        return BatchEndpointSpec.model_validate(_loads(row["spec"])) if row else None
 
-    def list_batch_endpoints(self) -> list[dict[str, Any]]:
+    def list_batch_endpoints(self) -> list[BatchEndpointSpec]:
         rows = self._run("SELECT spec FROM batch_endpoints ORDER BY name")
-        return [_loads(r["spec"]) for r in rows]
+        return [BatchEndpointSpec.model_validate(_loads(r["spec"])) for r in rows]
 
-    def put_batch_deployment(
-        self, endpoint: str, name: str, spec: dict[str, Any], audit: AuditEntry
-    ) -> None:
-        self._upsert_spec("batch_deployments", {"endpoint": endpoint, "name": name}, spec, audit)
+    def put_batch_deployment(self, spec: BatchDeploymentSpec, audit: AuditEntry) -> None:
+        keys = {"endpoint": spec.endpoint_name, "name": spec.name}
+        self._upsert_spec("batch_deployments", keys, spec, audit)
 
-    def get_batch_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
+    def get_batch_deployment(self, endpoint: str, name: str) -> BatchDeploymentSpec | None:
         row = self._one(
             "SELECT spec FROM batch_deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
         )
-        return _loads(row["spec"]) if row else None
+        return BatchDeploymentSpec.model_validate(_loads(row["spec"])) if row else None
 
-    def list_batch_deployments(self, endpoint: str) -> list[dict[str, Any]]:
+    def list_batch_deployments(self, endpoint: str) -> list[BatchDeploymentSpec]:
         rows = self._run(
             "SELECT spec FROM batch_deployments WHERE endpoint = ? ORDER BY name", (endpoint,)
         )
-        return [_loads(r["spec"]) for r in rows]
+        return [BatchDeploymentSpec.model_validate(_loads(r["spec"])) for r in rows]
 
     # -- batch jobs and mini-batches -------------------------------------------
-    def put_job(self, record: dict[str, Any], audit: AuditEntry | None = None) -> None:
-        self._upsert_record("jobs", record, audit)
+    def put_job(self, record: JobRecord, audit: AuditEntry | None = None) -> None:
+        self._upsert_record("jobs", record.to_dict(), audit)
 
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
+    def get_job(self, job_id: str) -> JobRecord | None:
         row = self._one("SELECT record FROM jobs WHERE id = ?", (job_id,))
-        return _loads(row["record"]) if row else None
+        return JobRecord.model_validate(_loads(row["record"])) if row else None
 
-    def list_jobs(self, endpoint: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return self._records("jobs", endpoint, limit)
+    def list_jobs(self, endpoint: str | None = None, limit: int = 50) -> list[JobRecord]:
+        return [JobRecord.model_validate(r) for r in self._records("jobs", endpoint, limit)]
 
-    def list_unfinished_jobs(self) -> list[dict[str, Any]]:
+    def list_unfinished_jobs(self) -> list[JobRecord]:
+        final = ", ".join(f"'{state}'" for state in sorted(FINAL_JOB_STATES))
         rows = self._run(
-            "SELECT record FROM jobs WHERE state NOT IN ('completed', 'failed', 'cancelled') "
+            f"SELECT record FROM jobs WHERE state NOT IN ({final}) "
             f"ORDER BY created_at, {self.ORDER}"
         )
-        return [_loads(r["record"]) for r in rows]
+        return [JobRecord.model_validate(_loads(r["record"])) for r in rows]
 
     def add_mini_batches(self, job_id: str, items: list[int]) -> None:
         """Register a job's mini-batches (item counts: rows or files), all pending."""
@@ -320,29 +334,34 @@ class SqlStore(ABC):
             self._run("DELETE FROM mini_batches WHERE job_id = ?", (job_id,))
             self._run_many(
                 "INSERT INTO mini_batches (job_id, idx, state, items, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?)",
-                [(job_id, i, n, now) for i, n in enumerate(items)],
+                "VALUES (?, ?, ?, ?, ?)",
+                [(job_id, i, MiniBatchState.PENDING.value, n, now) for i, n in enumerate(items)],
             )
 
-    MINI_BATCH_FIELDS = frozenset({"state", "attempts", "failed_items", "error", "seconds"})
-
-    def update_mini_batch(self, job_id: str, index: int, **fields: Any) -> None:
-        unknown = set(fields) - self.MINI_BATCH_FIELDS
-        if unknown:  # column names are spliced into the SQL: only known ones
-            raise ValueError(f"unknown mini-batch fields {sorted(unknown)}")
-        columns = ", ".join(f"{name} = ?" for name in fields)
+    def put_mini_batch(self, job_id: str, record: MiniBatchRecord) -> None:
         with self.transaction():
             self._run(
-                f"UPDATE mini_batches SET {columns}, updated_at = ? WHERE job_id = ? AND idx = ?",
-                (*fields.values(), utc_now(), job_id, index),
+                "UPDATE mini_batches SET state = ?, attempts = ?, failed_items = ?, error = ?, "
+                "seconds = ?, updated_at = ? WHERE job_id = ? AND idx = ?",
+                (
+                    record.state.value,
+                    record.attempts,
+                    record.failed_items,
+                    record.error,
+                    record.seconds,
+                    utc_now(),
+                    job_id,
+                    record.index,
+                ),
             )
 
-    def list_mini_batches(self, job_id: str) -> list[dict[str, Any]]:
-        return self._run(
-            "SELECT idx, state, attempts, items, failed_items, error, seconds "
+    def list_mini_batches(self, job_id: str) -> list[MiniBatchRecord]:
+        rows = self._run(
+            'SELECT idx AS "index", state, attempts, items, failed_items, error, seconds '
             "FROM mini_batches WHERE job_id = ? ORDER BY idx",
             (job_id,),
         )
+        return [MiniBatchRecord.model_validate(r) for r in rows]
 
     # -- audit -------------------------------------------------------------
     def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
@@ -404,14 +423,15 @@ class SqlStore(ABC):
         )
         return row["holder"] if row else None
 
-    def list_leases(self) -> list[Row]:
-        return self._run(
+    def list_leases(self) -> list[LeaseRecord]:
+        rows = self._run(
             f"SELECT name, holder, acquired_at, expires_at - {self.NOW} AS expires_in_s "
             f"FROM leases WHERE expires_at > {self.NOW} ORDER BY name"
         )
+        return [LeaseRecord.model_validate(r) for r in rows]
 
     # -- replicas: heartbeats and the counters each publishes ---------------------------
-    def heartbeat(self, replica: dict[str, Any], applied_change: int, stats: Any) -> None:
+    def heartbeat(self, replica: ReplicaIdentity, applied_change: int, stats: Any) -> None:
         with self.transaction():
             self._run(
                 "INSERT INTO replicas (id, host, pid, url, version, started_at, heartbeat_at, "
@@ -419,18 +439,18 @@ class SqlStore(ABC):
                 "ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
                 "applied_change = excluded.applied_change, stats = excluded.stats",
                 (
-                    replica["id"],
-                    replica["host"],
-                    replica["pid"],
-                    replica["url"],
-                    replica["version"],
-                    replica["started_at"],
+                    replica.id,
+                    replica.host,
+                    replica.pid,
+                    replica.url,
+                    replica.version,
+                    replica.started_at,
                     applied_change,
                     _dumps(stats),
                 ),
             )
 
-    def list_replicas(self, max_age_s: float) -> list[Row]:
+    def list_replicas(self, max_age_s: float) -> list[ReplicaRecord]:
         """Replicas whose last heartbeat is at most `max_age_s` old, with their stats."""
         rows = self._run(
             "SELECT id, host, pid, url, version, started_at, applied_change, stats, "
@@ -438,7 +458,7 @@ class SqlStore(ABC):
             f"WHERE heartbeat_at > {self.NOW} - ? ORDER BY started_at, id",
             (max_age_s,),
         )
-        return [{**r, "stats": _loads(r["stats"])} for r in rows]
+        return [ReplicaRecord.model_validate({**r, "stats": _loads(r["stats"])}) for r in rows]
 
     def remove_replica(self, replica_id: str) -> None:
         with self.transaction():
