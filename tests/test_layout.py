@@ -71,7 +71,7 @@ def _record_writes() -> set[str]:
     rollouts, jobs, mini-batches, admin tokens), and with them the audit log."""
     from deploy.store.base import Store
 
-    return {name for name in vars(Store) if name.startswith(("put_", "add_", "delete_"))}
+    return {name for name in vars(Store) if name.startswith(("put_", "add_", "update_", "delete_"))}
 
 
 def test_only_the_control_plane_writes_records() -> None:
