@@ -1,7 +1,7 @@
 """Where a job's mini-batches run, behind one interface: the runner plans, submits
 mini-batches, reads their outcomes and keeps the job's state; an executor only runs
-them. `local` (worker processes on the runner's host) is the one today; `ray` joins
-this table in the Ray issue.
+them: `local` (worker processes on the runner's host) or `ray` (actors on a Ray
+cluster, `batch.ray_executor`).
 """
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import ClassVar, Protocol
 
 from batch import worker
 from runtimes.base import RuntimeConfig
+from runtimes.ray_impl import RayOptions
 from runtimes.registry import runtime_kind
 
 
@@ -36,6 +39,21 @@ class Executor(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ExecutorRequest:
+    """What any executor needs to run one job's mini-batches."""
+
+    runtime_name: str
+    config: RuntimeConfig
+    input_uri: str
+    #: mini-batches scored at once (instance_count x max_concurrency_per_instance)
+    workers: int
+    #: held by the runner's lease thread while it works (see LocalProcesses)
+    fork_guard: threading.Lock
+    #: `executor: ray`: the cluster and what each worker asks it for
+    ray: RayOptions = field(default_factory=RayOptions)
+
+
 class LocalProcesses:
     """Worker processes on this host, one mini-batch at a time each.
 
@@ -48,17 +66,11 @@ class LocalProcesses:
 
     worker_died: ClassVar[type[BaseException]] = BrokenProcessPool
 
-    def __init__(
-        self,
-        runtime_name: str,
-        config: RuntimeConfig,
-        input_uri: str,
-        workers: int,
-        fork_guard: threading.Lock,
-    ) -> None:
-        self.runtime_name, self.config, self.input_uri = runtime_name, config, input_uri
-        self.workers = workers
-        self.fork_guard = fork_guard
+    def __init__(self, request: ExecutorRequest) -> None:
+        self.runtime_name, self.config = request.runtime_name, request.config
+        self.input_uri = request.input_uri
+        self.workers = request.workers
+        self.fork_guard = request.fork_guard
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -94,4 +106,13 @@ class LocalProcesses:
         self._pool = None
 
 
-EXECUTORS = {"local": LocalProcesses}
+def _ray_actors(request: ExecutorRequest) -> Executor:
+    from batch.ray_executor import RayActors
+
+    return RayActors(request)
+
+
+EXECUTORS: dict[str, Callable[[ExecutorRequest], Executor]] = {
+    "local": LocalProcesses,
+    "ray": _ray_actors,
+}

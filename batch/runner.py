@@ -24,14 +24,16 @@ from typing import Any
 
 from batch import sinks
 from batch.errors import BatchInputError
-from batch.executors import EXECUTORS, Executor
+from batch.executors import EXECUTORS, Executor, ExecutorRequest
 from batch.formats import FORMATS, InputFormat, format_of, read_schema
 from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner_id
 from batch.sources import Location, list_inputs, locate
 from batch.tensors import check_schema
 from deploy.home import ControlPlaneSettings, open_control_plane
 from deploy.records import JobRecord, JobState, MiniBatchRecord, MiniBatchState
+from deploy.specs import BatchDeploymentSpec
 from deploy.store import STORE_ENV
+from runtimes.ray_impl import RayOptions
 from runtimes.registry import runtime_kind
 from runtimes.types import Signature
 
@@ -114,18 +116,11 @@ class JobRunner:
             self.finish(JobState.CANCELLED, "cancelled by request")
             return
         job = running
-        settings = job.settings
         executor: Executor | None = None
         try:
             inputs = None if job.planned else self.inspect(job)
             # Workers import their libraries and load the model while the planner works.
-            executor = EXECUTORS["local"](
-                job.runtime_name,
-                self.control.runtime_config(job.deployment_spec, 1),
-                job.input,
-                settings.instance_count * settings.max_concurrency_per_instance,
-                self.fork_guard,
-            )
+            executor = self._executor(job)
             executor.start()
             if inputs is not None:
                 phase = time.perf_counter()
@@ -138,6 +133,27 @@ class JobRunner:
                 executor.stop()
             log.error("job %s failed: %s", self.job_id, exc)
             self.finish(JobState.FAILED, str(exc), write_summary=False)
+
+    def _executor(self, job: JobRecord) -> Executor:
+        """The executor the job's deployment names (`compute.executor`)."""
+        spec = job.deployment_spec
+        compute = spec.compute if isinstance(spec, BatchDeploymentSpec) else None
+        actor = compute.ray_actor_options if compute else None
+        config = self.control.runtime_config(spec, max(1, int(actor.num_cpus or 1)) if actor else 1)
+        request = ExecutorRequest(
+            job.runtime_name,
+            config,
+            job.input,
+            job.settings.instance_count * job.settings.max_concurrency_per_instance,
+            self.fork_guard,
+            RayOptions(
+                address=compute.ray_address if compute else None,
+                actor_options=actor.model_dump(exclude_none=True, exclude_defaults=True)
+                if actor
+                else {},
+            ),
+        )
+        return EXECUTORS[compute.executor if compute else "local"](request)
 
     def inspect(self, job: JobRecord) -> tuple[Location, list[str], InputFormat]:
         """List the inputs and check, from the first file's schema, that they fit the

@@ -16,10 +16,10 @@ import pyarrow as pa
 from batch.formats import FORMATS
 from batch.planner import SOURCE_FILE, SOURCE_ROW
 from batch.sinks import write_part
-from batch.sources import locate
+from batch.sources import Location, locate
 from batch.tensors import table_from_outputs, table_from_result, tensors_from_table
-from runtimes.base import RuntimeConfig
-from runtimes.registry import load_runtime, runtime_kind
+from runtimes.base import Runtime, RuntimeConfig
+from runtimes.registry import RuntimeKind, load_runtime, runtime_kind
 
 _state: dict[str, Any] = {}
 
@@ -43,9 +43,15 @@ def exit_with_parent(parent_pid: int) -> None:
 def init(runtime_name: str, config: RuntimeConfig, input_uri: str, parent_pid: int) -> None:
     exit_with_parent(parent_pid)
     os.environ.update(config.environment)
-    _state["runtime"] = load_runtime(runtime_name, config)
-    _state["raw"] = runtime_kind(runtime_name).takes_raw_body
-    _state["input"] = locate(input_uri)
+    adopt(load_runtime(runtime_name, config), runtime_kind(runtime_name), locate(input_uri))
+
+
+def adopt(runtime: Runtime, kind: RuntimeKind, source: Location) -> None:
+    """Make this process a worker of `runtime` reading from `source` (a local worker
+    process, or a Ray actor)."""
+    _state["runtime"] = runtime
+    _state["raw"] = kind.takes_raw_body
+    _state["input"] = source
 
 
 def score(job_dir: str, index: int, format_name: str) -> tuple[int, float]:

@@ -259,6 +259,17 @@ def check_mirror(traffic: dict[str, int], mirror_traffic: dict[str, int]) -> Non
             raise ValueError(f"deployment '{name}' already takes live traffic")
 
 
+class RayActorOptions(Spec):
+    """Ray Serve's `ray_actor_options` for each replica of a `host: ray` deployment."""
+
+    num_cpus: Annotated[float, Field(ge=0, le=1024)] | None = None
+    num_gpus: Annotated[float, Field(ge=0, le=64)] | None = None
+    #: bytes of memory to reserve for each replica
+    memory: Annotated[int, Field(ge=0)] | None = None
+    #: custom resources, e.g. {"accelerator_type_a100": 1}
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+
 class OnlineDeploymentSpec(Spec):
     """An online deployment (`deployment.yml`)."""
 
@@ -272,7 +283,11 @@ class OnlineDeploymentSpec(Spec):
     code_configuration: CodeConfiguration | None = None
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     signature: SignatureSpec | None = None
-    host: Literal["thread", "process"] | None = None
+    host: Literal["thread", "process", "ray"] | None = None
+    #: `host: ray`: the Ray cluster (default: SERVEGATE_RAY_ADDRESS, else `auto`)
+    ray_address: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    #: `host: ray`: what each replica asks the cluster for
+    ray_actor_options: RayActorOptions | None = None
     batching: Batching | None = None
     data_collector: DataCollectorSpec | None = None
     instance_type: str | None = None
@@ -323,10 +338,12 @@ class OnlineDeploymentSpec(Spec):
             raise ValueError(f"'url' is for runtime '{_IN_GATEWAY_KIND}', not '{runtime}'")
         if self.model is None and kind.needs_model:
             raise ValueError(f"'model' is required for runtime '{kind.name}'")
-        if kind.runs_in_gateway and self.host == "process":
+        if kind.runs_in_gateway and self.host in ("process", "ray"):
             raise ValueError(
-                f"runtime '{kind.name}' runs in the gateway; 'host: process' does not apply"
+                f"runtime '{kind.name}' runs in the gateway; 'host: {self.host}' does not apply"
             )
+        if self.host != "ray" and (self.ray_address or self.ray_actor_options):
+            raise ValueError("'ray_address' and 'ray_actor_options' go with 'host: ray'")
         if not kind.batchable and self.batching is not None:
             raise ValueError("a scoring script gets one raw request at a time; drop 'batching'")
         if self.host is None:
@@ -361,8 +378,21 @@ class RetrySettings(Spec):
 
 
 class BatchCompute(Spec):
-    executor: Literal["local"] = "local"
+    """Where mini-batches run: worker processes on the runner's host (`local`) or actors
+    on a Ray cluster (`ray`)."""
+
+    executor: Literal["local", "ray"] = "local"
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+    #: `executor: ray`: the cluster (default: SERVEGATE_RAY_ADDRESS, else `auto`)
+    ray_address: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    #: `executor: ray`: what each worker actor asks the cluster for
+    ray_actor_options: RayActorOptions | None = None
+
+    @model_validator(mode="after")
+    def _ray_settings(self) -> BatchCompute:
+        if self.executor != "ray" and (self.ray_address or self.ray_actor_options):
+            raise ValueError("'ray_address' and 'ray_actor_options' go with 'executor: ray'")
+        return self
 
 
 class BatchSettings(Spec):

@@ -23,6 +23,7 @@ from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
 from runtimes.host_registry import HOSTS, HostRequest
+from runtimes.ray_impl import RayOptions
 from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, Scheduler, SchedulerSettings
 
@@ -35,8 +36,21 @@ def _fingerprint(resolved: OnlineDeploymentSpec) -> bytes:
     return orjson.dumps(resolved.to_dict(), option=orjson.OPT_SORT_KEYS)
 
 
+def ray_options(resolved: OnlineDeploymentSpec) -> RayOptions:
+    actor = resolved.ray_actor_options
+    batching = resolved.batching
+    return RayOptions(
+        address=resolved.ray_address,
+        actor_options=actor.model_dump(exclude_none=True, exclude_defaults=True) if actor else {},
+        max_batch_size=batching.max_batch_size if batching else 1,
+        batch_wait_s=batching.max_batch_delay_ms / 1000 if batching else 0.0,
+    )
+
+
 def scheduler_settings(resolved: OnlineDeploymentSpec) -> SchedulerSettings:
     request, batching = resolved.request_settings, resolved.batching
+    if not HOSTS[resolved.host or "thread"].gateway_batching:
+        batching = None  # coalesced by the host, where the model runs
     return SchedulerSettings(
         max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
         instance_count=resolved.instance_count,
@@ -75,7 +89,11 @@ class DeploymentHosts:
         instances = HOSTS[resolved.host or "thread"].parallel_instances(
             settings.instance_count, settings.max_concurrent_requests_per_instance
         )
-        threads = max(1, usable_cpus() // instances)
+        if instances:
+            threads = max(1, usable_cpus() // instances)
+        else:  # instances elsewhere: the CPUs each asks its cluster for
+            options = resolved.ray_actor_options
+            threads = max(1, int(options.num_cpus or 1) if options else 1)
         log.info(
             "deployment %s/%s: %d instance(s), %d compute thread(s) each (usable CPUs: %s)",
             resolved.endpoint_name,
@@ -101,6 +119,8 @@ class DeploymentHosts:
                 batching=settings.batching is not None,
                 # A worker silent for longer than a request may last is hung: replace it.
                 hang_timeout_s=resolved.request_settings.request_timeout_ms / 1000 + 1.0,
+                ray=ray_options(resolved),
+                fingerprint=_fingerprint(resolved),
             )
         )
         observer = self.metrics.for_deployment(resolved.endpoint_name, resolved.name)

@@ -158,12 +158,17 @@ def v2_binary(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 
 # -- (c) servegate ----------------------------------------------------------------------
-def deploy(gateway: GatewayProcess, mlp_path: Path, cnn_path: Path) -> str:
+#: rows coalesced per model call: the MLP is cheap per row, the CNN is not
+MAX_BATCH = {"mlp": 32, "cnn": 8}
+
+
+def deploy(
+    gateway: GatewayProcess, mlp_path: Path, cnn_path: Path, extra: dict[str, Any] | None = None
+) -> str:
+    """Endpoint `bench` with deployments `mlp` (100% of traffic) and `cnn`, as the README
+    configures them, plus `extra` fields (e.g. `host: ray`); the endpoint's key."""
     gateway.call("POST", "/management/endpoints", json={"name": "bench"})
-    for name, path, batching in (
-        ("mlp", mlp_path, {"max_batch_size": 32}),
-        ("cnn", cnn_path, {"max_batch_size": 8}),
-    ):
+    for name, path in (("mlp", mlp_path), ("cnn", cnn_path)):
         gateway.call(
             "POST",
             f"/management/models/{name}/versions",
@@ -176,11 +181,12 @@ def deploy(gateway: GatewayProcess, mlp_path: Path, cnn_path: Path) -> str:
             json={
                 "name": name,
                 "model": f"{name}:1",
-                "batching": batching,
+                "batching": {"max_batch_size": MAX_BATCH[name]},
                 # 2 x 32 in flight: room for the 32 connections (Azure's rule would 429 the rest).
                 # No runtime_options: threads are the defaults a user gets (sized from the
                 # CPUs the pinned server may use).
                 "request_settings": {"max_concurrent_requests_per_instance": 32},
+                **(extra or {}),
             },
         )
     gateway.call("PATCH", "/management/endpoints/bench", json={"traffic": {"mlp": 100, "cnn": 0}})

@@ -1,17 +1,18 @@
 """Instance hosts by name: where a deployment's instances run (`host:` in its spec).
 
 Each entry starts a host for one deployment from the same request, so the gateway
-does not branch on the host's name. `ray` joins this table in the Ray issue.
+does not branch on the host's name.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtimes.base import RuntimeConfig
 from runtimes.hosts import ThreadHost
+from runtimes.ray_impl import RayOptions
 from runtimes.registry import load_runtime
 from runtimes.scheduler import InstanceHost
 
@@ -28,6 +29,10 @@ class HostRequest:
     batching: bool
     #: a call silent for longer than this is hung (hosts that can replace a worker)
     hang_timeout_s: float
+    #: `host: ray`: the cluster, each replica's resources and its batching
+    ray: RayOptions = field(default_factory=RayOptions)
+    #: what the deployment runs, hashed (names its Ray Serve application)
+    fingerprint: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,11 @@ class HostKind:
     name: str
     start: Callable[[HostRequest], Awaitable[InstanceHost]]
     #: (instance_count, max_concurrent_requests_per_instance) -> how many instances the
-    #: host runs side by side, which share the usable CPUs (sizes their threads)
+    #: host runs side by side, which share the usable CPUs (sizes their threads); 0 for a
+    #: host whose instances run elsewhere (they get the CPUs they ask their cluster for)
     parallel_instances: Callable[[int, int], int]
+    #: the gateway batches requests for it (False: the host batches where the model runs)
+    gateway_batching: bool = True
 
 
 async def _start_threads(request: HostRequest) -> InstanceHost:
@@ -69,10 +77,26 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
     )
 
 
+async def _start_ray(request: HostRequest) -> InstanceHost:
+    from runtimes.ray_impl import RayServeHost
+
+    return await asyncio.to_thread(
+        RayServeHost.deploy,
+        request.name,
+        request.runtime,
+        request.config,
+        request.instance_count,
+        request.max_concurrent_requests_per_instance,
+        request.ray,
+        request.fingerprint,
+    )
+
+
 HOSTS: dict[str, HostKind] = {
     kind.name: kind
     for kind in (
         HostKind("thread", _start_threads, lambda instances, _: instances),
         HostKind("process", _start_processes, _worker_count),
+        HostKind("ray", _start_ray, lambda _, __: 0, gateway_batching=False),
     )
 }

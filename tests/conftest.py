@@ -18,6 +18,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from loadtests.ray_cluster import RAY_ENV, RayCluster, start_ray_cluster
 from tests import models
 
 #: The store every gateway of this test run uses: `sqlite` (a file in its home) or
@@ -373,3 +374,28 @@ def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
                 os.environ[key] = value
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One Ray cluster for the test run (started by the first test that needs it)."""
+    cluster = start_ray_cluster(cpus=2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_gateway(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster
+) -> Iterator[Gateway]:
+    """A gateway whose `host: ray` deployments and `executor: ray` jobs use `ray_cluster`."""
+    home = tmp_path_factory.mktemp("raygw") / "home"
+    env = {
+        **RAY_ENV,
+        "SERVEGATE_RAY_ADDRESS": ray_cluster.address,
+        # A deployment that cannot start fails in seconds, not after the default 120.
+        "SERVEGATE_RAY_START_TIMEOUT_S": "20",
+    }
+    gw = start_gateway(home, env_extra=env)
+    yield gw
+    assert_clean_exit(gw)

@@ -54,6 +54,7 @@ def batch_endpoint(
     name: str,
     settings: str = "",
     code: str | None = None,
+    compute: str = "{instance_count: 2}",
 ) -> None:
     gw.cli(
         "batch",
@@ -80,7 +81,7 @@ def batch_endpoint(
                 f"""
 name: main
 endpoint_name: {name}
-{source}compute: {{instance_count: 2}}
+{source}compute: {compute}
 settings:
   mini_batch_size: 300
   output_file_name: predictions.parquet
