@@ -153,7 +153,8 @@ class _HotSeries(Collector):
 
 
 class _SchedulerGauges(Collector):
-    """In-flight and queued requests, read from the schedulers at scrape time."""
+    """In-flight and queued requests and instances, read from the schedulers at scrape
+    time."""
 
     def __init__(self, schedulers: Callable[[], Iterable[Scheduler]]) -> None:
         self._schedulers = schedulers
@@ -169,12 +170,20 @@ class _SchedulerGauges(Collector):
             "Requests waiting for an instance.",
             labels=["endpoint", "deployment"],
         )
+        instances = GaugeMetricFamily(
+            "servegate_instances",
+            "Instances serving the deployment: threads' runtimes, worker processes or Ray "
+            "Serve replicas.",
+            labels=["endpoint", "deployment"],
+        )
         for scheduler in self._schedulers():
             endpoint, _, deployment = scheduler.name.partition("/")
             in_flight.add_metric([endpoint, deployment], scheduler.in_flight)
             queued.add_metric([endpoint, deployment], scheduler.queued)
+            instances.add_metric([endpoint, deployment], scheduler.instances)
         yield in_flight
         yield queued
+        yield instances
 
 
 _MIRROR_COUNTERS = {

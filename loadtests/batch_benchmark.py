@@ -101,12 +101,14 @@ def run_baseline(work: Path, workers: int, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def run_job(gateway: GatewayProcess, work: Path, output: str) -> tuple[float, dict[str, Any]]:
+def run_job(
+    gateway: GatewayProcess, work: Path, output: str, endpoint: str = "bench"
+) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     job = gateway.call(
         "POST",
         "/management/batch/jobs",
-        json={"endpoint": "bench", "input": str(work / "rows.parquet"), "output": output},
+        json={"endpoint": endpoint, "input": str(work / "rows.parquet"), "output": output},
     )
     while job["state"] not in ("completed", "failed", "cancelled"):
         time.sleep(0.05)

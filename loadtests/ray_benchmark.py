@@ -98,6 +98,9 @@ def main() -> None:
             rounds = max(1, round(args.duration / args.slice))
             results = interleaved(cases, rounds, args.slice)
     finally:
+        import ray
+
+        ray.shutdown()  # before its cluster goes: a driver left connected aborts the process
         cluster.stop()
     ratios = {
         f"{name}_servegate_vs_ray_serve_proxy (>= 2)": results[f"servegate_{name}"]["rps"]

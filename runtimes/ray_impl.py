@@ -134,7 +134,14 @@ class RayServeHost:
     """`InstanceHost` over one Ray Serve application."""
 
     def __init__(
-        self, name: str, app: str, handle: Any, signature: Signature, slots: int, batched: bool
+        self,
+        name: str,
+        app: str,
+        handle: Any,
+        signature: Signature,
+        slots: int,
+        batched: bool,
+        replicas: int,
     ) -> None:
         self.name = name
         self.app = app
@@ -142,6 +149,7 @@ class RayServeHost:
         self._signature = signature
         self._slots = list(range(slots))
         self._batched = batched
+        self._replicas = replicas
 
     @classmethod
     def deploy(
@@ -201,7 +209,7 @@ class RayServeHost:
         log.info(
             "deployment %s: Ray Serve application %s, %d replica(s)", name, app, instance_count
         )
-        return cls(name, app, handle, signature, slots, batched)
+        return cls(name, app, handle, signature, slots, batched, instance_count)
 
     @property
     def signature(self) -> Signature:
@@ -210,6 +218,11 @@ class RayServeHost:
     @property
     def slots(self) -> Sequence[int]:
         return self._slots
+
+    @property
+    def instance_count(self) -> int:
+        """The application's replicas (as deployed; Ray replaces one that dies)."""
+        return self._replicas
 
     async def run(
         self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None

@@ -193,6 +193,12 @@ class Scheduler:
         return self._in_flight
 
     @property
+    def instances(self) -> int:
+        """How many instances the host runs now."""
+        count = getattr(self.host, "instance_count", None)
+        return int(count) if count is not None else len(set(self.host.slots))
+
+    @property
     def queued(self) -> int:
         return len(self._pending)
 

@@ -149,6 +149,7 @@ def test_engine_metrics_are_exposed(
         assert list(metric(gateway, name, unique_name).values()) == [3.0], name
     assert list(metric(gateway, "servegate_in_flight_requests", unique_name).values()) == [0.0]
     assert list(metric(gateway, "servegate_queued_requests", unique_name).values()) == [0.0]
+    assert list(metric(gateway, "servegate_instances", unique_name).values()) == [1.0]
 
 
 @pytest.mark.gpu

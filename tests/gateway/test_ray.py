@@ -24,6 +24,7 @@ from tests.conftest import (
     start_gateway,
     wait_for,
 )
+from tests.gateway.test_engine import metric
 from tests.gateway.test_server import in_process
 
 #: Replicas ask for a quarter of a CPU: the test cluster has 2, and an update runs the
@@ -204,6 +205,7 @@ def test_a_killed_replica_fails_at_most_its_requests_in_flight(
     url, auth = f"{gw.url}/endpoints/{unique_name}/score", gw.auth(unique_name)
     pids = wait_for(lambda: replica_pids(ray_cluster, unique_name), 30)
     assert len(pids) == 2, pids
+    assert list(metric(gw, "servegate_instances", unique_name).values()) == [2.0]
     with Load(url, {"input_data": ROWS}, auth, threads=2) as load:
         time.sleep(1)
         os.kill(pids[0], signal.SIGKILL)
