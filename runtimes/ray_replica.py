@@ -12,6 +12,7 @@ each request crosses the network alone, and concurrent ones are scored as one ca
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -85,6 +86,7 @@ class ServegateReplica:
     ) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="servegate-replica-")
         config = unpack(config, model_files, code_files, Path(self._folder.name))
+        os.environ.update(config.environment)  # each replica is a process of its own
         self.runtime = load_runtime(runtime, config)
         if max_batch_size > 1:
             batched: Any = self.infer_batched

@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.gateway.test_engine import metric
+from tests.gateway.test_runtimes import SCORE_PY
 from tests.gateway.test_server import in_process
 
 #: Replicas ask for a quarter of a CPU: the test cluster has 2, and an update runs the
@@ -291,3 +292,29 @@ def test_replicas_that_do_not_fit_the_cluster_fail_the_create_with_the_reason(
     assert "big" not in listed
     # Its application is deleted: nothing is left waiting for CPUs on the cluster.
     wait_for(lambda: not ray_cluster.processes_named("ServeReplica", unique_name), 30)
+
+
+def test_a_scoring_script_runs_on_ray_with_its_model_folder_and_environment(
+    ray_gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    gw = ray_gateway
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "score.py").write_text(SCORE_PY)
+    (tmp_path / "model.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
+    gw.create_endpoint(tmp_path, unique_name)
+    spec = tmp_path / "script.yml"
+    spec.write_text(
+        f"name: script\nendpoint_name: {unique_name}\nmodel: {{path: model.onnx}}\n"
+        "code_configuration: {code: src, scoring_script: score.py}\n"
+        "environment_variables: {GREETING: hello}\n" + RAY
+    )
+    gw.cli("deployment", "create", "--all-traffic", "-f", str(spec))
+    url, auth = f"{gw.url}/endpoints/{unique_name}/score", gw.auth(unique_name)
+    r = httpx.post(url, headers=auth, content=b'{"values": [1, 2, 3.5]}')
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["total"] == 6.5 and answer["files"] == ["model.onnx"]
+    assert answer["greeting"] == "hello" and answer["pid"] != gw.process.pid
+    r = httpx.post(url, headers=auth, content=b'{"fail": "bad row 7"}')
+    assert r.status_code == 424, r.text
+    assert r.json()["error"] == "scoring script raised ValueError: cannot score: bad row 7"
