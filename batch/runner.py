@@ -31,7 +31,7 @@ from batch.sources import Location, list_inputs, locate
 from batch.tensors import check_schema
 from deploy.home import ControlPlaneSettings, open_control_plane
 from deploy.records import JobRecord, JobState, MiniBatchRecord, MiniBatchState
-from deploy.specs import BatchDeploymentSpec
+from deploy.specs import BatchDeploymentSpec, RayActorOptions
 from deploy.store import STORE_ENV
 from runtimes.ray_impl import RayOptions
 from runtimes.registry import runtime_kind
@@ -139,7 +139,7 @@ class JobRunner:
         spec = job.deployment_spec
         compute = spec.compute if isinstance(spec, BatchDeploymentSpec) else None
         actor = compute.ray_actor_options if compute else None
-        config = self.control.runtime_config(spec, max(1, int(actor.num_cpus or 1)) if actor else 1)
+        config = self.control.runtime_config(spec, RayActorOptions.threads(actor))
         request = ExecutorRequest(
             job.runtime_name,
             config,
@@ -148,9 +148,7 @@ class JobRunner:
             self.fork_guard,
             RayOptions(
                 address=compute.ray_address if compute else None,
-                actor_options=actor.model_dump(exclude_none=True, exclude_defaults=True)
-                if actor
-                else {},
+                actor_options=actor.for_ray() if actor else {},
             ),
         )
         return EXECUTORS[compute.executor if compute else "local"](request)

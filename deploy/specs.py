@@ -269,6 +269,16 @@ class RayActorOptions(Spec):
     #: custom resources, e.g. {"accelerator_type_a100": 1}
     resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
+    def for_ray(self) -> dict[str, Any]:
+        """Ray's `ray_actor_options`: only what was given (Ray's defaults stand)."""
+        return self.model_dump(exclude_none=True, exclude_defaults=True)
+
+    @staticmethod
+    def threads(options: RayActorOptions | None) -> int:
+        """Compute threads per runtime instance: the CPUs each replica asks for (1 when
+        it asks for none or a fraction)."""
+        return max(1, int(options.num_cpus or 1)) if options else 1
+
 
 class OnlineDeploymentSpec(Spec):
     """An online deployment (`deployment.yml`)."""

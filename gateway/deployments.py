@@ -16,7 +16,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
-from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec
+from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, RayActorOptions
 from gateway.collector import PayloadCollector
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
@@ -41,7 +41,7 @@ def ray_options(resolved: OnlineDeploymentSpec) -> RayOptions:
     batching = resolved.batching
     return RayOptions(
         address=resolved.ray_address,
-        actor_options=actor.model_dump(exclude_none=True, exclude_defaults=True) if actor else {},
+        actor_options=actor.for_ray() if actor else {},
         max_batch_size=batching.max_batch_size if batching else 1,
         batch_wait_s=batching.max_batch_delay_ms / 1000 if batching else 0.0,
     )
@@ -92,8 +92,7 @@ class DeploymentHosts:
         if instances:
             threads = max(1, usable_cpus() // instances)
         else:  # instances elsewhere: the CPUs each asks its cluster for
-            options = resolved.ray_actor_options
-            threads = max(1, int(options.num_cpus or 1) if options else 1)
+            threads = RayActorOptions.threads(resolved.ray_actor_options)
         log.info(
             "deployment %s/%s: %d instance(s), %d compute thread(s) each (usable CPUs: %s)",
             resolved.endpoint_name,
