@@ -443,6 +443,22 @@ class ControlPlane:
                 )
         return spec
 
+    def record_scaling(
+        self, endpoint: str, name: str, before: int, after: int, reason: str, actor: str
+    ) -> None:
+        """Audit a change of a deployment's running instances (made by the autoscaler,
+        outside the store)."""
+        self.store.add_audit(
+            AuditEntry(
+                actor,
+                "deployment.scale",
+                f"endpoints/{endpoint}/deployments/{name}",
+                {"instances": before},
+                {"instances": after},
+                reason,
+            )
+        )
+
     # -- rollouts (their controller lives in the gateway; the records here) ------------
     def save_rollout(self, record: RolloutRecord, audit: AuditEntry | None = None) -> None:
         self.store.put_rollout(record, audit)

@@ -134,6 +134,50 @@ class Batching(Spec):
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
+class ScaleSettings(Spec):
+    """Azure ML's `scale_settings` (the Kubernetes online deployment's, with its
+    defaults). `default`: `instance_count` instances, always. `target_utilization`: the
+    gateway (or, for `host: ray`, Ray Serve) adds instances while the requests in flight
+    pass `target_utilization_percentage` of capacity (`instance_count` x
+    `max_concurrent_requests_per_instance`), looking every `polling_interval` seconds,
+    and removes them, drained, once fewer would have been enough for `scale_down_delay`
+    seconds (down to 0 with `min_instances: 0`; the next request waits for one to load)."""
+
+    type: Literal["default", "target_utilization"] = "default"
+    min_instances: Annotated[int, Field(ge=0, le=64)] = 1
+    max_instances: Annotated[int, Field(ge=1, le=64)] = 1
+    polling_interval: Annotated[int, Field(ge=1, le=3600)] = 1
+    target_utilization_percentage: Annotated[int, Field(ge=1, le=100)] = 70
+    #: not in Azure ML: how long fewer instances must have been enough before some are
+    #: removed (Kubernetes' HPA waits 300 s by default, as here)
+    scale_down_delay: Annotated[int, Field(ge=0, le=86_400)] = 300
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScaleSettings:
+        if self.type == "default":
+            # (A stored spec spells the defaults out: only other values are a mistake.)
+            extra = sorted(
+                name
+                for name in self.model_fields_set - {"type"}
+                if getattr(self, name) != type(self).model_fields[name].default
+            )
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} go with 'type: target_utilization'; "
+                    "'type: default' keeps instance_count instances"
+                )
+        elif self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) is above max_instances "
+                f"({self.max_instances})"
+            )
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.type == "target_utilization"
+
+
 class CodeConfiguration(Spec):
     """Azure ML's `code_configuration`: a folder and the scoring script in it."""
 
@@ -302,6 +346,7 @@ class OnlineDeploymentSpec(Spec):
     data_collector: DataCollectorSpec | None = None
     instance_type: str | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+    scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
     device: Annotated[str, AfterValidator(_device)] = "cpu"
     request_settings: RequestSettings = Field(default_factory=RequestSettings)
     environment_variables: dict[str, str] = Field(default_factory=dict)
@@ -356,6 +401,14 @@ class OnlineDeploymentSpec(Spec):
             raise ValueError("'ray_address' and 'ray_actor_options' go with 'host: ray'")
         if not kind.batchable and self.batching is not None:
             raise ValueError("a scoring script gets one raw request at a time; drop 'batching'")
+        scale = self.scale_settings
+        if scale.autoscaled and not scale.min_instances <= self.instance_count <= (
+            scale.max_instances
+        ):
+            # instance_count is where an autoscaled deployment starts (Azure ML ignores it).
+            update["instance_count"] = min(
+                max(self.instance_count, scale.min_instances, 1), scale.max_instances
+            )
         if self.host is None:
             # Scoring scripts run user code: isolated in worker processes by default.
             update["host"] = kind.default_host

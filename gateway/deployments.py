@@ -17,13 +17,14 @@ from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
 from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, RayActorOptions
+from gateway.autoscaler import ACTOR, Autoscaler, Record, ScalingChange
 from gateway.collector import PayloadCollector
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
 from runtimes.host_registry import HOSTS, HostRequest
-from runtimes.ray_impl import RayOptions
+from runtimes.ray_impl import RayAutoscaling, RayOptions
 from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, Scheduler, SchedulerSettings
 
@@ -39,11 +40,22 @@ def _fingerprint(resolved: OnlineDeploymentSpec) -> bytes:
 def ray_options(resolved: OnlineDeploymentSpec) -> RayOptions:
     actor = resolved.ray_actor_options
     batching = resolved.batching
+    scale = resolved.scale_settings
     return RayOptions(
         address=resolved.ray_address,
         actor_options=actor.for_ray() if actor else {},
         max_batch_size=batching.max_batch_size if batching else 1,
         batch_wait_s=batching.max_batch_delay_ms / 1000 if batching else 0.0,
+        autoscaling=RayAutoscaling(
+            min_replicas=scale.min_instances,
+            max_replicas=scale.max_instances,
+            initial_replicas=resolved.instance_count,
+            target_utilization=scale.target_utilization_percentage / 100,
+            polling_interval_s=scale.polling_interval,
+            scale_down_delay_s=scale.scale_down_delay,
+        )
+        if scale.autoscaled
+        else None,
     )
 
 
@@ -51,6 +63,7 @@ def scheduler_settings(resolved: OnlineDeploymentSpec) -> SchedulerSettings:
     request, batching = resolved.request_settings, resolved.batching
     if not HOSTS[resolved.host or "thread"].gateway_batching:
         batching = None  # coalesced by the host, where the model runs
+    scale = resolved.scale_settings
     return SchedulerSettings(
         max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
         instance_count=resolved.instance_count,
@@ -58,6 +71,7 @@ def scheduler_settings(resolved: OnlineDeploymentSpec) -> SchedulerSettings:
         batching=Batching(batching.max_batch_size, batching.max_batch_delay_ms / 1000)
         if batching
         else None,
+        max_instances=scale.max_instances if scale.autoscaled else None,
     )
 
 
@@ -65,9 +79,12 @@ class DeploymentHosts:
     """Owns every deployment's scheduler (and through it, its instances) and the
     current RoutingSnapshot."""
 
-    def __init__(self, control: ControlPlane, metrics: GatewayMetrics) -> None:
+    def __init__(self, control: ControlPlane, metrics: GatewayMetrics, replica: str = "") -> None:
         self.control = control
         self.metrics = metrics
+        #: this gateway replica's id (named in the autoscaler's audit entries)
+        self.replica = replica
+        self._autoscalers: dict[Scheduler, Autoscaler] = {}
         self.snapshot = RoutingSnapshot()
         self._schedulers: dict[tuple[str, str], tuple[bytes, Scheduler]] = {}
         self._failed: dict[tuple[str, str], str] = {}
@@ -86,8 +103,9 @@ class DeploymentHosts:
         CPUs this process may use are split between its instances (worker processes for
         `host: process`) unless the deployment's runtime_options say otherwise."""
         settings = scheduler_settings(resolved)
+        # An autoscaled deployment may run up to max_instances side by side.
         instances = HOSTS[resolved.host or "thread"].parallel_instances(
-            settings.instance_count, settings.max_concurrent_requests_per_instance
+            settings.admitted_instances, settings.max_concurrent_requests_per_instance
         )
         if instances:
             threads = max(1, usable_cpus() // instances)
@@ -135,6 +153,31 @@ class DeploymentHosts:
         if old is not None and old[1] is not scheduler:
             # Retired once the snapshot without it is published (in `sync`).
             self._replaced.append(old[1])
+        scale = resolved.scale_settings
+        if scale.autoscaled and scheduler not in self._autoscalers:
+            autoscaler = Autoscaler(scheduler.name, scheduler, scale, self._recorder(resolved))
+            self._autoscalers[scheduler] = autoscaler
+            autoscaler.start()
+
+    def _recorder(self, resolved: OnlineDeploymentSpec) -> Record:
+        endpoint, name = resolved.endpoint_name, resolved.name
+        where = f" (gateway replica {self.replica})" if self.replica else ""
+
+        async def record(change: ScalingChange) -> None:
+            try:
+                await run_in_threadpool(
+                    self.control.record_scaling,
+                    endpoint,
+                    name,
+                    change.before,
+                    change.after,
+                    change.reason + where,
+                    ACTOR,
+                )
+            except Exception as exc:  # the store is down: the scaling itself stands
+                log.warning("could not audit scaling of %s/%s: %s", endpoint, name, exc)
+
+        return record
 
     async def sync(self) -> RoutingSnapshot:
         """Bring schedulers in line with the store, then publish a new snapshot."""
@@ -206,6 +249,15 @@ class DeploymentHosts:
             )
         return RoutingSnapshot(endpoints, change_id)
 
+    def problems(self) -> dict[str, str]:
+        """Deployments whose host cannot serve now ("endpoint/deployment" -> why)."""
+        found = {}
+        for scheduler in self.schedulers:
+            problem = getattr(scheduler.host, "problem", None)
+            if problem:
+                found[scheduler.name] = problem
+        return found
+
     @property
     def schedulers(self) -> list[Scheduler]:
         return [scheduler for _, scheduler in self._schedulers.values()]
@@ -214,8 +266,11 @@ class DeploymentHosts:
         # The snapshot without it is already published; new requests that still
         # hold the old route get Retired and are routed again.
         scheduler.retire()
+        autoscaler = self._autoscalers.pop(scheduler, None)
 
         async def drain_and_close() -> None:
+            if autoscaler is not None:
+                await autoscaler.stop()
             if not await scheduler.drain(DRAIN_TIMEOUT_S):
                 log.warning(
                     "deployment %s still busy after %ss; closing", scheduler.name, DRAIN_TIMEOUT_S

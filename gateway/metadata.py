@@ -48,7 +48,8 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """GET /v2/health/ready: 200 once every stored deployment had its load attempted."""
+    """GET /v2/health/ready: 200 once every stored deployment had its load attempted,
+    while the store can be written and every deployment's host can serve."""
     state = _state(request)
     if not state.ready:
         return _json({"error": "the gateway is still loading deployments", "ready": False}, 503)
@@ -56,6 +57,10 @@ async def ready(request: Request) -> Response:
         state.control.store.check_file()
     except StoreUnavailable as exc:
         return _json({"error": str(exc), "ready": False}, 503)
+    problems = state.hosts.problems()
+    if problems:
+        reasons = "; ".join(f"deployment {name}: {why}" for name, why in sorted(problems.items()))
+        return _json({"error": reasons, "ready": False, "deployments": problems}, 503)
     return _json({"ready": True})
 
 
@@ -90,11 +95,14 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]/ready"""
-    endpoint, _ = _endpoint_and_route(request)
+    endpoint, route = _endpoint_and_route(request)
     if "deployment" not in request.path_params and not endpoint.traffic_names:
         raise DeploymentUnavailable(
             f"endpoint '{endpoint.name}' doesn't have any valid deployment with positive weight"
         )
+    problem = getattr(route.scheduler.host, "problem", None)
+    if problem:
+        raise DeploymentUnavailable(f"deployment '{route.name}': {problem}")
     return _json({"name": endpoint.name, "ready": True})
 
 

@@ -44,14 +44,15 @@ class GatewayState:
         control = open_control_plane(ControlPlaneSettings.resolve(home))
         control.ensure_owner_token(settings.admin_token_path)
         metrics = GatewayMetrics()
-        hosts = DeploymentHosts(control, metrics)
+        identity = replica_here(settings.host, settings.port)
+        hosts = DeploymentHosts(control, metrics, identity.id)
         mirror = Mirror()
         metrics.watch(lambda: hosts.schedulers, lambda: mirror.stats, lambda: hosts.collectors)
         return cls(
             settings=settings,
             control=control,
             hosts=hosts,
-            identity=replica_here(settings.host, settings.port),
+            identity=identity,
             admin_token_hashes=control.store.admin_token_hashes(),
             metrics=metrics,
             mirror=mirror,

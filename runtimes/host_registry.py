@@ -74,6 +74,7 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
         request.config,
         _worker_count(request.instance_count, request.max_concurrent_requests_per_instance),
         request.hang_timeout_s,
+        per_instance=request.max_concurrent_requests_per_instance,
     )
 
 

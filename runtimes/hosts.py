@@ -35,11 +35,16 @@ class ThreadHost:
         instances: Sequence[Runtime],
         calls_per_instance: int,
         inline_below_s: float = INLINE_BELOW_S,
+        load_one: Callable[[], Runtime] | None = None,
     ) -> None:
         if not instances:
             raise ValueError("a host needs at least one instance")
         self.name = name
-        self._instances = list(instances)
+        #: by index; None where an instance was removed (autoscaling reuses the index)
+        self._instances: list[Runtime | None] = list(instances)
+        self._signature = instances[0].signature
+        self._calls = calls_per_instance
+        self._load_one = load_one
         self._inline_below_s = inline_below_s
         # Moving average of each instance's own compute time; starts "long" so the
         # first calls go to a thread until the model has shown it is cheap.
@@ -68,20 +73,48 @@ class ThreadHost:
             for runtime in loaded:
                 runtime.close()
             raise
-        return cls(name, loaded, calls_per_instance, inline_below_s)
+        return cls(name, loaded, calls_per_instance, inline_below_s, load_one)
 
     @property
     def signature(self) -> Signature:
-        return self._instances[0].signature
+        return self._signature
 
     @property
     def slots(self) -> Sequence[int]:
         return self._slots
 
+    # -- autoscaling ---------------------------------------------------------------
+    def instance_slots(self) -> list[list[int]]:
+        return [[i] * self._calls for i, r in enumerate(self._instances) if r is not None]
+
+    async def add_instance(self) -> list[int]:
+        if self._load_one is None:
+            raise TypeError(f"host of {self.name} was not given a way to load instances")
+        runtime = await asyncio.to_thread(self._load_one)
+        index = next((i for i, r in enumerate(self._instances) if r is None), None)
+        executor = ThreadPoolExecutor(self._calls, thread_name_prefix=f"sg-{self.name}-{index}")
+        if index is None:
+            index = len(self._instances)
+            self._instances.append(runtime)
+            self._recent_s.append(float("inf"))
+            self._executors.append(executor)
+        else:
+            self._instances[index], self._recent_s[index] = runtime, float("inf")
+            self._executors[index] = executor
+        return [index] * self._calls
+
+    async def remove_instance(self, slots: Sequence[int]) -> None:
+        index = slots[0]
+        runtime, self._instances[index] = self._instances[index], None
+        await asyncio.get_running_loop().run_in_executor(None, self._executors[index].shutdown)
+        if runtime is not None:
+            await _close(runtime)
+
     async def run(
         self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, np.ndarray]:
         runtime = self._instances[instance]
+        assert runtime is not None  # the scheduler drains an instance before removing it
         infer_async = getattr(runtime, "infer_async", None)
         if infer_async is not None:
             result: dict[str, np.ndarray] = await infer_async(inputs, output_names)
@@ -112,6 +145,7 @@ class ThreadHost:
 
     async def run_raw(self, instance: int, body: bytes) -> bytes:
         runtime = self._instances[instance]
+        assert runtime is not None
         score = getattr(runtime, "score", None)
         if score is None:
             raise TypeError(f"runtime of {self.name} does not score raw bodies")
@@ -124,8 +158,13 @@ class ThreadHost:
         for executor in self._executors:
             await loop.run_in_executor(None, executor.shutdown)
         for runtime in self._instances:
-            aclose = getattr(runtime, "aclose", None)
-            with contextlib.suppress(Exception):
-                if aclose is not None:
-                    await aclose()
-                runtime.close()
+            if runtime is not None:
+                await _close(runtime)
+
+
+async def _close(runtime: Runtime) -> None:
+    aclose = getattr(runtime, "aclose", None)
+    with contextlib.suppress(Exception):
+        if aclose is not None:
+            await aclose()
+        runtime.close()

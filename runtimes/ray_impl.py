@@ -51,6 +51,78 @@ DELETE_AFTER_S = 10.0
 
 _connect_lock = threading.Lock()
 _connected: str | None = None
+#: How often the cluster's reachability is checked, once connected.
+WATCH_S = 1.0
+
+
+class ClusterWatch:
+    """Whether the cluster this process drives still answers, checked every WATCH_S in a
+    daemon thread by connecting to its GCS port. A call through a deployment handle to a
+    cluster that went away waits for replicas that will never come (a 408 after the
+    request's deadline, then 429s as the queue fills); with the watch, calls fail at once
+    with a 503 that names the cluster, and readiness reports it."""
+
+    def __init__(self, address: str, gcs: str) -> None:
+        self.address = address
+        self.problem: str | None = None
+        host, _, port = gcs.rpartition(":")
+        self._gcs = (host, int(port))
+        thread = threading.Thread(target=self._loop, name="servegate-ray-watch", daemon=True)
+        thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                socket.create_connection(self._gcs, REACH_TIMEOUT_S).close()
+                problem = None
+            except OSError as exc:
+                problem = (
+                    f"the Ray cluster at '{self.address}' is unreachable "
+                    f"(its GCS at {self._gcs[0]}:{self._gcs[1]}: {exc.strerror or exc})"
+                )
+            if problem != self.problem:
+                (log.error if problem else log.warning)(
+                    "%s", problem or f"the Ray cluster at '{self.address}' is reachable again"
+                )
+                self.problem = problem
+            time.sleep(WATCH_S)
+
+
+_watch: ClusterWatch | None = None
+
+
+def cluster_problem() -> str | None:
+    """Why the connected Ray cluster cannot serve now (None: it answers, or none is used)."""
+    return _watch.problem if _watch is not None else None
+
+
+@dataclass(frozen=True)
+class RayAutoscaling:
+    """`scale_settings: target_utilization` for Ray Serve's own autoscaler."""
+
+    min_replicas: int
+    max_replicas: int
+    initial_replicas: int
+    #: in-flight requests per replica Ray Serve aims at, as a share of what it takes
+    target_utilization: float
+    polling_interval_s: float
+    scale_down_delay_s: float
+
+    def config(self, ongoing: int) -> dict[str, Any]:
+        """Ray Serve's `autoscaling_config` for replicas taking `ongoing` requests each."""
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "initial_replicas": self.initial_replicas,
+            "target_ongoing_requests": max(0.1, ongoing * self.target_utilization),
+            "metrics_interval_s": self.polling_interval_s,
+            # Averaged over one polling interval and acted on at the next, as the
+            # gateway's own autoscaler does.
+            "look_back_period_s": self.polling_interval_s,
+            "upscale_delay_s": self.polling_interval_s,
+            "downscale_delay_s": self.scale_down_delay_s,
+            "downscale_to_zero_delay_s": self.scale_down_delay_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -63,6 +135,8 @@ class RayOptions:
     #: requests coalesced in each replica (1: no batching) and how long one waits
     max_batch_size: int = 1
     batch_wait_s: float = 0.0
+    #: replicas added and removed by Ray Serve (None: `instance_count`, fixed)
+    autoscaling: RayAutoscaling | None = None
 
 
 def cluster_address(options: RayOptions) -> str:
@@ -72,7 +146,7 @@ def cluster_address(options: RayOptions) -> str:
 def connect(address: str) -> None:
     """Join the Ray cluster at `address` as a driver (once per process). A process can
     be a driver of one cluster only: a deployment naming another is refused."""
-    global _connected
+    global _connected, _watch
     try:
         import ray
     except ImportError as exc:
@@ -101,6 +175,7 @@ def connect(address: str) -> None:
                 f"{RAY_ADDRESS_ENV}): {exc}"
             ) from None
         _connected = address
+        _watch = ClusterWatch(address, ray.get_runtime_context().gcs_address)
 
 
 #: How long a cluster's address may take to accept a connection before it counts as down.
@@ -176,9 +251,15 @@ class RayServeHost:
         # Each replica takes what the scheduler sends it: its calls, or enough requests
         # to fill a batch.
         ongoing = options.max_batch_size * 2 if batched else calls_per_instance
+        scale = options.autoscaling
+        replicas: dict[str, Any] = (
+            {"autoscaling_config": scale.config(ongoing)}
+            if scale
+            else {"num_replicas": instance_count}
+        )
         deployment = serve.deployment(ServegateReplica).options(  # type: ignore[attr-defined]
             name="model",
-            num_replicas=instance_count,
+            **replicas,
             max_ongoing_requests=ongoing,
             ray_actor_options=dict(options.actor_options) or DEFAULT_ASK,
         )
@@ -205,9 +286,13 @@ class RayServeHost:
             raise ModelLoadError(
                 f"deployment {name} did not start on the Ray cluster at '{address}': {_cause(exc)}"
             ) from None
-        slots = instance_count * ongoing
+        slots = (scale.max_replicas if scale else instance_count) * ongoing
         log.info(
-            "deployment %s: Ray Serve application %s, %d replica(s)", name, app, instance_count
+            "deployment %s: Ray Serve application %s, %d replica(s)%s",
+            name,
+            app,
+            instance_count,
+            f", autoscaled {scale.min_replicas}-{scale.max_replicas}" if scale else "",
         )
         return cls(name, app, handle, signature, slots, batched, instance_count)
 
@@ -221,12 +306,37 @@ class RayServeHost:
 
     @property
     def instance_count(self) -> int:
-        """The application's replicas (as deployed; Ray replaces one that dies)."""
+        """The application's replicas, as last seen (Ray replaces one that dies; with
+        autoscaling, Ray Serve adds and removes them)."""
         return self._replicas
+
+    def running_replicas(self) -> int:
+        """Ask Ray Serve how many of the application's replicas run now (blocking)."""
+        from ray import serve
+        from ray.serve._private.common import ReplicaState
+
+        status = serve.status().applications.get(self.app)
+        if status is not None:
+            self._replicas = sum(
+                deployment.replica_states.get(ReplicaState.RUNNING, 0)
+                for deployment in status.deployments.values()
+            )
+        return self._replicas
+
+    @property
+    def problem(self) -> str | None:
+        """Why this deployment cannot serve now (its cluster is unreachable), or None."""
+        return cluster_problem()
+
+    def _check_cluster(self) -> None:
+        problem = cluster_problem()
+        if problem is not None:
+            raise InstanceFailed(problem)
 
     async def run(
         self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, np.ndarray]:
+        self._check_cluster()
         names = list(output_names) if output_names else None
         if self._batched:
             call = self._handle.infer_batched.remote((dict(inputs), names))
@@ -239,6 +349,7 @@ class RayServeHost:
         return outputs
 
     async def run_raw(self, instance: int, body: bytes) -> bytes:
+        self._check_cluster()
         result: bytes = await self._await(self._handle.score.remote(body))
         return result
 

@@ -25,7 +25,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +60,22 @@ class InstanceHost(Protocol):
     async def close(self) -> None: ...
 
 
+class ScalableHost(InstanceHost, Protocol):
+    """A host whose instances the gateway adds and removes (autoscaling)."""
+
+    def instance_slots(self) -> list[list[int]]:
+        """Each running instance's slots (what `slots` holds, grouped by instance)."""
+        ...
+
+    async def add_instance(self) -> list[int]:
+        """Load one more instance; its slots."""
+        ...
+
+    async def remove_instance(self, slots: Sequence[int]) -> None:
+        """Stop an instance the scheduler has drained (nothing runs on its slots)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Batching:
     max_batch_size: int
@@ -72,10 +88,17 @@ class SchedulerSettings:
     instance_count: int
     max_queue_wait_s: float
     batching: Batching | None = None
+    #: autoscaled: the most instances it may have (admission counts them, so a burst
+    #: waits for instances to be added instead of being refused)
+    max_instances: int | None = None
+
+    @property
+    def admitted_instances(self) -> int:
+        return self.max_instances or self.instance_count
 
     @property
     def max_in_flight(self) -> int:
-        return 2 * self.max_concurrent_requests_per_instance * self.instance_count
+        return 2 * self.max_concurrent_requests_per_instance * self.admitted_instances
 
 
 class SchedulerObserver(Protocol):
@@ -177,6 +200,18 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._recent_batch_s = 0.0  # moving average of batch run time
+        scalable = hasattr(host, "add_instance")
+        #: autoscaling: each instance's slots, and the slots of instances being removed
+        #: that still run a call (slot -> calls to wait for)
+        self._instance_slots: list[list[int]] | None = (
+            host.instance_slots() if scalable else None  # type: ignore[attr-defined]
+        )
+        self._leaving: dict[int, int] = {}
+        self._left = asyncio.Event()
+        #: autoscaling: called when a request makes `demand_at` requests in flight (a
+        #: surge, or a request while scaled to zero); the autoscaler sets both
+        self.on_demand: Callable[[], None] | None = None
+        self.demand_at: float = math.inf
         batching = settings.batching
         # The model must have a dynamic first dimension on every input to batch.
         self._can_batch = batching is not None and all(
@@ -195,6 +230,8 @@ class Scheduler:
     @property
     def instances(self) -> int:
         """How many instances the host runs now."""
+        if self._instance_slots is not None:
+            return len(self._instance_slots)
         count = getattr(self.host, "instance_count", None)
         return int(count) if count is not None else len(set(self.host.slots))
 
@@ -244,8 +281,13 @@ class Scheduler:
             self._observer.rejected(reason)
         return exc
 
+    @property
+    def _instances_field(self) -> str:
+        return "max_instances" if self.settings.max_instances else "instance_count"
+
     def _retry_after_s(self) -> int:
-        per_slot = max(self._recent_batch_s, 0.001) * (len(self._pending) + 1) / self._slot_count
+        slots = max(self._slot_count, 1)
+        per_slot = max(self._recent_batch_s, 0.001) * (len(self._pending) + 1) / slots
         return max(1, math.ceil(per_slot))
 
     async def _submit(
@@ -268,11 +310,11 @@ class Scheduler:
                 "queue_full",
                 Overloaded(
                     f"deployment '{self.name}' has {self._in_flight} requests in flight, its limit "
-                    f"(2 x max_concurrent_requests_per_instance x instance_count = 2 x "
+                    f"(2 x max_concurrent_requests_per_instance x {self._instances_field} = 2 x "
                     f"{self.settings.max_concurrent_requests_per_instance} x "
-                    f"{self.settings.instance_count}) is {self._max_in_flight}; raise "
-                    "request_settings.max_concurrent_requests_per_instance or instance_count "
-                    "to admit more",
+                    f"{self.settings.admitted_instances}) is {self._max_in_flight}; raise "
+                    f"request_settings.max_concurrent_requests_per_instance or "
+                    f"{self._instances_field} to admit more",
                     self._retry_after_s(),
                 ),
             )
@@ -301,11 +343,16 @@ class Scheduler:
             limit,
         )
         job.ticket.append(job)
-        # Its queue limit now; its deadline once it runs (see `_watch`).
+        # Its queue limit now; its deadline once it runs (see `_watch`). With no instance
+        # (scaled to zero) it waits for one to load, up to its deadline.
         queue_limit_s = min(self.settings.max_queue_wait_s, timeout_s)
+        if not self._slot_count:
+            queue_limit_s = timeout_s
         self._watch(now + queue_limit_s, job, _QUEUE_WAIT if queue_limit_s < timeout_s else _QUEUED)
         bisect.insort(self._pending, (job.order, job), key=_order)
         self._in_flight += 1
+        if self._in_flight >= self.demand_at and self.on_demand is not None:
+            self.on_demand()
         self._ensure_dispatcher()
         self._wake.set()
         try:
@@ -490,7 +537,10 @@ class Scheduler:
             )
             if self._observer is not None:
                 self._observer.batch(len(jobs), sum(j.rows for j in jobs), elapsed)
-            self._free.append(slot)
+            if self._leaving and slot in self._leaving:
+                self._slot_left(slot)
+            else:
+                self._free.append(slot)
             self._wake.set()
 
     async def _run_one(self, slot: int, job: _Job) -> None:
@@ -531,6 +581,51 @@ class Scheduler:
             offset += job.rows
             if not job.done.done():
                 job.done.set_result(part)
+
+    # -- autoscaling -------------------------------------------------------------
+    @property
+    def scalable(self) -> bool:
+        return self._instance_slots is not None
+
+    async def add_instance(self) -> None:
+        """Load one more instance (scalable hosts) and dispatch to it."""
+        assert self._instance_slots is not None
+        slots = await self.host.add_instance()  # type: ignore[attr-defined]
+        self._instance_slots.append(slots)
+        self._free.extend(slots)
+        self._slot_count += len(slots)
+        self._wake.set()
+
+    async def remove_instance(self) -> None:
+        """Remove the newest instance: no new call goes to it, the calls it runs finish,
+        then the host stops it. Queued requests go to the other instances (or wait for
+        the next one, when this was the last)."""
+        assert self._instance_slots is not None
+        if not self._instance_slots:
+            return
+        slots = self._instance_slots.pop()
+        self._slot_count -= len(slots)
+        running = dict.fromkeys(slots, 0)
+        for slot in slots:
+            running[slot] += 1
+        for slot in slots:
+            if slot in self._free:
+                self._free.remove(slot)
+                running[slot] -= 1
+        busy = {slot: calls for slot, calls in running.items() if calls}
+        if busy:
+            self._left.clear()
+            self._leaving.update(busy)
+            while any(slot in self._leaving for slot in busy):
+                await self._left.wait()
+                self._left.clear()
+        await self.host.remove_instance(slots)  # type: ignore[attr-defined]
+
+    def _slot_left(self, slot: int) -> None:
+        self._leaving[slot] -= 1
+        if not self._leaving[slot]:
+            del self._leaving[slot]
+            self._left.set()
 
     # -- lifecycle ---------------------------------------------------------------
     def retire(self) -> None:

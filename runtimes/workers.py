@@ -171,6 +171,8 @@ def worker_main(
 @dataclass
 class _Worker:
     index: int
+    #: stopped for good (autoscaling removed its instance): not replaced when it exits
+    removed: bool = False
     process: Any = None
     conn: Connection | None = None
     inputs: SharedMemory | None = None
@@ -185,9 +187,17 @@ class ProcessHost:
     """`InstanceHost` over worker processes, one call at a time per worker."""
 
     def __init__(
-        self, name: str, runtime_name: str, config: RuntimeConfig, count: int, hang_timeout_s: float
+        self,
+        name: str,
+        runtime_name: str,
+        config: RuntimeConfig,
+        count: int,
+        hang_timeout_s: float,
+        per_instance: int = 1,
     ) -> None:
         self.name = name
+        #: workers per instance (one per concurrent request it takes)
+        self._per_instance = per_instance
         self._runtime_name = runtime_name
         self._config = config
         self._hang_timeout_s = hang_timeout_s
@@ -204,9 +214,11 @@ class ProcessHost:
         config: RuntimeConfig,
         count: int,
         hang_timeout_s: float = 60.0,
+        per_instance: int = 1,
     ) -> ProcessHost:
-        """Start `count` workers and wait until each has loaded its instance."""
-        host = cls(name, runtime_name, config, count, hang_timeout_s)
+        """Start `count` workers (`per_instance` to an instance) and wait until each has
+        loaded its runtime."""
+        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance)
         try:
             await asyncio.gather(*(host._spawn(w) for w in host._workers))
         except BaseException:
@@ -221,7 +233,35 @@ class ProcessHost:
 
     @property
     def slots(self) -> Sequence[int]:
-        return list(range(len(self._workers)))
+        return [w.index for w in self._workers if not w.removed]
+
+    # -- autoscaling ---------------------------------------------------------------
+    def instance_slots(self) -> list[list[int]]:
+        live = self.slots
+        step = self._per_instance
+        return [list(live[i : i + step]) for i in range(0, len(live), step)]
+
+    async def add_instance(self) -> list[int]:
+        """Start one instance's workers (reusing removed workers' places)."""
+        spare = [w for w in self._workers if w.removed][: self._per_instance]
+        while len(spare) < self._per_instance:
+            spare.append(_Worker(len(self._workers)))
+            self._workers.append(spare[-1])
+        for worker in spare:
+            worker.removed = False
+        try:
+            await asyncio.gather(*(self._spawn(w) for w in spare))
+        except BaseException:
+            await self.remove_instance([w.index for w in spare])
+            raise
+        return [w.index for w in spare]
+
+    async def remove_instance(self, slots: Sequence[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for index in slots:
+            worker = self._workers[index]
+            worker.removed = True
+            await loop.run_in_executor(None, self._stop, worker)
 
     async def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -336,7 +376,7 @@ class ProcessHost:
         return result
 
     def _replace(self, worker: _Worker) -> None:
-        if self._closed:
+        if self._closed or worker.removed:
             return
         worker.ready.clear()
 

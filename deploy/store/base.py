@@ -154,6 +154,11 @@ class Store(Protocol):
     def list_mini_batches(self, job_id: str) -> list[MiniBatchRecord]: ...
 
     # audit
+    def add_audit(self, entry: AuditEntry) -> None:
+        """An audit entry for a change that lives outside the store (instances added or
+        removed by the autoscaler)."""
+        ...
+
     def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
     def last_change_id(self) -> int:
         """The newest audit id: replicas poll it to notice control-plane changes."""

@@ -364,6 +364,10 @@ class SqlStore(ABC):
         return [MiniBatchRecord.model_validate(r) for r in rows]
 
     # -- audit -------------------------------------------------------------
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self.transaction():
+            self._audit(entry)
+
     def list_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         if target is None:
             rows = self._run("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from loadtests.ray_cluster import start_ray_cluster
 from tests.conftest import (
     RAY_ENV,
     Gateway,
@@ -318,3 +319,86 @@ def test_a_scoring_script_runs_on_ray_with_its_model_folder_and_environment(
     r = httpx.post(url, headers=auth, content=b'{"fail": "bad row 7"}')
     assert r.status_code == 424, r.text
     assert r.json()["error"] == "scoring script raised ValueError: cannot score: bad row 7"
+
+
+def test_ray_serve_scales_the_replicas_with_scale_settings(
+    ray_gateway: Gateway, tmp_path: Path, ray_cluster: RayCluster, unique_name: str
+) -> None:
+    """`scale_settings: target_utilization` becomes the application's autoscaling_config:
+    Ray Serve adds a replica under load and removes it after; the gateway's gauge and
+    audit log follow, and no request fails."""
+    gw = ray_gateway
+    gw.deploy_fake(
+        tmp_path,
+        unique_name,
+        0.05,
+        "max_concurrent_requests_per_instance: 1, request_timeout_ms: 20000",
+        extra_yaml="host: ray\nray_actor_options: {num_cpus: 0.25}\n"
+        "scale_settings: {type: target_utilization, min_instances: 1, max_instances: 2, "
+        "polling_interval: 1, scale_down_delay: 2}\n",
+    )
+    assert len(replica_pids(ray_cluster, unique_name)) == 1
+
+    def gauge() -> float:
+        (value,) = metric(gw, "servegate_instances", unique_name).values()
+        return value
+
+    url = f"{gw.url}/endpoints/{unique_name}/score"
+    with Load(url, {"input_data": [[1.0]]}, {}, threads=3) as load:
+        wait_for(lambda: gauge() == 2, timeout_s=60)
+    assert load.failed() == [] and load.errors == [] and load.results
+    assert len(replica_pids(ray_cluster, unique_name)) == 2
+    wait_for(lambda: gauge() == 1, timeout_s=60)
+    r = httpx.get(
+        f"{gw.url}/management/audit",
+        params={"target": f"endpoints/{unique_name}/deployments/slow"},
+        headers={"Authorization": f"Bearer {gw.admin_token}"},
+    )
+    changes = [
+        (e["before"]["instances"], e["after"]["instances"])
+        for e in reversed(r.json())
+        if e["action"] == "deployment.scale"
+    ]
+    assert changes == [(1, 2), (2, 1)], r.json()
+    assert all("Ray Serve scaled" in e["reason"] for e in r.json() if e["actor"] == "autoscaler")
+
+
+def test_a_cluster_that_goes_away_is_a_503_naming_it_and_readiness_reports_it(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Its own cluster, stopped under a running gateway: scoring on it fails at once with
+    503 (not a hang until the deadline), /v2/health/ready says why, and the gateway keeps
+    serving its other deployments."""
+    cluster = start_ray_cluster(cpus=1)
+    gw = start_gateway(
+        tmp_path / "home", env_extra={**RAY_ENV, "SERVEGATE_RAY_ADDRESS": cluster.address}
+    )
+    try:
+        gw.deploy_fake(
+            tmp_path,
+            "onray",
+            0.0,
+            "max_concurrent_requests_per_instance: 2",
+            extra_yaml="host: ray\nray_actor_options: {num_cpus: 0.25}\n",
+        )
+        gw.create_endpoint(tmp_path, "local", "auth_mode: none\n")
+        gw.deploy(tmp_path, "local", "blue", model_dir / "classifier.onnx")
+        body = {"input_data": [[1.0]]}
+        assert httpx.post(f"{gw.url}/endpoints/onray/score", json=body).status_code == 200
+        cluster.stop()
+        ready = wait_for(
+            lambda: (r := httpx.get(f"{gw.url}/v2/health/ready")).status_code == 503 and r,
+            timeout_s=15,
+        )
+        assert f"the Ray cluster at '{cluster.address}' is unreachable" in ready.json()["error"]
+        assert "onray/slow" in ready.json()["deployments"]
+        r = httpx.post(f"{gw.url}/endpoints/onray/score", json=body, timeout=30)
+        assert r.status_code == 503, r.text  # at once, not a 408 at the deadline
+        assert f"the Ray cluster at '{cluster.address}' is unreachable" in r.json()["error"]
+        r = httpx.get(f"{gw.url}/v2/models/onray/ready")
+        assert r.status_code == 503 and "unreachable" in r.json()["error"]
+        r = httpx.post(f"{gw.url}/endpoints/local/score", json={"input_data": ROWS})
+        assert r.status_code == 200, r.text
+    finally:
+        cluster.stop()
+        assert_clean_exit(gw)

@@ -228,3 +228,82 @@ def test_raw_bodies_and_drain() -> None:
         await scheduler.close()
 
     run(main())
+
+
+class ScalingHost(RecordingHost):
+    """A RecordingHost whose instances can be added and removed; it records which
+    instances were stopped and fails a call that reaches one."""
+
+    def __init__(self, instances: int = 1, delay_s: float = 0.0) -> None:
+        super().__init__(instances, delay_s)
+        self.live = set(range(instances))
+        self.removed: list[int] = []
+
+    def instance_slots(self) -> list[list[int]]:
+        return [[i] for i in sorted(self.live)]
+
+    async def add_instance(self) -> list[int]:
+        index = max(self.live | set(self.removed), default=-1) + 1
+        self.live.add(index)
+        return [index]
+
+    async def remove_instance(self, slots: Sequence[int]) -> None:
+        (index,) = slots
+        self.live.discard(index)
+        self.removed.append(index)
+
+    async def run(
+        self, instance: int, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        if instance not in self.live:
+            raise InferenceFailed(f"instance {instance} was removed")
+        return await super().run(instance, inputs, output_names)
+
+
+def test_a_removed_instance_finishes_its_calls_first_and_gets_no_new_ones() -> None:
+    run(_removed_instance())
+
+
+async def _removed_instance() -> None:
+    host = ScalingHost(instances=2, delay_s=0.1)
+    scheduler = Scheduler("m", host, settings(batch=None, concurrent=2, instances=2))
+    running = [asyncio.create_task(scheduler.infer(rows(i), None, 5.0)) for i in range(2)]
+    await asyncio.sleep(0.02)  # both instances busy
+    removal = asyncio.create_task(scheduler.remove_instance())
+    await asyncio.sleep(0.02)
+    assert not removal.done() and host.removed == []  # waits for its call
+    queued = [asyncio.create_task(scheduler.infer(rows(i), None, 5.0)) for i in range(3)]
+    results = await asyncio.gather(*running, *queued)
+    await removal
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 0.0, 2.0, 4.0]
+    assert host.removed == [1] and scheduler.instances == 1
+    await scheduler.add_instance()
+    assert scheduler.instances == 2
+    await asyncio.gather(*(scheduler.infer(rows(1), None, 5.0) for _ in range(4)))
+    assert host.calls.count(1) == 9  # every call ran, on live instances only
+
+
+def test_with_no_instance_a_request_asks_for_one_and_waits_for_it() -> None:
+    run(_cold_start())
+
+
+async def _cold_start() -> None:
+    host = ScalingHost(instances=1)
+    # Queue wait of 10 ms: far shorter than the cold start below.
+    scheduler = Scheduler("m", host, settings(batch=None, queue_wait_ms=10))
+    await scheduler.remove_instance()
+    assert scheduler.instances == 0
+    asked: list[bool] = []
+
+    def start_one() -> None:
+        asked.append(True)
+        asyncio.get_running_loop().call_later(0.2, asyncio.ensure_future, scheduler.add_instance())
+
+    scheduler.on_demand, scheduler.demand_at = start_one, 1
+    result = await scheduler.infer(rows(3), None, 5.0)
+    assert float(result["y"][0, 0]) == 6.0 and asked == [True]
+    # Its deadline still holds.
+    await scheduler.remove_instance()
+    scheduler.on_demand = None
+    with pytest.raises(InferenceTimeout):
+        await scheduler.infer(rows(3), None, 0.05)
