@@ -118,6 +118,9 @@ class BatchJobs:
         return {
             **record.to_dict(),
             "mini_batch_states": dict(counts),
+            # What the workers spent on their mini-batches (read, score, write), without
+            # the job's start and assembly.
+            "worker_seconds": round(sum(mb.seconds for mb in batches), 3),
             "runner_alive": runner is not None,
             "runner": runner,
             "errors": [

@@ -4,9 +4,9 @@ holding the loaded model.
 The runner keeps everything else as with local workers: the plan, the job's state in
 the store, retries, timeouts, cancel and resume. An actor reads its mini-batch as a
 local worker does (from the job folder's plan and the input itself: S3 inputs are read
-by the actors directly) and writes its output part into the job folder, so the job
-folder must be where every node of the cluster sees it (one node, or a shared mount
-at the same path).
+by the actors directly, with the runner's S3 settings) and writes its output part into
+the job folder, so the job folder must be where every node of the cluster sees it (one
+node, or a shared mount at the same path).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import ray.exceptions
 from batch import worker
 from batch.executors import ExecutorRequest
 from batch.sources import locate
+from deploy.objectstore import s3_environment
 from runtimes.base import RuntimeConfig
 from runtimes.ray_impl import cluster_address, connect
 from runtimes.ray_replica import Files, pack, unpack
@@ -40,9 +41,13 @@ class BatchWorker:
         model_files: Files,
         code_files: Files,
         input_uri: str,
+        storage_environment: dict[str, str],
     ) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="servegate-batch-")
         config = unpack(config, model_files, code_files, Path(self._folder.name))
+        # The runner's S3 settings: the actor reads S3 inputs as the runner would (the
+        # node's own AWS settings stay where the runner sets none).
+        os.environ.update(storage_environment)
         os.environ.update(config.environment)
         runtime = load_runtime(runtime_name, config)
         worker.adopt(runtime, runtime_kind(runtime_name), locate(input_uri))
@@ -71,7 +76,12 @@ class RayActors:
         )
         self._actors = [
             remote.remote(
-                request.runtime_name, request.config, model_files, code_files, request.input_uri
+                request.runtime_name,
+                request.config,
+                model_files,
+                code_files,
+                request.input_uri,
+                s3_environment(),
             )
             for _ in range(request.workers)
         ]

@@ -27,18 +27,34 @@ _CHUNK = 1 << 20
 #: A scoring-script folder unpacked: code, not models (those are registered apart).
 MAX_CODE_BYTES = 256 * 1024 * 1024
 MAX_CODE_FILES = 10_000
+#: A model folder unpacked (an MLflow model, a Triton repository).
+MAX_MODEL_FOLDER_BYTES = 64 * 1024**3
+MAX_MODEL_FOLDER_FILES = 100_000
 
 
-def _check_unpacked_size(members: list[tarfile.TarInfo]) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    what: str
+    max_bytes: int
+    max_files: int
+    advice: str = ""
+
+
+_CODE = _Limits(
+    "code archive", MAX_CODE_BYTES, MAX_CODE_FILES, " (register large files as a model instead)"
+)
+_MODEL_FOLDER = _Limits("model folder archive", MAX_MODEL_FOLDER_BYTES, MAX_MODEL_FOLDER_FILES)
+
+
+def _check_unpacked_size(members: list[tarfile.TarInfo], limits: _Limits = _CODE) -> None:
     """Refuse archives that would unpack past the caps: a small tar.gz of zeros can
     expand a thousandfold."""
-    if len(members) > MAX_CODE_FILES:
-        raise ValueError(f"code archive has {len(members)} entries; at most {MAX_CODE_FILES}")
+    if len(members) > limits.max_files:
+        raise ValueError(f"{limits.what} has {len(members)} entries; at most {limits.max_files}")
     total = sum(m.size for m in members if m.isfile())
-    if total > MAX_CODE_BYTES:
+    if total > limits.max_bytes:
         raise ValueError(
-            f"code archive unpacks to {total} bytes; at most {MAX_CODE_BYTES} "
-            "(register large files as a model instead)"
+            f"{limits.what} unpacks to {total} bytes; at most {limits.max_bytes}{limits.advice}"
         )
 
 
@@ -153,8 +169,22 @@ class ArtifactStore:
             self._unpack(archive, path.name)
         return local
 
-    def _unpack(self, archive: Path, digest: str) -> Path:
-        final = self.home / "code" / digest
+    # -- model folders -----------------------------------------------------------------
+    def folder_of(self, relative_path: str) -> Path:
+        """A model folder stored as a tar.gz artifact, unpacked once on this replica
+        (downloaded from the object store first if need be)."""
+        archive = self.path_of(relative_path)
+        digest = Path(relative_path).name.split(".")[0]
+        return self._unpack(archive, digest, "models/folders", _MODEL_FOLDER)
+
+    def check_folder(self, archive: Path) -> Path:
+        """Unpack an uploaded model folder archive for a look before it is stored."""
+        return self._unpack(archive, _sha256(archive), "models/folders", _MODEL_FOLDER)
+
+    def _unpack(
+        self, archive: Path, digest: str, under: str = "code", limits: _Limits = _CODE
+    ) -> Path:
+        final = self.home / under / digest
         if final.exists():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +192,7 @@ class ArtifactStore:
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 members = tar.getmembers()
-                _check_unpacked_size(members)
+                _check_unpacked_size(members, limits)
                 # The "data" filter refuses absolute paths, links out of the folder, devices.
                 tar.extractall(staging, members, filter="data")
             os.replace(staging, final)
@@ -173,8 +203,17 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
             if final.exists():  # another request unpacked the same archive first
                 return final
-            raise ValueError(f"not a readable tar.gz code archive: {exc}") from exc
+            raise ValueError(f"not a readable tar.gz {limits.what}: {exc}") from exc
         return final
+
+
+def tar_folder(folder: Path, archive: Path) -> Path:
+    """Pack `folder`'s files (not `__pycache__`) as the tar.gz the stores unpack."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if "__pycache__" not in path.parts:
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    return archive
 
 
 def _sha256(path: Path) -> str:

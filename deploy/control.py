@@ -10,12 +10,14 @@ records: spec models for endpoints and deployments, `deploy.records` for the res
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy.artifacts import ArtifactStore
+from deploy.artifacts import ArtifactStore, tar_folder
 from deploy.credentials import (
     KEY_TYPES,
     Credentials,
@@ -38,7 +40,13 @@ from deploy.specs import (
 )
 from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
 from runtimes.base import RuntimeConfig
-from runtimes.registry import read_signature, runtime_for_path
+from runtimes.convert import to_onnx
+from runtimes.registry import (
+    deployment_defaults,
+    model_warnings,
+    read_signature,
+    runtime_for_path,
+)
 from runtimes.types import Signature
 
 if TYPE_CHECKING:
@@ -74,17 +82,34 @@ class ControlPlane:
     ) -> ModelRecord:
         """Copy the file at `source` into the store, read its signature, register
         it as `name:version` (the next version when None). `filename` is the
-        model's own file name, which picks the runtime by its suffix."""
+        model's own file name, which picks the runtime by its suffix. A `filename`
+        ending in "/" is a folder (an MLflow model, a Triton repository): `source` is
+        its tar.gz, and the runtime comes from the files in it."""
         ref = parse_spec(ModelRef, {"name": name, "version": version}, "model")
-        runtime = runtime or runtime_for_path(filename)
+        is_folder = filename.endswith("/")
+        try:
+            model_path = self.artifacts.check_folder(source) if is_folder else source
+        except ValueError as exc:
+            raise SpecError(f"model '{name}': {exc}") from None
+        runtime = runtime or runtime_for_path(model_path if is_folder else filename)
         if runtime is None:
+            found = "the files in the folder" if is_folder else f"the file name '{filename}'"
             raise SpecError(
-                f"model '{name}': cannot infer the runtime from the file name '{filename}'; "
-                "give --runtime"
+                f"model '{name}': cannot infer the runtime from {found}; give --runtime"
             )
-        # Read the signature first: a file that is no model never enters the store.
-        signature = read_signature(runtime, source)
-        artifact = self.artifacts.put_file(source, Path(filename).suffix)
+        # Read the signature first: a file that is no model never enters the store. (Under
+        # its own name: messages about it name the user's file, not an upload's.)
+        with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
+            if not is_folder:
+                named = Path(folder) / Path(filename).name
+                try:
+                    os.link(source, named)
+                except OSError:
+                    shutil.copyfile(source, named)
+                model_path = named
+            signature = read_signature(runtime, model_path)
+        suffix = ".tar.gz" if is_folder else Path(filename).suffix
+        artifact = self.artifacts.put_file(source, suffix)
         assert ref.name is not None
         with self.store.transaction():
             if ref.version is not None and self.store.get_model(ref.name, ref.version):
@@ -96,7 +121,7 @@ class ControlPlane:
                 runtime=runtime,
                 sha256=artifact.sha256,
                 artifact=artifact.relative_path,
-                filename=Path(filename).name,
+                filename=Path(filename).name + ("/" if is_folder else ""),
                 size_bytes=artifact.size_bytes,
                 signature=signature.to_dict(),
                 description=description,
@@ -122,8 +147,13 @@ class ControlPlane:
         """A folder holding the model's file under its original name (what scoring
         scripts see as SERVEGATE_MODEL_DIR / AZUREML_MODEL_DIR)."""
         folder = self.artifacts.home / "models" / record.name / str(record.version)
-        target = folder / record.filename
-        if not target.exists():
+        target = folder / record.filename.rstrip("/")
+        if not target.exists() and record.filename.endswith("/"):
+            folder.mkdir(parents=True, exist_ok=True)
+            unpacked = self.artifacts.folder_of(record.artifact)
+            with contextlib.suppress(FileExistsError):  # another thread linked it first
+                os.symlink(unpacked, target, target_is_directory=True)
+        elif not target.exists():
             folder.mkdir(parents=True, exist_ok=True)
             source = self.artifacts.path_of(record.artifact)
             try:
@@ -139,10 +169,12 @@ class ControlPlane:
         or a batch deployment's resolved spec). `threads` is the default compute threads
         per instance, unless the deployment's runtime_options say otherwise."""
         model_path: Path | None = None
-        if spec.model is not None and spec.model.name is not None:
-            record = self.get_model(spec.model.name, spec.model.version)
-            model_path = self.model_dir(record) / record.filename
         options = dict(spec.runtime_options)
+        if options.get("converted_model"):  # convert: onnx, done at create
+            model_path = self.artifacts.path_of(options["converted_model"])
+        elif spec.model is not None and spec.model.name is not None:
+            record = self.get_model(spec.model.name, spec.model.version)
+            model_path = self.model_dir(record) / record.filename.rstrip("/")
         options.setdefault("intra_op_num_threads", threads)
         # Sequential execution uses no inter-op pool; 1 keeps onnxruntime from sizing
         # one from the host's core count anyway.
@@ -300,9 +332,15 @@ class ControlPlane:
             assert ref.name is not None
             return self.get_model(ref.name, ref.version)
         path = Path(ref.path)
+        name = f"{spec.endpoint_name}-{spec.name}"
+        if path.is_dir():  # an MLflow model, a Triton repository
+            with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
+                archive = tar_folder(path, Path(folder) / "model.tar.gz")
+                return self.register_model(
+                    name, f"{path.name}/", archive, actor, runtime=spec.runtime
+                )
         if not path.is_file():
             raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
-        name = f"{spec.endpoint_name}-{spec.name}"
         return self.register_model(name, path.name, path, actor, runtime=spec.runtime)
 
     def _pinned(self, spec: SpecT, actor: str) -> SpecT:
@@ -316,7 +354,37 @@ class ControlPlane:
             "model": {"name": record.name, "version": record.version},
             "runtime": getattr(spec, "runtime", None) or record.runtime,
         }
+        model_path = self.model_dir(record) / record.filename.rstrip("/")
+        for field, value in deployment_defaults(pinned["runtime"], model_path).items():
+            if pinned.get(field) is None and field in type(spec).model_fields:
+                pinned[field] = value
+        if pinned.get("runtime_options", {}).get("convert") is not None:
+            pinned.update(self._converted(record, pinned["runtime"], pinned["runtime_options"]))
         return parse_spec(type(spec), pinned, "deployment")
+
+    def _converted(
+        self, record: ModelRecord, runtime: str, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`runtime_options: {convert: onnx}`: the model converted once, checked against
+        itself, and stored as an artifact; the deployment then runs it with onnxruntime
+        (the runtime and options it gets here say so)."""
+        if options.get("converted_from"):  # stored before: already converted
+            return {}
+        if options["convert"] != "onnx":
+            raise SpecError(f"runtime_options.convert: '{options['convert']}'; allowed: onnx")
+        data = to_onnx(runtime, self.model_dir(record) / record.filename.rstrip("/"), options)
+        with tempfile.TemporaryDirectory(prefix="servegate-convert-") as folder:
+            path = Path(folder) / "converted.onnx"
+            path.write_bytes(data)
+            artifact = self.artifacts.put_file(path, ".onnx")
+        return {
+            "runtime": "onnx",
+            "runtime_options": {
+                **options,
+                "converted_from": runtime,
+                "converted_model": artifact.relative_path,
+            },
+        }
 
     def resolve_deployment(self, spec: OnlineDeploymentSpec, actor: str) -> OnlineDeploymentSpec:
         """The deployment as it is stored: its scoring script checked, its model pinned."""
@@ -330,6 +398,14 @@ class ControlPlane:
                     f"'{code}' on the gateway host"
                 )
         return self._pinned(spec, actor)
+
+    def model_warnings(self, resolved: OnlineDeploymentSpec | BatchDeploymentSpec) -> list[str]:
+        """What may not work about a resolved deployment's model here (an MLflow model's
+        requirements that are not installed)."""
+        if resolved.model is None or resolved.model.name is None:
+            return []
+        record = self.get_model(resolved.model.name, resolved.model.version)
+        return model_warnings(record.runtime, self.model_dir(record) / record.filename.rstrip("/"))
 
     def put_deployment(
         self, resolved: OnlineDeploymentSpec, actor: str, all_traffic: bool = False

@@ -12,6 +12,24 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+#: What `s3_filesystem` reads from the environment (and pyarrow's AWS SDK with it).
+S3_VARIABLES = (
+    "SERVEGATE_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
+def s3_environment() -> dict[str, str]:
+    """This process's S3 settings, for a process elsewhere that must reach the same
+    storage the same way (a Ray actor on another node)."""
+    return {name: os.environ[name] for name in S3_VARIABLES if name in os.environ}
+
 
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("SERVEGATE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")

@@ -82,6 +82,10 @@ class Spec(BaseModel):
         return self.model_dump(mode="json", exclude={"schema_url"}, exclude_none=self.omit_none)
 
 
+#: Azure ML's `model.type` -> the runtime that serves it
+MODEL_TYPE_RUNTIMES = {"mlflow_model": "mlflow", "triton_model": "triton"}
+
+
 class ModelRef(Spec):
     """`model:` of a deployment: a file (`path`) or a registered `name` + `version`.
 
@@ -92,6 +96,16 @@ class ModelRef(Spec):
     path: str | None = None
     name: ModelName | None = None
     version: Annotated[int, Field(ge=1)] | None = None
+    #: Azure ML's model type: a folder `path` of an MLflow model or a Triton model
+    #: repository says which (else it is found from the folder's files)
+    type: Literal["custom_model", "mlflow_model", "triton_model"] | None = None
+
+    @property
+    def runtime(self) -> str | None:
+        """The runtime the model's `type` or file names (None: not known from the spec)."""
+        if self.type in MODEL_TYPE_RUNTIMES:
+            return MODEL_TYPE_RUNTIMES[self.type]
+        return runtime_for_path(self.path) if self.path is not None else None
 
     @model_validator(mode="before")
     @classmethod
@@ -369,8 +383,9 @@ class OnlineDeploymentSpec(Spec):
             elif self.url is not None:
                 runtime = _IN_GATEWAY_KIND
             elif self.model is not None and self.model.path is not None:
-                runtime = runtime_for_path(self.model.path)
-                if runtime is None:
+                runtime = self.model.runtime
+                # A folder's runtime comes from its files, where the folder is read.
+                if runtime is None and Path(self.model.path).suffix:
                     raise ValueError(
                         f"'runtime' is not set and cannot be inferred from the model file "
                         f"'{self.model.path}'; set it to one of {_KNOWN}"
@@ -409,8 +424,9 @@ class OnlineDeploymentSpec(Spec):
             update["instance_count"] = min(
                 max(self.instance_count, scale.min_instances, 1), scale.max_instances
             )
-        if self.host is None:
-            # Scoring scripts run user code: isolated in worker processes by default.
+        if self.host is None and runtime is not None:
+            # Scoring scripts run user code: isolated in worker processes by default. (A
+            # model folder's runtime, found from its files, gets its default once known.)
             update["host"] = kind.default_host
         if (
             self.batching is not None
@@ -515,7 +531,7 @@ class BatchDeploymentSpec(Spec):
             if self.code_configuration is not None:
                 runtime = _RAW_BODY_KIND
             elif self.model is not None and self.model.path is not None:
-                runtime = runtime_for_path(self.model.path)
+                runtime = self.model.runtime
         if runtime is None and self.model is None:
             raise ValueError("give a 'model' or a 'code_configuration' (scoring script)")
         if runtime is not None and runtime not in RUNTIME_KINDS:

@@ -54,6 +54,8 @@ class Deployment(Answer):
     runtime: str
     host: str
     instance_count: int
+    #: on create: what may not work about the model here (missing requirements)
+    warnings: list[str] = []
 
 
 class ModelVersion(Answer):
@@ -148,6 +150,8 @@ class Job(Answer):
 
 class JobDetail(Job):
     mini_batch_states: dict[str, int]
+    #: seconds the workers spent on the mini-batches (read, score, write)
+    worker_seconds: float
     runner_alive: bool
     #: the lease holder running it now (None when no runner holds the job)
     runner: str | None

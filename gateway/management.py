@@ -5,6 +5,7 @@ with `gateway.api.operation`, which also documents it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from gateway.errors import MalformedRequest, PayloadTooLarge
 from gateway.state import GatewayState
 
 ACTOR_HEADER = "x-servegate-actor"
+
+log = logging.getLogger(__name__)
 
 
 def _document(doc: Any) -> Any:
@@ -394,7 +397,10 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
             raise
         state.hosts.adopt(resolved, scheduler)
         await state.hosts.sync()
-    return _json(resolved, 201)
+    warnings = await run_in_threadpool(state.control.model_warnings, resolved)
+    for warning in warnings:
+        log.warning("deployment %s/%s: %s", endpoint, resolved.name, warning)
+    return _json({**resolved.to_dict(), **({"warnings": warnings} if warnings else {})}, 201)
 
 
 @operation(

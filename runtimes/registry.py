@@ -40,6 +40,8 @@ class RuntimeKind:
     runs_in_gateway: bool = False
     #: the host a deployment gets when it does not say (user code is isolated)
     default_host: str = "thread"
+    #: files (glob patterns) that make a model folder this kind's
+    folder_markers: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -59,6 +61,39 @@ RUNTIME_KINDS: dict[str, RuntimeKind] = {
             "pytorch_libtorch",
             # TorchScript (.pt, .pth) and torch.export (.pt2)
             (".pt", ".pth", ".pt2"),
+        ),
+        RuntimeKind(
+            "sklearn",
+            "runtimes.sklearn_impl:SklearnRuntime",
+            "sklearn",
+            "sklearn",
+            (".skops", ".joblib", ".pkl", ".pickle"),
+        ),
+        RuntimeKind(
+            "xgboost",
+            "runtimes.xgboost_impl:XGBoostRuntime",
+            "xgboost",
+            "xgboost",
+            (".json", ".ubj"),
+        ),
+        RuntimeKind(
+            "lightgbm", "runtimes.lightgbm_impl:LightGBMRuntime", "lightgbm", "lightgbm", (".txt",)
+        ),
+        RuntimeKind(
+            "mlflow",
+            "runtimes.mlflow_impl:MLflowRuntime",
+            "",
+            "mlflow",
+            # python_function models run their own code: isolated by default
+            default_host="process",
+            folder_markers=("MLmodel",),
+        ),
+        RuntimeKind(
+            "triton",
+            "runtimes.triton_impl:TritonRuntime",
+            "triton",
+            "onnxruntime_onnx",
+            folder_markers=("config.pbtxt", "*/config.pbtxt"),
         ),
         RuntimeKind(
             "script",
@@ -93,7 +128,17 @@ def runtime_kind(name: str) -> RuntimeKind:
 
 
 def runtime_for_path(path: str | Path) -> str | None:
-    """The runtime that serves a model file by its suffix, or None."""
+    """The runtime that serves a model file by its suffix, or a model folder by the files
+    in it; None when none does."""
+    if Path(path).is_dir():
+        return next(
+            (
+                k.name
+                for k in RUNTIME_KINDS.values()
+                if any(any(Path(path).glob(marker)) for marker in k.folder_markers)
+            ),
+            None,
+        )
     suffix = Path(path).suffix.lower()
     return next((k.name for k in RUNTIME_KINDS.values() if suffix in k.suffixes), None)
 
@@ -115,6 +160,22 @@ def load_runtime(name: str, config: RuntimeConfig) -> Runtime:
     module, class_name = _module_of(name)
     runtime: Runtime = getattr(module, class_name)(config)
     return runtime
+
+
+def deployment_defaults(name: str, path: Path) -> dict[str, Any]:
+    """Deployment fields the model itself sets when the deployment does not (a Triton
+    config's dynamic batching); {} for most runtimes."""
+    module, _ = _module_of(name)
+    defaults = getattr(module, "deployment_defaults", None)
+    return dict(defaults(path)) if defaults is not None else {}
+
+
+def model_warnings(name: str, path: Path) -> list[str]:
+    """What may not work about the model here (an MLflow model's requirements that are
+    not installed); [] for most runtimes."""
+    module, _ = _module_of(name)
+    check = getattr(module, "model_warnings", None)
+    return list(check(path)) if check is not None else []
 
 
 def read_signature(name: str, path: Path) -> Signature:

@@ -138,13 +138,19 @@ def json_data(array: np.ndarray) -> Any:
 
 
 def inputs_from_input_data(data: Any, signature: Signature) -> dict[str, np.ndarray]:
-    """Azure ML's `input_data`: a list (single-input model) or an object keyed by input
-    name, as arrays of the signature's datatypes. Raises InvalidInput naming the field."""
+    """Azure ML's `input_data`: a list (single-input model), an object keyed by input
+    name, or, for a model that takes a table (one 1-D input per column), pandas' split
+    orientation (`{"columns": [...], "data": [[...]]}`) or rows in the model's column
+    order; as arrays of the signature's datatypes. Raises InvalidInput naming the field."""
     names = [t.name for t in signature.inputs]
     if isinstance(data, dict):
+        if _split_orientation(data, names):
+            return _from_split(data, signature)
         by_name = data
     elif isinstance(data, list):
         if len(names) != 1:
+            if _takes_columns(signature):
+                return _from_rows(data, names, signature)
             raise InvalidInput(
                 f"field 'input_data': the model has {len(names)} inputs ({', '.join(names)}); "
                 "give input_data as an object keyed by input name"
@@ -161,3 +167,63 @@ def inputs_from_input_data(data: Any, signature: Signature) -> dict[str, np.ndar
             )
         inputs[name] = array_from_json(name, value, spec.datatype)
     return inputs
+
+
+def _takes_columns(signature: Signature) -> bool:
+    """A table model: one 1-D input per column."""
+    return all(len(t.shape) == 1 for t in signature.inputs)
+
+
+def _split_orientation(data: dict[str, Any], names: list[str]) -> bool:
+    return "columns" in data and "data" in data and not set(data) & set(names)
+
+
+def _from_split(doc: dict[str, Any], signature: Signature) -> dict[str, np.ndarray]:
+    columns, rows = doc["columns"], doc["data"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise InvalidInput("field 'input_data.columns' must be a list of column names")
+    names = [t.name for t in signature.inputs]
+    if not _takes_columns(signature):
+        if len(names) != 1:
+            raise InvalidInput(
+                f"field 'input_data': the model has {len(names)} inputs ({', '.join(names)}), "
+                "not a table; give input_data as an object keyed by input name"
+            )
+        # A model trained on a plain array: the columns are positional.
+        _check_rows(rows, len(columns), "input_data.data")
+        return {names[0]: array_from_json(names[0], rows, signature.inputs[0].datatype)}
+    unknown = [c for c in columns if signature.input(c) is None]
+    if unknown:
+        raise InvalidInput(
+            f"unknown column(s) {', '.join(repr(c) for c in unknown)}; the model's columns "
+            f"are: {', '.join(names)}"
+        )
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise InvalidInput(f"missing column(s): {', '.join(missing)}")
+    _check_rows(rows, len(columns), "input_data.data")
+    return {
+        name: array_from_json(
+            name, [row[i] for row in rows], signature.inputs[names.index(name)].datatype
+        )
+        for i, name in enumerate(columns)
+    }
+
+
+def _from_rows(rows: Any, names: list[str], signature: Signature) -> dict[str, np.ndarray]:
+    _check_rows(rows, len(names), "input_data")
+    return {
+        name: array_from_json(name, [row[i] for row in rows], spec.datatype)
+        for i, (name, spec) in enumerate(zip(names, signature.inputs, strict=True))
+    }
+
+
+def _check_rows(rows: Any, width: int, field: str) -> None:
+    if not isinstance(rows, list) or not rows:
+        raise InvalidInput(f"field '{field}' must be a non-empty list of rows")
+    for number, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
+            raise InvalidInput(
+                f"field '{field}': row {number} has {got}; the model takes {width} columns"
+            )

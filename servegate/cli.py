@@ -38,6 +38,13 @@ def _print(doc: Any) -> None:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
+def _print_warned(doc: dict[str, Any]) -> None:
+    """An answer, with its `warnings` also on stderr (where a shell user sees them)."""
+    for warning in doc.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    _print(doc)
+
+
 def store_options(command: Any) -> Any:
     """`--store` and `--artifacts` for the commands that open the control plane. They go
     through the environment so the processes these start (batch runners) see them too."""
@@ -245,15 +252,19 @@ def model() -> None:
     "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the next version."
 )
 @click.option(
-    "--path", "-p", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "--path",
+    "-p",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A model file, or a folder (an MLflow model, a Triton repository).",
 )
-@click.option("--runtime", default=None, help="Default: from the file suffix.")
+@click.option("--runtime", default=None, help="Default: from the file suffix or the folder.")
 @click.option("--description", default="")
 @pass_ctx
 def model_register(
     ctx: Ctx, name: str, version: int | None, path: Path, runtime: str | None, description: str
 ) -> None:
-    """Register a model file; its signature is read from the file."""
+    """Register a model file or folder; its signature is read from it."""
     _print(ctx.client.register_model(name, path, version, runtime, description))
 
 
@@ -424,8 +435,8 @@ def _deployment_body(
     if spec.model is not None and spec.model.path is not None:
         # A local model file is uploaded first, as Azure ML registers anonymous models.
         model_path = (file.parent / spec.model.path).resolve()
-        if not model_path.is_file():
-            raise SpecError(f"{file}: field 'model.path': no file at {model_path}")
+        if not model_path.exists():
+            raise SpecError(f"{file}: field 'model.path': no file or folder at {model_path}")
         record = ctx.client.register_model(
             f"{spec.endpoint_name}-{spec.name}", model_path, None, spec.runtime, ""
         )
@@ -446,7 +457,7 @@ def deployment_create(
 ) -> None:
     """Create (or replace) a deployment from deployment.yml; the model loads before it counts."""
     body = _deployment_body(ctx, file, name, endpoint_name)
-    _print(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))
+    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))
 
 
 @deployment.command("update")
@@ -458,7 +469,7 @@ def deployment_update(ctx: Ctx, file: Path, name: str | None, endpoint_name: str
     """Update a deployment in place (model version, instances, batching...): new instances
     load and warm up, traffic switches, the old ones drain. No request fails."""
     body = _deployment_body(ctx, file, name, endpoint_name)
-    _print(ctx.client.create_deployment(body["endpoint_name"], body, False))
+    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, False))
 
 
 @deployment.command("list")

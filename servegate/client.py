@@ -6,7 +6,6 @@ import functools
 import getpass
 import os
 import socket
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
+from deploy.artifacts import tar_folder
 from gateway.api_models import (
     AuditRecord,
     BatchDeployment,
@@ -110,28 +110,30 @@ class AdminClient:
     def register_model(
         self, name: str, path: Path, version: int | None, runtime: str | None, description: str
     ) -> Any:
+        """Upload a model file, or a model folder (an MLflow model, a Triton repository)
+        as a tar.gz named with a trailing "/"."""
         params: dict[str, Any] = {"filename": path.name, "description": description}
         if version is not None:
             params["version"] = version
         if runtime:
             params["runtime"] = runtime
-        with path.open("rb") as f:
-            return self.request(
-                "POST",
-                f"/management/models/{name}/versions",
-                ModelVersion,
-                params=params,
-                content=f,
-            )
+        with tempfile.TemporaryDirectory() as tmp:
+            if path.is_dir():
+                params["filename"] = f"{path.name}/"
+                path = tar_folder(path, Path(tmp) / "model.tar.gz")
+            with path.open("rb") as f:
+                return self.request(
+                    "POST",
+                    f"/management/models/{name}/versions",
+                    ModelVersion,
+                    params=params,
+                    content=f,
+                )
 
     def upload_code(self, folder: Path) -> str:
         """Pack a scoring-script folder as tar.gz and upload it; the gateway's folder."""
         with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / "code.tar.gz"
-            with tarfile.open(archive, "w:gz") as tar:
-                for path in sorted(folder.rglob("*")):
-                    if "__pycache__" not in path.parts:
-                        tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            archive = tar_folder(folder, Path(tmp) / "code.tar.gz")
             with archive.open("rb") as f:
                 reply = self.request("POST", "/management/code", CodeUpload, content=f)
         return str(reply["code"])

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -374,6 +375,20 @@ def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
                 os.environ[key] = value
         server.terminate()
         server.wait(10)
+
+
+def s3_bucket(s3: dict[str, str], bucket: str) -> Any:
+    """A pyarrow filesystem on the `s3` fixture's server, with `bucket` created."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(
+        endpoint_override=s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir(bucket)
+    return fs
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import (
     Gateway,
     assert_clean_exit,
+    s3_bucket,
     start_gateway,
     wait_for,
     write_yaml,
@@ -55,7 +55,10 @@ def batch_endpoint(
     settings: str = "",
     code: str | None = None,
     compute: str = "{instance_count: 2}",
+    model: Path | None = None,
 ) -> None:
+    """A batch endpoint `name` with deployment `main`: the classifier (or `model`, or a
+    scoring script `code`), 300-row mini-batches into predictions.parquet."""
     gw.cli(
         "batch",
         "endpoint",
@@ -68,8 +71,9 @@ def batch_endpoint(
         (tmp_path / "src" / "score.py").write_text(code)
         source = "code_configuration: {code: src, scoring_script: score.py}\n"
     else:
-        (tmp_path / "clf.onnx").write_bytes((model_dir / "classifier.onnx").read_bytes())
-        source = "model: {path: clf.onnx}\n"
+        model = model or model_dir / "classifier.onnx"
+        (tmp_path / f"model{model.suffix}").write_bytes(model.read_bytes())
+        source = f"model: {{path: model{model.suffix}}}\n"
     gw.cli(
         "batch",
         "deployment",
@@ -419,13 +423,7 @@ def test_bad_inputs_name_the_file_and_write_nothing(
 def test_inputs_and_outputs_on_s3(s3: dict[str, str], tmp_path: Path, model_dir: Path) -> None:
     gw = start_gateway(tmp_path / "home")  # started with the S3 settings in its environment
     try:
-        fs = pafs.S3FileSystem(
-            endpoint_override=s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
-            scheme="http",
-            region="us-east-1",
-            allow_bucket_creation=True,
-        )
-        fs.create_dir("data")
+        fs = s3_bucket(s3, "data")
         x = features(6)
         local = write_input(tmp_path / "in", "parquet", x, "s3rows")
         with fs.open_output_stream("data/in/s3rows.parquet") as out:

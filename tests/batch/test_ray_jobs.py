@@ -11,7 +11,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tests.batch.test_jobs import batch_endpoint, check_predictions, features, invoke, write_input
-from tests.conftest import Gateway, RayCluster, wait_for
+from tests.conftest import (
+    RAY_ENV,
+    Gateway,
+    RayCluster,
+    assert_clean_exit,
+    s3_bucket,
+    start_gateway,
+    wait_for,
+)
 
 RAY_COMPUTE = "{executor: ray, instance_count: 2, ray_actor_options: {num_cpus: 0.25}}"
 
@@ -83,3 +91,27 @@ def test_a_sigkilled_ray_runner_is_resumed_with_the_uninterrupted_output(
     resumed = pq.read_table(tmp_path / "resumed" / "predictions.parquet")
     assert resumed.num_rows == 40_000
     assert resumed.equals(pq.read_table(tmp_path / "whole" / "predictions.parquet"))
+
+
+def test_ray_actors_read_s3_inputs_with_the_runners_settings(
+    ray_cluster: RayCluster, s3: dict[str, str], tmp_path: Path, model_dir: Path
+) -> None:
+    """The cluster was started without S3 settings: its actors reach the S3 server (moto)
+    with the ones the gateway's runner has."""
+    gw = start_gateway(
+        tmp_path / "home",
+        env_extra={**RAY_ENV, "SERVEGATE_RAY_ADDRESS": ray_cluster.address},
+    )
+    try:
+        fs = s3_bucket(s3, "data")
+        x = features(6, rows=3000)
+        local = write_input(tmp_path / "in", "parquet", x, "s3rows")
+        with fs.open_output_stream("data/in/s3rows.parquet") as out:
+            out.write(local.read_bytes())
+        batch_endpoint(gw, tmp_path, model_dir, "s3-on-ray", compute=RAY_COMPUTE)
+        invoke(gw, "s3-on-ray", "s3://data/in/", "s3://data/out", "--mini-batch-size", "500")
+        with fs.open_input_file("data/out/predictions.parquet") as f:
+            table = pq.read_table(f)
+        check_predictions(table, model_dir, {"s3rows.parquet": x})
+    finally:
+        assert_clean_exit(gw)

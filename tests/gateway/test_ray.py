@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,15 @@ from tests.gateway.test_server import in_process
 CONCURRENT = "request_settings: {max_concurrent_requests_per_instance: 8}\n"
 RAY = "host: ray\nray_actor_options: {num_cpus: 0.25}\n" + CONCURRENT
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
+
+
+@pytest.fixture(autouse=True)
+def _free_the_cluster(ray_gateway: Gateway) -> Iterator[None]:
+    """Each test's endpoints go after it: their replicas would otherwise hold the module
+    cluster's 2 CPUs, and later tests (and the batch tests' actors) wait for room."""
+    yield
+    for endpoint in json.loads(ray_gateway.cli("endpoint", "list")[1]):
+        ray_gateway.cli("endpoint", "delete", "--name", endpoint["name"], "--yes")
 
 
 def replica_pids(cluster: RayCluster, endpoint: str) -> list[int]:
@@ -333,7 +344,9 @@ def test_ray_serve_scales_the_replicas_with_scale_settings(
         unique_name,
         0.05,
         "max_concurrent_requests_per_instance: 1, request_timeout_ms: 20000",
-        extra_yaml="host: ray\nray_actor_options: {num_cpus: 0.25}\n"
+        # No CPU asked: the module's earlier deployments may hold the cluster's 2 CPUs, and
+        # the added replica must find room whatever ran before.
+        extra_yaml="host: ray\nray_actor_options: {num_cpus: 0}\n"
         "scale_settings: {type: target_utilization, min_instances: 1, max_instances: 2, "
         "polling_interval: 1, scale_down_delay: 2}\n",
     )

@@ -20,6 +20,7 @@ from tests.conftest import (
     Gateway,
     Load,
     new_postgres_database,
+    s3_bucket,
     start_gateway,
     wait_for,
     write_yaml,
@@ -315,13 +316,7 @@ def test_replicas_share_models_and_scoring_code_through_s3_artifacts(
     S3-compatible server, moto's), and each replica fetches what it loads."""
     import pyarrow.fs as pafs
 
-    fs = pafs.S3FileSystem(
-        endpoint_override=s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        scheme="http",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir("artifacts")
+    fs = s3_bucket(s3, "artifacts")
     store = new_postgres_database()
     env = {"SERVEGATE_SECRET_KEY": SECRET, "SERVEGATE_ARTIFACTS": "s3://artifacts/servegate"}
     homes = [tmp_path / f"r{i}" / "home" for i in (1, 2)]

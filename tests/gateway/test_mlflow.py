@@ -1,0 +1,124 @@
+"""MLflow model folders deployed without a scoring script: a native flavor (scikit-learn)
+in its own runtime, a python_function model through mlflow.pyfunc in a worker process,
+both saved by MLflow here; missing requirements are warnings at create."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import Gateway, write_yaml
+from tests.tabular_models import FEATURES, frame, numbers, three_classes
+
+
+def create(gw: Gateway, tmp_path: Path, endpoint: str, model: str) -> str:
+    gw.create_endpoint(tmp_path, endpoint, "auth_mode: none\n")
+    spec = write_yaml(
+        tmp_path / f"{endpoint}.yml", f"name: blue\nendpoint_name: {endpoint}\nmodel: {model}\n"
+    )
+    return gw.cli("deployment", "create", "--all-traffic", "-f", str(spec))[1]
+
+
+def split(x: np.ndarray) -> dict[str, Any]:
+    return {"input_data": {"columns": FEATURES, "data": x.tolist()}}
+
+
+@pytest.fixture(scope="module")
+def sklearn_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    x = frame(numbers(300))
+    model = LogisticRegression().fit(x, three_classes(x.to_numpy()))
+    folder = tmp_path_factory.mktemp("mlflow") / "churn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # see below
+        mlflow.sklearn.save_model(
+            model, folder, signature=infer_signature(x, model.predict(x)), input_example=x.head(2)
+        )
+    return folder, model
+
+
+def test_an_mlflow_sklearn_model_is_served_by_the_sklearn_runtime(
+    gateway: Gateway, tmp_path: Path, unique_name: str, sklearn_model: tuple[Path, Any]
+) -> None:
+    folder, model = sklearn_model
+    create(gateway, tmp_path, unique_name, f"{{type: mlflow_model, path: {folder}}}")
+    stored = json.loads(gateway.cli("deployment", "show", "-e", unique_name, "-n", "blue")[1])
+    assert stored["runtime"] == "mlflow" and stored["host"] == "process"
+    x = numbers(5, seed=8)
+    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", json=split(x))
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == model.predict(frame(x)).tolist()
+    np.testing.assert_allclose(r.json()["probabilities"], model.predict_proba(frame(x)), rtol=1e-9)
+    # Found from its MLmodel file without `type`, with the same default host.
+    create(gateway, tmp_path, f"{unique_name}b", f"{{path: {folder}}}")
+    shown = gateway.cli("deployment", "show", "-e", f"{unique_name}b", "-n", "blue")[1]
+    assert json.loads(shown)["runtime"] == "mlflow" and json.loads(shown)["host"] == "process"
+    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}b/score", json=split(x))
+    assert r.status_code == 200 and r.json()["label"] == model.predict(frame(x)).tolist()
+
+
+def test_a_pyfunc_model_runs_through_mlflow_in_a_worker_process(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    class Weighted(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
+            return model_input["age"] + 10 * model_input["income"]
+
+    x = frame(numbers(20))
+    folder = tmp_path / "weighted"
+    with warnings.catch_warnings():
+        # MLflow reads predict's type hints and warns it cannot validate with them.
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(
+            folder,
+            python_model=Weighted(),
+            signature=infer_signature(x, x["age"] + 10 * x["income"]),
+        )
+    (folder / "requirements.txt").write_text(
+        (folder / "requirements.txt").read_text() + "\nservegate-no-such-package==1.2\n"
+    )
+    out = create(gateway, tmp_path, unique_name, f"{{type: mlflow_model, path: {folder.name}}}")
+    assert "requires servegate-no-such-package==1.2, which is not installed here" in out
+    rows = numbers(4, seed=2)
+    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", json=split(rows))
+    assert r.status_code == 200, r.text
+    (values,) = r.json().values()
+    np.testing.assert_allclose(values, rows[:, 0] + 10 * rows[:, 1], rtol=1e-12)
+    # A column missing: 400 naming it.
+    r = httpx.post(
+        f"{gateway.url}/endpoints/{unique_name}/score",
+        json={"input_data": {"columns": FEATURES[:3], "data": rows[:, :3].tolist()}},
+    )
+    assert r.status_code == 400 and "missing column(s): tenure" in r.json()["error"], r.text
+
+
+def test_a_model_whose_own_input_example_fails_is_refused_at_create(
+    gateway: Gateway, tmp_path: Path, unique_name: str, sklearn_model: tuple[Path, Any]
+) -> None:
+    folder = tmp_path / "broken"
+    shutil.copytree(sklearn_model[0], folder)
+    example = json.loads((folder / "input_example.json").read_text())
+    example["columns"][0] = "not-a-feature"
+    (folder / "input_example.json").write_text(json.dumps(example))
+    gateway.create_endpoint(tmp_path, unique_name)
+    spec = write_yaml(
+        tmp_path / "bad.yml",
+        f"name: blue\nendpoint_name: {unique_name}\nmodel: {{type: mlflow_model, path: broken}}\n",
+    )
+    code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=False)
+    assert code != 0
+    assert "broken: its own input_example does not score: unknown column(s) 'not-a-feature'" in out
