@@ -229,3 +229,38 @@ def test_a_restarted_consumer_resumes_within_its_session_timeout(
     assert waited < 10, f"the restarted member waited {waited:.1f} s for its partitions"
     keys = {r.key for r in consume_all(broker, f"out-{suffix}")}
     assert keys == {str(i).encode() for i in range(400)}
+
+
+def test_a_tabular_model_streams_records_with_named_columns(
+    gateway: Gateway, broker: str, tmp_path: Path, unique_name: str
+) -> None:
+    """`stream run` decodes records as `/score` does: a scikit-learn pipeline gets its
+    columns by name (pandas' split orientation) and answers as in-process."""
+    from tests.tabular_models import FEATURES, build, frame, numbers
+
+    models = build(tmp_path / "models")
+    gateway.create_endpoint(tmp_path, unique_name)
+    gateway.deploy(tmp_path, unique_name, "blue", models.folder / "pipeline.skops")
+    suffix = unique_name
+    create_topics(broker, (f"in-{suffix}", 1), (f"out-{suffix}", 1), (f"dlq-{suffix}", 1))
+    x = numbers(40, seed=21)
+    produce(
+        broker,
+        f"in-{suffix}",
+        [
+            (
+                str(i).encode(),
+                json.dumps({"input_data": {"columns": FEATURES, "data": [row.tolist()]}}).encode(),
+            )
+            for i, row in enumerate(x)
+        ],
+    )
+    consumer = stream(gateway, broker, unique_name, f"g-{suffix}", suffix)
+    try:
+        wait_for(lambda: len(consume_all(broker, f"out-{suffix}")) >= len(x), 120, every_s=0.2)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(30)
+    answers = {int(r.key): json.loads(r.value) for r in consume_all(broker, f"out-{suffix}")}
+    want = models.fitted["pipeline.skops"].predict(frame(x))
+    assert [answers[i]["label"][0] for i in range(len(x))] == want.tolist()
