@@ -53,6 +53,14 @@ if TYPE_CHECKING:
     from deploy.home import ControlPlaneSettings
 
 
+def _link_or_copy(source: Path, target: Path) -> Path:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem: a copy does as well
+        shutil.copyfile(source, target)
+    return target
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -101,12 +109,7 @@ class ControlPlane:
         # its own name: messages about it name the user's file, not an upload's.)
         with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
             if not is_folder:
-                named = Path(folder) / Path(filename).name
-                try:
-                    os.link(source, named)
-                except OSError:
-                    shutil.copyfile(source, named)
-                model_path = named
+                model_path = _link_or_copy(source, Path(folder) / Path(filename).name)
             signature = read_signature(runtime, model_path)
         suffix = ".tar.gz" if is_folder else Path(filename).suffix
         artifact = self.artifacts.put_file(source, suffix)
@@ -148,19 +151,19 @@ class ControlPlane:
         scripts see as SERVEGATE_MODEL_DIR / AZUREML_MODEL_DIR)."""
         folder = self.artifacts.home / "models" / record.name / str(record.version)
         target = folder / record.filename.rstrip("/")
-        if not target.exists() and record.filename.endswith("/"):
+        if not target.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            unpacked = self.artifacts.folder_of(record.artifact)
-            with contextlib.suppress(FileExistsError):  # another thread linked it first
-                os.symlink(unpacked, target, target_is_directory=True)
-        elif not target.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            source = self.artifacts.path_of(record.artifact)
-            try:
-                os.link(source, target)
-            except OSError:  # another filesystem: a copy does as well
-                shutil.copyfile(source, target)
+            if record.is_folder:
+                unpacked = self.artifacts.folder_of(record.artifact)
+                with contextlib.suppress(FileExistsError):  # another thread linked it first
+                    os.symlink(unpacked, target, target_is_directory=True)
+            else:
+                _link_or_copy(self.artifacts.path_of(record.artifact), target)
         return folder
+
+    def model_path(self, record: ModelRecord) -> Path:
+        """The model's file, or its folder, where a runtime loads it from."""
+        return self.model_dir(record) / record.filename.rstrip("/")
 
     def runtime_config(
         self, spec: OnlineDeploymentSpec | BatchDeploymentSpec, threads: int
@@ -174,7 +177,7 @@ class ControlPlane:
             model_path = self.artifacts.path_of(options["converted_model"])
         elif spec.model is not None and spec.model.name is not None:
             record = self.get_model(spec.model.name, spec.model.version)
-            model_path = self.model_dir(record) / record.filename.rstrip("/")
+            model_path = self.model_path(record)
         options.setdefault("intra_op_num_threads", threads)
         # Sequential execution uses no inter-op pool; 1 keeps onnxruntime from sizing
         # one from the host's core count anyway.
@@ -354,7 +357,7 @@ class ControlPlane:
             "model": {"name": record.name, "version": record.version},
             "runtime": getattr(spec, "runtime", None) or record.runtime,
         }
-        model_path = self.model_dir(record) / record.filename.rstrip("/")
+        model_path = self.model_path(record)
         for field, value in deployment_defaults(pinned["runtime"], model_path).items():
             if pinned.get(field) is None and field in type(spec).model_fields:
                 pinned[field] = value
@@ -372,7 +375,7 @@ class ControlPlane:
             return {}
         if options["convert"] != "onnx":
             raise SpecError(f"runtime_options.convert: '{options['convert']}'; allowed: onnx")
-        data = to_onnx(runtime, self.model_dir(record) / record.filename.rstrip("/"), options)
+        data = to_onnx(runtime, self.model_path(record), options)
         with tempfile.TemporaryDirectory(prefix="servegate-convert-") as folder:
             path = Path(folder) / "converted.onnx"
             path.write_bytes(data)
@@ -405,7 +408,7 @@ class ControlPlane:
         if resolved.model is None or resolved.model.name is None:
             return []
         record = self.get_model(resolved.model.name, resolved.model.version)
-        return model_warnings(record.runtime, self.model_dir(record) / record.filename.rstrip("/"))
+        return model_warnings(record.runtime, self.model_path(record))
 
     def put_deployment(
         self, resolved: OnlineDeploymentSpec, actor: str, all_traffic: bool = False

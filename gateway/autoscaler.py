@@ -174,7 +174,7 @@ class Autoscaler:
             await self._scale_to(needed, why + self._utilization(in_flight, current))
 
     async def _decide(self, in_flight: float, now: float) -> None:
-        if self._observe is not None and not self.scheduler.scalable:
+        if not self.scheduler.scalable:  # Ray Serve scales: only watch
             await self._watch_cluster(in_flight)
             return
         current = self.scheduler.instances

@@ -53,7 +53,6 @@ class ThreadHost:
             ThreadPoolExecutor(calls_per_instance, thread_name_prefix=f"sg-{name}-{i}")
             for i in range(len(instances))
         ]
-        self._slots = [i for i in range(len(instances)) for _ in range(calls_per_instance)]
 
     @classmethod
     def load(
@@ -81,7 +80,7 @@ class ThreadHost:
 
     @property
     def slots(self) -> Sequence[int]:
-        return self._slots
+        return [slot for group in self.instance_slots() for slot in group]
 
     # -- autoscaling ---------------------------------------------------------------
     def instance_slots(self) -> list[list[int]]:
@@ -91,10 +90,10 @@ class ThreadHost:
         if self._load_one is None:
             raise TypeError(f"host of {self.name} was not given a way to load instances")
         runtime = await asyncio.to_thread(self._load_one)
-        index = next((i for i, r in enumerate(self._instances) if r is None), None)
+        # A removed instance's place if there is one, else a new one at the end.
+        index = next((i for i, r in enumerate(self._instances) if r is None), len(self._instances))
         executor = ThreadPoolExecutor(self._calls, thread_name_prefix=f"sg-{self.name}-{index}")
-        if index is None:
-            index = len(self._instances)
+        if index == len(self._instances):
             self._instances.append(runtime)
             self._recent_s.append(float("inf"))
             self._executors.append(executor)

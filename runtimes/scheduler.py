@@ -25,9 +25,10 @@ import heapq
 import itertools
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -60,6 +61,7 @@ class InstanceHost(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class ScalableHost(InstanceHost, Protocol):
     """A host whose instances the gateway adds and removes (autoscaling)."""
 
@@ -200,11 +202,11 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._recent_batch_s = 0.0  # moving average of batch run time
-        scalable = hasattr(host, "add_instance")
-        #: autoscaling: each instance's slots, and the slots of instances being removed
-        #: that still run a call (slot -> calls to wait for)
+        #: autoscaling: the host that adds and removes instances, each instance's slots,
+        #: and the slots of instances being removed that still run a call (slot -> calls)
+        self._scalable: ScalableHost | None = host if isinstance(host, ScalableHost) else None
         self._instance_slots: list[list[int]] | None = (
-            host.instance_slots() if scalable else None  # type: ignore[attr-defined]
+            self._scalable.instance_slots() if self._scalable else None
         )
         self._leaving: dict[int, int] = {}
         self._left = asyncio.Event()
@@ -589,8 +591,8 @@ class Scheduler:
 
     async def add_instance(self) -> None:
         """Load one more instance (scalable hosts) and dispatch to it."""
-        assert self._instance_slots is not None
-        slots = await self.host.add_instance()  # type: ignore[attr-defined]
+        assert self._scalable is not None and self._instance_slots is not None
+        slots = await self._scalable.add_instance()
         self._instance_slots.append(slots)
         self._free.extend(slots)
         self._slot_count += len(slots)
@@ -600,26 +602,24 @@ class Scheduler:
         """Remove the newest instance: no new call goes to it, the calls it runs finish,
         then the host stops it. Queued requests go to the other instances (or wait for
         the next one, when this was the last)."""
-        assert self._instance_slots is not None
+        assert self._scalable is not None and self._instance_slots is not None
         if not self._instance_slots:
             return
         slots = self._instance_slots.pop()
         self._slot_count -= len(slots)
-        running = dict.fromkeys(slots, 0)
-        for slot in slots:
-            running[slot] += 1
+        busy = Counter(slots)  # calls each slot may be running; the free ones are not
         for slot in slots:
             if slot in self._free:
                 self._free.remove(slot)
-                running[slot] -= 1
-        busy = {slot: calls for slot, calls in running.items() if calls}
+                busy[slot] -= 1
+        busy = +busy  # only the slots still running a call
         if busy:
             self._left.clear()
             self._leaving.update(busy)
             while any(slot in self._leaving for slot in busy):
                 await self._left.wait()
                 self._left.clear()
-        await self.host.remove_instance(slots)  # type: ignore[attr-defined]
+        await self._scalable.remove_instance(slots)
 
     def _slot_left(self, slot: int) -> None:
         self._leaving[slot] -= 1

@@ -18,6 +18,7 @@ classifier, `prediction` for anything else.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,7 +162,7 @@ class TabularRuntime:
         pass
 
 
-class BoosterRuntime(TabularRuntime):
+class BoosterRuntime(TabularRuntime, ABC):
     """XGBoost and LightGBM: the booster's answer per row (a probability, probabilities,
     a class or a value, by objective) as the runtime's outputs."""
 
@@ -170,8 +171,9 @@ class BoosterRuntime(TabularRuntime):
     #: the answer is the class itself
     _label_only: bool = False
 
+    @abstractmethod
     def _predict(self, matrix: np.ndarray) -> Any:
-        raise NotImplementedError
+        """The booster's own predict on a float matrix in the model's column order."""
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None

@@ -47,6 +47,11 @@ class ModelRecord:
     tags: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
 
+    @property
+    def is_folder(self) -> bool:
+        """A model folder (an MLflow model, a Triton repository): `filename` ends in "/"."""
+        return self.filename.endswith("/")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -288,6 +288,28 @@ def test_error_threshold_retries_timeout_and_retry_failed_only(
     assert table["name"].to_pylist() == [f"doc{i}.txt" for i in range(6)]
 
 
+def sigkill_runner_midway(
+    gw: Gateway, job_id: str, before: int, wait_s: float, restart_s: float
+) -> dict:
+    """SIGKILL the job's runner once 10 (and fewer than `before`) mini-batches are done,
+    then wait for the supervising replica to start a new runner once the lease expires
+    (a new pid, the same job); the job as the new runner shows it."""
+
+    def some_done() -> dict | None:
+        job = json.loads(gw.cli("batch", "show", job_id)[1])
+        return job if 10 <= job["mini_batch_states"].get("done", 0) < before else None
+
+    job = wait_for(some_done, wait_s, every_s=0.05)
+    os.kill(job["pid"], signal.SIGKILL)  # no heartbeat from now on: its lease runs out
+
+    def new_runner() -> dict | None:
+        shown = json.loads(gw.cli("batch", "show", job_id)[1])
+        return shown if shown["pid"] != job["pid"] and shown["runner_alive"] else None
+
+    again: dict = wait_for(new_runner, restart_s, every_s=0.1)
+    return again
+
+
 def test_a_sigkilled_runner_is_resumed_automatically_with_the_uninterrupted_output(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:
@@ -321,22 +343,7 @@ def test_a_sigkilled_runner_is_resumed_automatically_with_the_uninterrupted_outp
         "1",
     )
     job_id = json.loads(out)["id"]
-
-    def some_done() -> dict | None:
-        _, shown = gateway.cli("batch", "show", job_id)
-        job = json.loads(shown)
-        return job if 10 <= job["mini_batch_states"].get("done", 0) < 250 else None
-
-    job = wait_for(some_done, 60, every_s=0.05)
-    os.kill(job["pid"], signal.SIGKILL)  # no heartbeat from now on: its lease runs out
-
-    # The supervising replica starts a new runner once the lease expires: a new pid,
-    # the same job, nothing redone from scratch.
-    def new_runner() -> dict | None:
-        shown = json.loads(gateway.cli("batch", "show", job_id)[1])
-        return shown if shown["pid"] != job["pid"] and shown["runner_alive"] else None
-
-    again = wait_for(new_runner, 30, every_s=0.1)
+    again = sigkill_runner_midway(gateway, job_id, before=250, wait_s=60, restart_s=30)
     code, out = gateway.cli("batch", "resume", job_id, ok=False)  # it runs: nothing to resume
     assert code == 1 and "is running" in out
     wait_for(

@@ -4,13 +4,18 @@ Ray cluster; the runner keeps planning, state, retries and resume."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.batch.test_jobs import batch_endpoint, check_predictions, features, invoke, write_input
+from tests.batch.test_jobs import (
+    batch_endpoint,
+    check_predictions,
+    features,
+    invoke,
+    sigkill_runner_midway,
+    write_input,
+)
 from tests.conftest import (
     RAY_ENV,
     Gateway,
@@ -73,19 +78,7 @@ def test_a_sigkilled_ray_runner_is_resumed_with_the_uninterrupted_output(
         *sizes,
     )
     job_id = json.loads(out)["id"]
-
-    def some_done() -> dict | None:
-        job = json.loads(gw.cli("batch", "show", job_id)[1])
-        return job if 10 <= job["mini_batch_states"].get("done", 0) < 150 else None
-
-    job = wait_for(some_done, 120, every_s=0.05)
-    os.kill(job["pid"], signal.SIGKILL)
-
-    def new_runner() -> dict | None:
-        shown = json.loads(gw.cli("batch", "show", job_id)[1])
-        return shown if shown["pid"] != job["pid"] and shown["runner_alive"] else None
-
-    again = wait_for(new_runner, 60, every_s=0.1)
+    again = sigkill_runner_midway(gw, job_id, before=150, wait_s=120, restart_s=60)
     wait_for(lambda: json.loads(gw.cli("batch", "show", job_id)[1])["state"] == "completed", 180)
     assert again["mini_batch_states"].get("done", 0) >= 10  # resumed, not restarted
     resumed = pq.read_table(tmp_path / "resumed" / "predictions.parquet")
