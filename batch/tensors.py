@@ -14,8 +14,13 @@ from runtimes.types import DATATYPE_TO_NUMPY, Signature, TensorSpec
 
 
 def _column_tensor(table: pa.Table, name: str, spec: TensorSpec) -> np.ndarray:
-    column = table.column(name).combine_chunks()
+    chunked = table.column(name)
     dtype = DATATYPE_TO_NUMPY[spec.datatype]
+    if chunked.num_chunks == 1 and chunked.type == pa.float64() and spec.datatype == "FP64":
+        # The common case (a row group's double column): a view, without the generic
+        # path's checks (a third of the table's conversion time for 32 columns).
+        return chunked.chunk(0).to_numpy(zero_copy_only=False)
+    column = chunked.combine_chunks()
     if (
         pat.is_fixed_size_list(column.type)
         or pat.is_list(column.type)
