@@ -1,5 +1,6 @@
 """MLflow model folders deployed without a scoring script: a native flavor (scikit-learn)
-in its own runtime, a python_function model through mlflow.pyfunc in a worker process,
+in its own runtime, python_function and pytorch models through mlflow.pyfunc in a worker
+process,
 both saved by MLflow here; missing requirements are warnings at create."""
 
 from __future__ import annotations
@@ -104,6 +105,38 @@ def test_a_pyfunc_model_runs_through_mlflow_in_a_worker_process(
         json={"input_data": {"columns": FEATURES[:3], "data": rows[:, :3].tolist()}},
     )
     assert r.status_code == 400 and "missing column(s): tenure" in r.json()["error"], r.text
+
+
+def test_a_pytorch_flavor_model_runs_through_mlflow_pyfunc(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(len(FEATURES), 2).eval()
+    folder = tmp_path / "net"
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(FEATURES)))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2))]),
+    )
+    example = numbers(2, seed=3).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        # MLflow's default format (a traced graph) needs an example to trace with.
+        mlflow.pytorch.save_model(net, folder, signature=signature, input_example=example)
+    create(gateway, tmp_path, unique_name, f"{{type: mlflow_model, path: {folder.name}}}")
+    shown = json.loads(gateway.cli("deployment", "show", "-e", unique_name, "-n", "blue")[1])
+    assert shown["runtime"] == "mlflow" and shown["host"] == "process"
+    x = numbers(3, seed=4).astype(np.float32)
+    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", json={"input_data": x.tolist()})
+    assert r.status_code == 200, r.text
+    (values,) = r.json().values()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
 
 
 def test_a_model_whose_own_input_example_fails_is_refused_at_create(
