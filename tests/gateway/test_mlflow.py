@@ -1,7 +1,6 @@
 """MLflow model folders deployed without a scoring script: a native flavor (scikit-learn)
 in its own runtime, python_function and pytorch models through mlflow.pyfunc in a worker
-process,
-both saved by MLflow here; missing requirements are warnings at create."""
+process, all saved by MLflow here; missing requirements are warnings at create."""
 
 from __future__ import annotations
 
