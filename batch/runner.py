@@ -340,7 +340,13 @@ class JobRunner:
         rows = None
         phase = time.perf_counter()
         if settings.output_action == "append_row":
-            rows = sinks.assemble(self.job_dir, done, output, settings.output_file_name)
+            rows = sinks.assemble(
+                self.job_dir,
+                done,
+                output,
+                settings.output_file_name,
+                azure_layout=settings.output_layout == "azure",
+            )
             log.info("assembling %d rows took %.3f s", rows, time.perf_counter() - phase)
         self.finish(JobState.COMPLETED, "", output_rows=rows)
 

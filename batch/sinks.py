@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from batch.planner import SOURCE_FILE, SOURCE_ROW
 from batch.sources import Location
 
 
@@ -56,8 +57,16 @@ def _for_csv(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=names)
 
 
-def assemble(job_dir: Path, indexes: list[int], output: Location, file_name: str) -> int:
+def assemble(
+    job_dir: Path,
+    indexes: list[int],
+    output: Location,
+    file_name: str,
+    azure_layout: bool = False,
+) -> int:
     """Concatenate the parts of `indexes` (in order) into `output/file_name`; return rows.
+    With `azure_layout`, a CSV is written as Azure ML's append_row writes it: no header,
+    and without the source file and row columns.
 
     The file is written under a temporary name next to its final one, then moved, so
     readers never see a partial file. With no completed part there is no schema to
@@ -80,9 +89,17 @@ def assemble(job_dir: Path, indexes: list[int], output: Location, file_name: str
                         writer = pq.ParquetWriter(sink, table.schema)
                     writer.write_table(table)
                 else:
+                    if azure_layout:
+                        table = table.drop_columns(
+                            [c for c in (SOURCE_FILE, SOURCE_ROW) if c in table.column_names]
+                        )
                     table = _for_csv(table)
                     if writer is None:
-                        writer = pacsv.CSVWriter(sink, table.schema)
+                        writer = pacsv.CSVWriter(
+                            sink,
+                            table.schema,
+                            write_options=pacsv.WriteOptions(include_header=not azure_layout),
+                        )
                     writer.write_table(table)
         finally:
             if writer is not None:

@@ -16,6 +16,7 @@ keyed by output name. Any Kafka-compatible broker works.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import uuid
@@ -70,6 +71,10 @@ def encode(results: Mapping[str, np.ndarray]) -> bytes:
     )
 
 
+#: Bounds of the end-to-end latency histogram, seconds (a record may wait in its topic).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 @dataclass
 class StreamStats:
     records_in: int = 0
@@ -78,7 +83,23 @@ class StreamStats:
     batches: int = 0
     batch_rows: int = 0
     lag: int = 0
-    latency_s: list[float] = field(default_factory=list)
+    #: end-to-end latency (record timestamp to result): counts per LATENCY_BUCKETS_S
+    #: bound (the last: above them all) and their sum, a Prometheus histogram
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+
+    def latency_buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip(
+            (*LATENCY_BUCKETS_S, float("inf")), self.latency_counts, strict=True
+        ):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -259,9 +280,7 @@ class StreamScorer:
         self, record: Any, results: Mapping[str, np.ndarray], producer: AIOKafkaProducer
     ) -> Any:
         self.stats.records_out += 1
-        self.stats.latency_s.append(time.time() - record.timestamp / 1000)
-        if len(self.stats.latency_s) > 20_000:
-            del self.stats.latency_s[:-10_000]
+        self.stats.observe_latency(time.time() - record.timestamp / 1000)
         return await producer.send(
             self.settings.output_topic,
             value=encode(results),
@@ -342,7 +361,11 @@ class _StatsCollector:
         self._scorer = scorer
 
     def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         stats = self._scorer.stats
         for name, value, doc in (
@@ -356,12 +379,11 @@ class _StatsCollector:
         yield GaugeMetricFamily(
             "servegate_stream_lag", "Records behind the end of the input topic.", value=stats.lag
         )
-        latency = sorted(stats.latency_s)
-        p99 = latency[int(0.99 * (len(latency) - 1))] if latency else 0.0
-        yield GaugeMetricFamily(
-            "servegate_stream_latency_p99_seconds",
-            "End-to-end latency (record timestamp to result), p99 of recent.",
-            value=p99,
+        yield HistogramMetricFamily(
+            "servegate_stream_latency_seconds",
+            "End-to-end latency (record timestamp to result).",
+            buckets=stats.latency_buckets(),
+            sum_value=stats.latency_sum_s,
         )
 
 

@@ -11,6 +11,7 @@ its upload completes, never half-written.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -208,8 +209,13 @@ class ArtifactStore:
 
 
 def tar_folder(folder: Path, archive: Path) -> Path:
-    """Pack `folder`'s files (not `__pycache__`) as the tar.gz the stores unpack."""
-    with tarfile.open(archive, "w:gz") as tar:
+    """Pack `folder`'s files (not `__pycache__`) as the tar.gz the stores unpack. The
+    same files give the same bytes (no time in the gzip header), so registering a folder
+    again is recognised as the same model."""
+    with (
+        gzip.GzipFile(archive, "wb", mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as tar,
+    ):
         for path in sorted(folder.rglob("*")):
             if "__pycache__" not in path.parts:
                 tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)

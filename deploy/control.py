@@ -11,6 +11,7 @@ records: spec models for endpoints and deployments, `deploy.records` for the res
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -87,12 +88,15 @@ class ControlPlane:
         runtime: str | None = None,
         description: str = "",
         tags: dict[str, str] | None = None,
+        reuse_identical: bool = False,
     ) -> ModelRecord:
         """Copy the file at `source` into the store, read its signature, register
         it as `name:version` (the next version when None). `filename` is the
         model's own file name, which picks the runtime by its suffix. A `filename`
         ending in "/" is a folder (an MLflow model, a Triton repository): `source` is
-        its tar.gz, and the runtime comes from the files in it."""
+        its tar.gz, and the runtime comes from the files in it. With `reuse_identical`
+        (a deployment's `model.path`), the same content as the version asked for (or the
+        latest) is that version, not a new one."""
         ref = parse_spec(ModelRef, {"name": name, "version": version}, "model")
         is_folder = filename.endswith("/")
         try:
@@ -115,8 +119,14 @@ class ControlPlane:
         artifact = self.artifacts.put_file(source, suffix)
         assert ref.name is not None
         with self.store.transaction():
-            if ref.version is not None and self.store.get_model(ref.name, ref.version):
-                raise Conflict(f"model '{ref.name}' version {ref.version} already exists")
+            existing = self.store.get_model(ref.name, ref.version)
+            if reuse_identical and existing is not None and existing.sha256 == artifact.sha256:
+                return existing
+            if ref.version is not None and existing is not None:
+                raise Conflict(
+                    f"model '{ref.name}' version {ref.version} already exists"
+                    + (" with other content" if reuse_identical else "")
+                )
             version = ref.version or self.store.latest_model_version(ref.name) + 1
             record = ModelRecord(
                 name=ref.name,
@@ -325,9 +335,10 @@ class ControlPlane:
     def _pin_model(
         self, spec: OnlineDeploymentSpec | BatchDeploymentSpec, actor: str
     ) -> ModelRecord | None:
-        """The registered model a deployment names. A `model.path` (a file on the
-        gateway's host) is registered as model `<endpoint>-<deployment>` first, as Azure
-        ML registers anonymous models."""
+        """The registered model a deployment names. A `model.path` (a file or folder on
+        the gateway's host) is registered first, as Azure ML registers inline models:
+        under `model.name` when given, else as `<endpoint>-<deployment>`; the same
+        content again is the same version."""
         ref = spec.model
         if ref is None:
             return None
@@ -335,16 +346,22 @@ class ControlPlane:
             assert ref.name is not None
             return self.get_model(ref.name, ref.version)
         path = Path(ref.path)
-        name = f"{spec.endpoint_name}-{spec.name}"
+        register = functools.partial(
+            self.register_model,
+            ref.name or f"{spec.endpoint_name}-{spec.name}",
+            actor=actor,
+            version=ref.version,
+            runtime=spec.runtime,
+            description=ref.description or "",
+            tags=ref.tags,
+            reuse_identical=True,
+        )
         if path.is_dir():  # an MLflow model, a Triton repository
             with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
-                archive = tar_folder(path, Path(folder) / "model.tar.gz")
-                return self.register_model(
-                    name, f"{path.name}/", archive, actor, runtime=spec.runtime
-                )
+                return register(f"{path.name}/", tar_folder(path, Path(folder) / "model.tar.gz"))
         if not path.is_file():
             raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
-        return self.register_model(name, path.name, path, actor, runtime=spec.runtime)
+        return register(path.name, path)
 
     def _pinned(self, spec: SpecT, actor: str) -> SpecT:
         """`spec` with its model pinned to a registered `name:version` and the runtime
@@ -486,9 +503,133 @@ class ControlPlane:
             )
         return spec
 
-    def put_batch_deployment(self, spec: BatchDeploymentSpec, actor: str) -> BatchDeploymentSpec:
+    def get_batch_endpoint(self, name: str) -> BatchEndpointSpec:
+        spec = self.store.get_batch_endpoint(name)
+        if spec is None:
+            raise NotFound(f"batch endpoint '{name}' does not exist")
+        return spec
+
+    def get_batch_deployment(self, endpoint: str, name: str) -> BatchDeploymentSpec:
+        self.get_batch_endpoint(endpoint)
+        spec = self.store.get_batch_deployment(endpoint, name)
+        if spec is None:
+            raise NotFound(
+                f"batch deployment '{name}' does not exist in batch endpoint '{endpoint}'"
+            )
+        return spec
+
+    def update_batch_endpoint(
+        self, name: str, changes: dict[str, Any], actor: str
+    ) -> BatchEndpointSpec:
+        """Change `description`, `tags` or `defaults` (the default deployment, which must
+        exist)."""
+        with self.store.transaction():
+            before = self.get_batch_endpoint(name)
+            after = parse_spec(BatchEndpointSpec, {**before.to_dict(), **changes}, "request body")
+            default = after.defaults.get("deployment_name")
+            if default and self.store.get_batch_deployment(name, default) is None:
+                raise SpecError(
+                    f"field 'defaults.deployment_name': batch endpoint '{name}' has no "
+                    f"deployment '{default}'"
+                )
+            self.store.put_batch_endpoint(
+                after,
+                AuditEntry(
+                    actor,
+                    "batch_endpoint.update",
+                    f"batch-endpoints/{name}",
+                    before.to_dict(),
+                    after.to_dict(),
+                ),
+            )
+        return after
+
+    def _refuse_while_jobs_run(self, endpoint: str, deployment: str | None, what: str) -> None:
+        running = [
+            job.id
+            for job in self.store.list_unfinished_jobs()
+            if job.kind == "batch"
+            and job.endpoint == endpoint
+            and (deployment is None or job.deployment == deployment)
+        ]
+        if running:
+            raise Conflict(
+                f"{what} has unfinished jobs ({', '.join(running[:5])}); cancel them first"
+            )
+
+    def delete_batch_endpoint(self, name: str, actor: str) -> None:
+        """Delete a batch endpoint and its deployments (its jobs' records stay)."""
+        with self.store.transaction():
+            before = self.get_batch_endpoint(name)
+            self._refuse_while_jobs_run(name, None, f"batch endpoint '{name}'")
+            self.store.delete_batch_endpoint(
+                name,
+                AuditEntry(
+                    actor,
+                    "batch_endpoint.delete",
+                    f"batch-endpoints/{name}",
+                    before.to_dict(),
+                    None,
+                ),
+            )
+
+    def delete_batch_deployment(self, endpoint: str, name: str, actor: str) -> None:
+        """Delete a batch deployment; not the endpoint's default while others remain (as
+        Azure ML refuses), nor one with unfinished jobs."""
+        with self.store.transaction():
+            before = self.get_batch_deployment(endpoint, name)
+            spec = self.get_batch_endpoint(endpoint)
+            others = [d.name for d in self.store.list_batch_deployments(endpoint) if d.name != name]
+            if spec.defaults.get("deployment_name") == name and others:
+                raise Conflict(
+                    f"'{name}' is batch endpoint '{endpoint}''s default deployment; make another "
+                    f"the default first (servegate batch deployment update --set-default, or "
+                    f"batch endpoint update --set defaults.deployment_name={others[0]})"
+                )
+            self._refuse_while_jobs_run(endpoint, name, f"batch deployment '{name}'")
+            target = f"batch-endpoints/{endpoint}"
+            self.store.delete_batch_deployment(
+                endpoint,
+                name,
+                AuditEntry(
+                    actor,
+                    "batch_deployment.delete",
+                    f"{target}/deployments/{name}",
+                    before.to_dict(),
+                    None,
+                ),
+            )
+            if not others and spec.defaults.get("deployment_name") == name:
+                updated = spec.model_copy(update={"defaults": {}})
+                self.store.put_batch_endpoint(
+                    updated,
+                    AuditEntry(
+                        actor,
+                        "batch_endpoint.update",
+                        target,
+                        spec.to_dict(),
+                        updated.to_dict(),
+                        f"deployment {name} deleted",
+                    ),
+                )
+
+    def put_batch_deployment(
+        self,
+        spec: BatchDeploymentSpec,
+        actor: str,
+        mode: str | None = None,
+        set_default: bool = False,
+    ) -> BatchDeploymentSpec:
+        """Create or update a batch deployment (`mode`: "create" refuses an existing one,
+        "update" a missing one); `set_default` makes it the endpoint's default."""
         if self.store.get_batch_endpoint(spec.endpoint_name) is None:
             raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
+        check_mode(
+            mode,
+            self.store.get_batch_deployment(spec.endpoint_name, spec.name) is not None,
+            f"batch deployment '{spec.name}'",
+            "servegate batch deployment update",
+        )
         spec = self._pinned(spec, actor)
         target = f"batch-endpoints/{spec.endpoint_name}"
         with self.store.transaction():
@@ -506,7 +647,8 @@ class ControlPlane:
                     spec.to_dict(),
                 ),
             )
-            if not endpoint.defaults.get("deployment_name"):
+            default = endpoint.defaults.get("deployment_name")
+            if (set_default and default != spec.name) or not default:
                 # The first deployment becomes the default, as in Azure ML.
                 updated = endpoint.model_copy(update={"defaults": {"deployment_name": spec.name}})
                 self.store.put_batch_endpoint(
@@ -521,6 +663,13 @@ class ControlPlane:
                     ),
                 )
         return spec
+
+    def record_deployment_logs(
+        self, endpoint: str, name: str, replica: str, lines: list[tuple[str, str]], keep: int
+    ) -> None:
+        """Append a deployment's log lines ((time, text) pairs) written on `replica`;
+        only its newest `keep` lines stay."""
+        self.store.add_deployment_logs(endpoint, name, replica, lines, keep)
 
     def record_scaling(
         self, endpoint: str, name: str, before: int, after: int, reason: str, actor: str
@@ -581,3 +730,12 @@ class ControlPlane:
                     {"name": "owner", "role": "owner"},
                 ),
             )
+
+
+def check_mode(mode: str | None, exists: bool, what: str, update_command: str) -> None:
+    """Azure's create/update semantics: create refuses an existing name (pointing at
+    update), update refuses a missing one; no mode creates or replaces."""
+    if mode == "create" and exists:
+        raise Conflict(f"{what} already exists; change it with `{update_command}`")
+    if mode == "update" and not exists:
+        raise NotFound(f"{what} does not exist; create it first")

@@ -18,11 +18,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from deploy.errors import SpecError
 from runtimes.registry import RUNTIME_KINDS, runtime_for_path
@@ -63,8 +69,10 @@ DeploymentName = EndpointName
 ModelName = Annotated[str, AfterValidator(_model_name)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 
+#: `name:version`, `name@latest` or `name`, each optionally after `azureml:` (Azure ML's
+#: registered-asset form); a missing version means the latest
 _SHORT_MODEL = re.compile(
-    r"(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>[0-9]+))?"
+    r"(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>[0-9]+)|@latest)?"
 )
 
 
@@ -76,10 +84,82 @@ class Spec(BaseModel):
     #: Whether `to_dict` leaves out unset optional fields (deployments) or shows them
     #: as null (endpoints), as the management API always answered.
     omit_none: ClassVar[bool] = True
+    #: Azure ML fields that mean nothing here, and why: a file written for Azure is
+    #: accepted as it is, each of these dropped with one warning (refused when strict).
+    azure_only: ClassVar[dict[str, str]] = {}
+    #: the Azure-only fields this spec was given (dropped)
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Editors validating a file against the published schema accept Azure ML's fields
+        # too, and show why servegate ignores them.
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        properties = target.setdefault("properties", {})
+        for name, why in cls.azure_only.items():
+            if "." in name:
+                continue
+            azure = {"description": f"Azure ML's field; ignored here: {why}"}
+            if name in properties:  # a field of ours too, in another shape (`compute`)
+                properties[name] = {"anyOf": [properties[name], {"type": "string", **azure}]}
+            else:
+                properties[name] = azure
+        return schema
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as stored, audited and answered (the `$schema` hint left out)."""
         return self.model_dump(mode="json", exclude={"schema_url"}, exclude_none=self.omit_none)
+
+    @classmethod
+    def _split_azure_only(cls, value: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """`value` without its Azure-only fields, and their names."""
+        dropped = tuple(name for name in value if name in cls.azure_only)
+        if not dropped:
+            return value, ()
+        return {k: v for k, v in value.items() if k not in cls.azure_only}, dropped
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_azure_only(cls, value: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        dropped: tuple[str, ...] = ()
+        if isinstance(value, dict):
+            value, dropped = cls._split_azure_only(value)
+        spec = handler(value)
+        if dropped:
+            spec._ignored = dropped
+        return spec
+
+    def ignored_fields(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(field, why) per Azure-only field given here or in a nested spec, the field
+        named as in the file (`model.stage`)."""
+        found = [(f"{prefix}{name}", self.azure_only[name]) for name in self._ignored]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            nested = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, item in nested:
+                if isinstance(item, Spec):
+                    where = f"{prefix}{name}." + (f"{key}." if key is not None else "")
+                    found += item.ignored_fields(where)
+        return found
+
+    def warnings(self) -> list[str]:
+        """One warning per Azure-only field given ("environment: ignored; ...")."""
+        return [f"{field}: ignored; {why}" for field, why in self.ignored_fields()]
+
+    def check_strict(self, source: str) -> None:
+        """Strict mode: refuse the Azure-only fields, all at once."""
+        ignored = self.ignored_fields()
+        if ignored:
+            raise SpecError(
+                "\n".join(
+                    f"{source}: field '{field}': not used by servegate ({why}); "
+                    "refused in strict mode"
+                    for field, why in ignored
+                )
+            )
 
 
 #: Azure ML's `model.type` -> the runtime that serves it
@@ -87,11 +167,21 @@ MODEL_TYPE_RUNTIMES = {"mlflow_model": "mlflow", "triton_model": "triton"}
 
 
 class ModelRef(Spec):
-    """`model:` of a deployment: a file (`path`) or a registered `name` + `version`.
+    """`model:` of a deployment: a registered `name` (and `version`, else the latest), or a
+    file or folder (`path`), registered when the deployment is created: under `name`
+    when one is given (as Azure ML registers an inline model asset), else as model
+    `<endpoint>-<deployment>`.
 
-    The short form `model: fraud:3` (or `azureml:fraud:3`) is accepted; a
-    missing version means the latest registered one.
+    Azure ML's short forms are accepted: `fraud:3`, `fraud@latest`, `azureml:fraud:3`,
+    `azureml:fraud@latest`, and `local_path` for `path` (its older name).
     """
+
+    azure_only: ClassVar[dict[str, str]] = {
+        "$schema": "a model file's schema hint",
+        "properties": "Azure's registry keeps them; here the model's tags do",
+        "stage": "Azure's registry keeps it; here the model's tags do",
+        "datastore": "the path is read from the gateway's filesystem or uploaded by the CLI",
+    }
 
     path: str | None = None
     name: ModelName | None = None
@@ -99,6 +189,24 @@ class ModelRef(Spec):
     #: Azure ML's model type: a folder `path` of an MLflow model or a Triton model
     #: repository says which (else it is found from the folder's files)
     type: Literal["custom_model", "mlflow_model", "triton_model"] | None = None
+    #: kept with the version registered from `path`
+    description: str | None = None
+    tags: dict[str, str] | None = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        handler.resolve_ref_schema(schema)["properties"]["local_path"] = {
+            "type": "string",
+            "description": "Azure ML's older name of `path`",
+        }
+        short = {
+            "type": "string",
+            "description": "name:version, name@latest or name, optionally after azureml:",
+        }
+        return {"anyOf": [schema, short]}
 
     @property
     def runtime(self) -> str | None:
@@ -111,22 +219,33 @@ class ModelRef(Spec):
     @classmethod
     def _short_form(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.startswith("azureml://"):
+                raise ValueError(
+                    f"'{value}' is a model in an Azure ML registry or datastore, which "
+                    "servegate cannot reach; download it and give its 'path'"
+                )
             match = _SHORT_MODEL.fullmatch(value)
             if not match:
                 raise ValueError(
-                    f"'{value}' is not a model reference; use 'name:version', "
+                    f"'{value}' is not a model reference; use 'name:version', 'name@latest', "
                     "or a mapping with 'path' or 'name' and 'version'"
                 )
             version = match["version"]
             return {"name": match["name"], "version": int(version) if version else None}
+        if isinstance(value, dict) and "local_path" in value:
+            if "path" in value:
+                raise ValueError("give 'path' or its older name 'local_path', not both")
+            value = {("path" if k == "local_path" else k): v for k, v in value.items()}
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelRef:
-        if (self.path is None) == (self.name is None):
-            raise ValueError("give either 'path' or 'name' (with an optional 'version')")
-        if self.path is not None and self.version is not None:
-            raise ValueError("'version' goes with 'name', not with 'path'")
+        if self.path is None and self.name is None:
+            raise ValueError("give 'path' (a file or folder) or 'name' (and 'version')")
+        if self.path is not None and self.version is not None and self.name is None:
+            raise ValueError("'version' with 'path' needs 'name': the version to register")
+        if self.path is None and (self.description is not None or self.tags is not None):
+            raise ValueError("'description' and 'tags' go with a 'path' to register")
         return self
 
 
@@ -195,8 +314,36 @@ class ScaleSettings(Spec):
 class CodeConfiguration(Spec):
     """Azure ML's `code_configuration`: a folder and the scoring script in it."""
 
-    code: str
+    code: Annotated[
+        str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "object",
+                        "properties": {"local_path": {"type": "string"}},
+                        "required": ["local_path"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        ),
+    ]
     scoring_script: str
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _local_path(cls, value: Any) -> Any:
+        # Azure ML's older form: `code: {local_path: ./src}`.
+        if isinstance(value, dict) and set(value) == {"local_path"}:
+            return value["local_path"]
+        if isinstance(value, str) and value.startswith("azureml:"):
+            raise ValueError(
+                f"'{value}' is a code asset in Azure ML, which servegate cannot reach; "
+                "give the folder's path"
+            )
+        return value
 
 
 class TensorSpecModel(Spec):
@@ -227,7 +374,18 @@ class SignatureSpec(Spec):
 
 
 class CollectionSpec(Spec):
-    enabled: bool = False
+    azure_only: ClassVar[dict[str, str]] = {
+        "data": "collected rows go to data_collector.destination "
+        "(default: the artifacts folder's modelDataCollector/)",
+    }
+
+    #: Azure's samples quote it ('True'), which reads as the boolean
+    enabled: Annotated[
+        bool,
+        WithJsonSchema(
+            {"anyOf": [{"type": "boolean"}, {"enum": ["True", "False", "true", "false"]}]}
+        ),
+    ] = False
 
 
 class KafkaDestination(Spec):
@@ -248,13 +406,33 @@ class CollectorDestination(Spec):
         return self
 
 
+#: The collections the gateway fills itself (Azure ML's payload logging).
+PAYLOAD_COLLECTIONS = ("request", "response")
+
+
 class DataCollectorSpec(Spec):
-    """Azure ML's `data_collector`, plus a destination."""
+    """Azure ML's `data_collector`, plus where the rows go (`destination`; default:
+    Parquet files under the artifacts folder's `modelDataCollector/`, Azure's layout)."""
 
     sampling_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
     rolling_rate: Literal["Minute", "Hour", "Day", "Month", "Year"] = "Hour"
-    collections: dict[Literal["request", "response"], CollectionSpec] = Field(default_factory=dict)
-    destination: CollectorDestination
+    collections: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], CollectionSpec] = (
+        Field(default_factory=dict)
+    )
+    destination: CollectorDestination | None = None
+
+    def ignored_fields(self, prefix: str = "") -> list[tuple[str, str]]:
+        custom = [
+            (
+                f"{prefix}collections.{name}",
+                "custom collections are filled by Azure's collect() in scoring scripts, "
+                "which servegate does not provide yet; the gateway fills 'request' and "
+                "'response'",
+            )
+            for name, spec in self.collections.items()
+            if name not in PAYLOAD_COLLECTIONS and spec.enabled
+        ]
+        return super().ignored_fields(prefix) + custom
 
 
 #: The kind a deployment gets from its other fields when it names none.
@@ -263,10 +441,20 @@ _IN_GATEWAY_KIND = next(k.name for k in RUNTIME_KINDS.values() if k.runs_in_gate
 _KNOWN = ", ".join(sorted(RUNTIME_KINDS))
 
 
+#: Why Azure ML's network and identity fields mean nothing here.
+_NETWORK = "servegate listens where it is started (--host, --port); no Azure network settings"
+_IDENTITY = "servegate reaches storage with its own credentials (S3 settings)"
+
+
 class EndpointSpec(Spec):
     """An online endpoint (`endpoint.yml`)."""
 
     omit_none: ClassVar[bool] = False
+    azure_only: ClassVar[dict[str, str]] = {
+        "compute": "for Azure Arc Kubernetes endpoints; servegate runs where it is started",
+        "identity": _IDENTITY,
+        "public_network_access": _NETWORK,
+    }
 
     schema_url: str | None = Field(default=None, alias="$schema")
     name: EndpointName
@@ -338,8 +526,33 @@ class RayActorOptions(Spec):
         return max(1, int(options.num_cpus or 1)) if options else 1
 
 
+_ENVIRONMENT = (
+    "the runtime comes from the model (or the scoring script runs in this Python); "
+    "install what it needs here"
+)
+
+
+_PROBES = (
+    "an instance takes requests once its model has loaded and answered a warm-up call, and "
+    "a worker process that dies or overruns request_timeout_ms is replaced; the probe's "
+    "timings are not used"
+)
+
+
 class OnlineDeploymentSpec(Spec):
     """An online deployment (`deployment.yml`)."""
+
+    azure_only: ClassVar[dict[str, str]] = {
+        "environment": _ENVIRONMENT,
+        "instance_type": "instances run on the gateway's host (or Ray cluster); "
+        "see instance_count, device and ray_actor_options",
+        "app_insights_enabled": "metrics are served at /metrics (Prometheus)",
+        "egress_public_network_access": _NETWORK,
+        "private_network_connection": _NETWORK,
+        "model_mount_path": "a scoring script finds the model at AZUREML_MODEL_DIR",
+        "liveness_probe": _PROBES,
+        "readiness_probe": _PROBES,
+    }
 
     schema_url: str | None = Field(default=None, alias="$schema")
     name: DeploymentName
@@ -358,7 +571,6 @@ class OnlineDeploymentSpec(Spec):
     ray_actor_options: RayActorOptions | None = None
     batching: Batching | None = None
     data_collector: DataCollectorSpec | None = None
-    instance_type: str | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
     scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
     device: Annotated[str, AfterValidator(_device)] = "cpu"
@@ -443,6 +655,9 @@ class BatchEndpointSpec(Spec):
     """A batch endpoint (`batch-endpoint.yml`)."""
 
     omit_none: ClassVar[bool] = False
+    azure_only: ClassVar[dict[str, str]] = {
+        "auth_mode": "batch jobs are started through the management API (admin token)",
+    }
 
     schema_url: str | None = Field(default=None, alias="$schema")
     name: EndpointName
@@ -484,6 +699,10 @@ class BatchSettings(Spec):
     retry_settings: RetrySettings = Field(default_factory=RetrySettings)
     output_action: Literal["append_row", "summary_only"] = "append_row"
     output_file_name: Annotated[str, Field(pattern=r"^[^/\\]+\.(csv|parquet)$")] = "predictions.csv"
+    #: `servegate`: a CSV with a header row, each row's source file and row number beside
+    #: its outputs. `azure`: as Azure ML's append_row writes it: no header, only what the
+    #: model or `run()` returned (for scripts and parsers written against Azure's files).
+    output_layout: Literal["servegate", "azure"] = "servegate"
     logging_level: Literal["debug", "info", "warning"] = "info"
     environment_variables: dict[str, str] = Field(default_factory=dict)
 
@@ -494,10 +713,50 @@ _SETTINGS_FIELDS = set(BatchSettings.model_fields)
 class BatchDeploymentSpec(Spec):
     """A batch deployment (`batch-deployment.yml`, `type: model` / `batch`)."""
 
+    azure_only: ClassVar[dict[str, str]] = {
+        "environment": _ENVIRONMENT,
+        "compute": "an Azure ML cluster; jobs run on this host's workers (compute: "
+        "{executor, instance_count}) or a Ray cluster (executor: ray)",
+        "resources.instance_type": "workers run on this host or the Ray cluster",
+        "resources.properties": "workers run on this host or the Ray cluster",
+    }
+
+    @classmethod
+    def _split_azure_only(cls, value: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        dropped: list[str] = []
+        if "environment" in value:
+            dropped.append("environment")
+        if isinstance(value.get("compute"), str):  # `azureml:cpu-cluster`
+            dropped.append("compute")
+        resources = value.get("resources")
+        if isinstance(resources, dict):
+            for key in ("instance_type", "properties"):
+                if key in resources:
+                    dropped.append(f"resources.{key}")
+        if not dropped:
+            return value, ()
+        kept = {k: v for k, v in value.items() if k not in dropped}
+        if isinstance(resources, dict):
+            kept["resources"] = {
+                k: v for k, v in resources.items() if f"resources.{k}" not in dropped
+            }
+        return kept, tuple(dropped)
+
     schema_url: str | None = Field(default=None, alias="$schema")
     name: DeploymentName
     endpoint_name: EndpointName
     type: Literal["model", "batch"] = "model"
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _no_pipelines(cls, value: Any) -> Any:
+        if value == "pipeline":
+            raise ValueError(
+                "pipeline component deployments are Azure ML pipelines, which servegate does "
+                "not run; use 'type: model' with a model or a scoring script"
+            )
+        return value
+
     description: str = ""
     model: ModelRef | None = None
     runtime: str | None = None
@@ -653,3 +912,20 @@ def _fields_at(kind: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     if model is None:
         return []
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+#: The YAML kinds, by the names `servegate schema` takes (and their files' names).
+SPEC_KINDS: dict[str, type[Spec]] = {
+    "online-endpoint": EndpointSpec,
+    "online-deployment": OnlineDeploymentSpec,
+    "batch-endpoint": BatchEndpointSpec,
+    "batch-deployment": BatchDeploymentSpec,
+}
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a YAML kind, generated from its spec model (what editors
+    validate servegate's files with)."""
+    model = SPEC_KINDS[kind]
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -33,6 +33,9 @@ class EndpointView(Answer):
     deployments: list[str]
     #: deployments that failed to load there, with the reason
     unavailable_deployments: dict[str, str]
+    #: on create: the Azure ML fields given that servegate does not use
+    warnings: list[str] = []
+    provisioning_state: str = "Succeeded"
 
 
 class EndpointUpdate(BaseModel):
@@ -54,8 +57,24 @@ class Deployment(Answer):
     runtime: str
     host: str
     instance_count: int
-    #: on create: what may not work about the model here (missing requirements)
+    #: on create: Azure ML fields given that servegate does not use, and what may not
+    #: work about the model here (missing requirements)
     warnings: list[str] = []
+    #: on the replica that answered: Succeeded (loaded, routed to), Failed (it could not
+    #: load here; `error` says why), Creating (not loaded here yet)
+    provisioning_state: Literal["Creating", "Succeeded", "Failed"]
+    #: instances ready to serve on the replica that answered
+    instances_ready: int
+
+
+class LogLine(BaseModel):
+    """A line of a deployment's log."""
+
+    id: int
+    at: str
+    #: the gateway replica whose worker wrote it
+    replica: str
+    line: str
 
 
 class ModelVersion(Answer):
@@ -116,11 +135,25 @@ class AuditRecord(BaseModel):
 class BatchEndpoint(Answer):
     name: str
     defaults: dict[str, Any]
+    #: on create: the Azure ML fields given that servegate does not use
+    warnings: list[str] = []
+
+
+class BatchEndpointUpdate(BaseModel):
+    """PATCH body of a batch endpoint: any of these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = None
+    tags: dict[str, str] | None = None
+    defaults: dict[Literal["deployment_name"], str] | None = None
 
 
 class BatchDeployment(Answer):
     name: str
     endpoint_name: str
+    #: on create: the Azure ML fields given that servegate does not use
+    warnings: list[str] = []
 
 
 class JobRequest(BaseModel):

@@ -81,7 +81,13 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             ),
             asyncio.create_task(state.rollouts.supervise(), name="rollout-leases"),
             asyncio.create_task(batch_api.supervise_jobs(state), name="job-supervisor"),
+            asyncio.create_task(state.hosts.logs.run(), name="deployment-logs"),
         ]
+        grpc_server = None
+        if settings.grpc_port:
+            from gateway import grpc_service
+
+            grpc_server = await grpc_service.start(state, settings.host, settings.grpc_port)
         state.ready = True
         if settings.demo:
             keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
@@ -95,6 +101,8 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             yield
         finally:
             state.ready = False
+            if grpc_server is not None:  # in-flight calls get the HTTP side's grace
+                await grpc_server.stop(settings.graceful_shutdown_s)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -11,19 +11,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batch.jobs import BatchJobs
-from deploy.errors import NotFound
+from deploy.errors import NotFound, SpecError
 from deploy.jobs import JobOrder
-from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, parse_spec
+from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec
 from gateway.api import Permission, Query, operation
 from gateway.api_models import (
     BatchDeployment,
     BatchEndpoint,
+    BatchEndpointUpdate,
     Job,
     JobDetail,
     JobRequest,
 )
 from gateway.cluster import every
-from gateway.management import _actor, _body, _json
+from gateway.management import (
+    MODE,
+    STRICT,
+    _actor,
+    _body,
+    _flag,
+    _json,
+    _mode,
+    _spec_from_body,
+    _warned,
+)
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -67,13 +78,13 @@ async def supervise_jobs(state: GatewayState) -> None:
     response=BatchEndpoint,
     ok_status=201,
     errors=(409,),
+    query=(STRICT,),
 )
 async def create_batch_endpoint(request: Request, state: GatewayState) -> Response:
-    """POST /management/batch/endpoints"""
-    spec = parse_spec(BatchEndpointSpec, await _body(request), "request body")
-    return _json(
-        await run_in_threadpool(state.control.create_batch_endpoint, spec, _actor(request)), 201
-    )
+    """POST /management/batch/endpoints[?strict=true]"""
+    spec = await _spec_from_body(BatchEndpointSpec, request)
+    created = await run_in_threadpool(state.control.create_batch_endpoint, spec, _actor(request))
+    return _json(_warned(created, spec.warnings()), 201)
 
 
 @operation(
@@ -98,18 +109,126 @@ async def list_batch_endpoints(request: Request, state: GatewayState) -> Respons
     body=BatchDeploymentSpec,
     response=BatchDeployment,
     ok_status=201,
+    errors=(409,),
+    query=(
+        STRICT,
+        MODE,
+        Query("set_default", {"type": "boolean"}, "make it the endpoint's default deployment"),
+    ),
 )
 async def create_batch_deployment(request: Request, state: GatewayState) -> Response:
-    """POST /management/batch/endpoints/{endpoint}/deployments"""
-    spec = parse_spec(
-        BatchDeploymentSpec,
-        await _body(request),
-        "request body",
-        {"endpoint_name": request.path_params["endpoint"]},
+    """POST /management/batch/endpoints/{endpoint}/deployments[?strict=&mode=&set_default=]"""
+    spec = await _spec_from_body(
+        BatchDeploymentSpec, request, {"endpoint_name": request.path_params["endpoint"]}
     )
+    stored = await run_in_threadpool(
+        state.control.put_batch_deployment,
+        spec,
+        _actor(request),
+        _mode(request),
+        _flag(request, "set_default"),
+    )
+    return _json(_warned(stored, spec.warnings()), 201)
+
+
+@operation(
+    "GET",
+    "/batch/endpoints/{endpoint}",
+    "Show a batch endpoint",
+    tag="batch",
+    permission=Permission.READ,
+    response=BatchEndpoint,
+)
+async def show_batch_endpoint(request: Request, state: GatewayState) -> Response:
+    """GET /management/batch/endpoints/{endpoint}"""
+    endpoint = request.path_params["endpoint"]
+    return _json(await run_in_threadpool(state.control.get_batch_endpoint, endpoint))
+
+
+@operation(
+    "PATCH",
+    "/batch/endpoints/{endpoint}",
+    "Update a batch endpoint (description, tags, default deployment)",
+    tag="batch",
+    permission=Permission.OPERATE,
+    body=BatchEndpointUpdate,
+    response=BatchEndpoint,
+)
+async def update_batch_endpoint(request: Request, state: GatewayState) -> Response:
+    """PATCH /management/batch/endpoints/{endpoint} {description?, tags?, defaults?}"""
+    changes = await _body(request)
+    allowed = list(BatchEndpointUpdate.model_fields)
+    for field in changes:
+        if field not in allowed:
+            raise SpecError(
+                f"request body: field '{field}': cannot be updated; allowed fields: "
+                f"{', '.join(allowed)}"
+            )
     return _json(
-        await run_in_threadpool(state.control.put_batch_deployment, spec, _actor(request)), 201
+        await run_in_threadpool(
+            state.control.update_batch_endpoint,
+            request.path_params["endpoint"],
+            changes,
+            _actor(request),
+        )
     )
+
+
+@operation(
+    "DELETE",
+    "/batch/endpoints/{endpoint}",
+    "Delete a batch endpoint and its deployments",
+    tag="batch",
+    permission=Permission.OPERATE,
+    ok_status=204,
+    errors=(409,),
+)
+async def delete_batch_endpoint(request: Request, state: GatewayState) -> Response:
+    """DELETE /management/batch/endpoints/{endpoint} (409 while it has unfinished jobs)"""
+    await run_in_threadpool(
+        state.control.delete_batch_endpoint, request.path_params["endpoint"], _actor(request)
+    )
+    return Response(status_code=204)
+
+
+@operation(
+    "GET",
+    "/batch/endpoints/{endpoint}/deployments/{deployment}",
+    "Show a batch deployment",
+    tag="batch",
+    permission=Permission.READ,
+    response=BatchDeployment,
+)
+async def show_batch_deployment(request: Request, state: GatewayState) -> Response:
+    """GET /management/batch/endpoints/{endpoint}/deployments/{deployment}"""
+    params = request.path_params
+    return _json(
+        await run_in_threadpool(
+            state.control.get_batch_deployment, params["endpoint"], params["deployment"]
+        )
+    )
+
+
+@operation(
+    "DELETE",
+    "/batch/endpoints/{endpoint}/deployments/{deployment}",
+    "Delete a batch deployment",
+    tag="batch",
+    permission=Permission.OPERATE,
+    ok_status=204,
+    errors=(409,),
+)
+async def delete_batch_deployment(request: Request, state: GatewayState) -> Response:
+    """DELETE /management/batch/endpoints/{endpoint}/deployments/{deployment} (409 for the
+    default deployment while others remain, or while it has unfinished jobs)"""
+    params = request.path_params
+    await run_in_threadpool(
+        state.control.delete_batch_deployment,
+        params["endpoint"],
+        params["deployment"],
+        _actor(request),
+    )
+    return Response(status_code=204)
 
 
 @operation(

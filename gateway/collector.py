@@ -23,7 +23,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from deploy.specs import CollectionSpec, DataCollectorSpec
+from deploy.specs import CollectionSpec, CollectorDestination, DataCollectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,24 @@ ROLL_FORMATS = {
 }
 
 
+#: Where collected rows go when the spec names no destination (under the artifacts
+#: folder, so every gateway replica writes beside the others): Azure ML's layout,
+#: modelDataCollector/<endpoint>/<deployment>/<time>/.
+DEFAULT_FOLDER = "modelDataCollector"
+
+
 class PayloadCollector:
-    def __init__(self, endpoint: str, deployment: str, spec: DataCollectorSpec) -> None:
+    def __init__(
+        self, endpoint: str, deployment: str, spec: DataCollectorSpec, artifacts: str
+    ) -> None:
         self.endpoint, self.deployment = endpoint, deployment
         self.sampling_rate = spec.sampling_rate
         off = CollectionSpec()
         self.requests = spec.collections.get("request", off).enabled
         self.responses = spec.collections.get("response", off).enabled
-        self.destination = spec.destination
+        self.destination = spec.destination or CollectorDestination(
+            path=f"{artifacts.rstrip('/')}/{DEFAULT_FOLDER}"
+        )
         self.rolling_rate = spec.rolling_rate
         self.collected = 0
         self.dropped = 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +21,7 @@ from deploy.control import ControlPlane
 from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, RayActorOptions
 from gateway.autoscaler import ACTOR, Autoscaler, Record, ScalingChange
 from gateway.collector import PayloadCollector
+from gateway.deployment_logs import DeploymentLogs
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
 from runtimes.base import RuntimeConfig
@@ -26,7 +29,7 @@ from runtimes.errors import ModelLoadError
 from runtimes.host_registry import HOSTS, HostRequest
 from runtimes.ray_impl import RayAutoscaling, RayOptions
 from runtimes.resources import cpu_reading, usable_cpus
-from runtimes.scheduler import Batching, Scheduler, SchedulerSettings
+from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ class DeploymentHosts:
         self._retiring: set[asyncio.Task[None]] = set()
         self._replaced: list[Scheduler] = []
         self.collectors: dict[tuple[str, str], PayloadCollector] = {}
+        #: each deployment's own log (scripts' prints, worker starts and exits, load errors)
+        self.logs = DeploymentLogs(control, replica)
         self._lock = asyncio.Lock()
 
     @property
@@ -126,7 +131,24 @@ class DeploymentHosts:
         config = await run_in_threadpool(self.runtime_config, resolved)
         settings = scheduler_settings(resolved)
         name = f"{resolved.endpoint_name}/{resolved.name}"
-        host = await HOSTS[resolved.host or "thread"].start(
+        write_log = self.logs.writer(resolved.endpoint_name, resolved.name)
+        try:
+            host = await self._start_host(resolved, name, config, settings, write_log)
+        except ModelLoadError as exc:
+            write_log(f"the deployment failed to load: {exc}")
+            raise
+        observer = self.metrics.for_deployment(resolved.endpoint_name, resolved.name)
+        return Scheduler(name, host, settings, observer)
+
+    async def _start_host(
+        self,
+        resolved: OnlineDeploymentSpec,
+        name: str,
+        config: RuntimeConfig,
+        settings: SchedulerSettings,
+        write_log: Callable[[str], None],
+    ) -> InstanceHost:
+        return await HOSTS[resolved.host or "thread"].start(
             HostRequest(
                 name=name,
                 runtime=resolved.runtime or "onnx",
@@ -138,10 +160,9 @@ class DeploymentHosts:
                 hang_timeout_s=resolved.request_settings.request_timeout_ms / 1000 + 1.0,
                 ray=ray_options(resolved),
                 fingerprint=_fingerprint(resolved),
+                log=write_log,
             )
         )
-        observer = self.metrics.for_deployment(resolved.endpoint_name, resolved.name)
-        return Scheduler(name, host, settings, observer)
 
     def adopt(self, resolved: OnlineDeploymentSpec, scheduler: Scheduler) -> None:
         """Take ownership of a scheduler made by `load`, retiring the one it replaces."""
@@ -207,7 +228,9 @@ class DeploymentHosts:
         if old is not None:
             asyncio.get_running_loop().create_task(old.close())
         if spec:
-            collector = PayloadCollector(*key, spec)
+            settings = self.control.settings
+            artifacts = settings.artifacts if settings else str(self.control.artifacts.home)
+            collector = PayloadCollector(*key, spec, artifacts)
             collector.start()
             self.collectors[key] = collector
 
@@ -248,6 +271,30 @@ class DeploymentHosts:
                 spec.sticky_routing_header,
             )
         return RoutingSnapshot(endpoints, change_id)
+
+    def health(self, endpoint: str, name: str) -> dict[str, Any]:
+        """What `deployment show` says of a deployment on this replica, as Azure ML does:
+        `provisioning_state` (Succeeded: loaded and routed to; Failed: it could not load
+        here, `error` says why) and the instances ready to serve."""
+        key = (endpoint, name)
+        if key in self._failed:
+            return {
+                "provisioning_state": "Failed",
+                "instances_ready": 0,
+                "error": self._failed[key],
+            }
+        entry = self._schedulers.get(key)
+        if entry is None:
+            return {"provisioning_state": "Creating", "instances_ready": 0}
+        scheduler = entry[1]
+        problem = getattr(scheduler.host, "problem", None)
+        view: dict[str, Any] = {
+            "provisioning_state": "Succeeded",
+            "instances_ready": 0 if problem else scheduler.instances,
+        }
+        if problem:
+            view["error"] = problem
+        return view
 
     def problems(self) -> dict[str, str]:
         """Deployments whose host cannot serve now ("endpoint/deployment" -> why)."""

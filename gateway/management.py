@@ -17,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from deploy.control import check_mode
 from deploy.errors import Conflict, SpecError
 from deploy.masking import mask_secrets
 from deploy.rollout import RolloutPlan
-from deploy.specs import EndpointSpec, OnlineDeploymentSpec, parse_spec
+from deploy.specs import EndpointSpec, OnlineDeploymentSpec, SpecT, parse_spec
 from gateway.api import Permission, Query, operation
 from gateway.api_models import (
     AuditRecord,
@@ -30,6 +31,7 @@ from gateway.api_models import (
     EndpointUpdate,
     EndpointView,
     Keys,
+    LogLine,
     ModelVersion,
     RegenerateKeys,
     Rollout,
@@ -98,7 +100,64 @@ def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("1", "true", "yes")
 
 
+#: Every create route takes it: Azure ML files are accepted as they are, with a warning
+#: per field servegate does not use, unless the caller asks for strictness.
+STRICT = Query(
+    "strict",
+    {"type": "boolean"},
+    "refuse Azure ML fields servegate does not use (default: accept each with a warning)",
+)
+
+
+async def _spec_from_body(
+    kind: type[SpecT], request: Request, overrides: dict[str, Any] | None = None
+) -> SpecT:
+    """The request's spec: validated, and refused in strict mode when it holds Azure ML
+    fields that mean nothing here (else `spec.warnings()` names them)."""
+    spec = parse_spec(kind, await _body(request), "request body", overrides)
+    if _flag(request, "strict"):
+        spec.check_strict("request body")
+    return spec
+
+
+#: Create and update routes that also replace take it: Azure's create refuses an existing
+#: name (409), its update a missing one (404).
+MODE = Query(
+    "mode",
+    {"type": "string", "enum": ["create", "update"]},
+    "create: refuse an existing name (409); update: refuse a missing one (404); "
+    "default: create or replace",
+)
+
+
+def _mode(request: Request) -> str | None:
+    mode = request.query_params.get("mode")
+    if mode not in (None, "create", "update"):
+        raise SpecError(f"query parameter 'mode': '{mode}'; allowed: create, update")
+    return mode
+
+
+def _warned(doc: Any, warnings: list[str]) -> Any:
+    """An answer (a record or a mapping) with its `warnings`, when there are some."""
+    doc = _document(doc)
+    return {**doc, "warnings": warnings} if warnings else doc
+
+
 # -- models ---------------------------------------------------------------------
+def _tags(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        tags = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        tags = None
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise SpecError("query parameter 'tags': give a JSON object of strings")
+    return tags
+
+
 async def _upload(request: Request, state: GatewayState, suffix: str = "") -> Path:
     """Stream the body into a temporary file under the store's home (named with
     `suffix`, which runtimes use to tell file formats apart)."""
@@ -135,16 +194,25 @@ async def _upload(request: Request, state: GatewayState, suffix: str = "") -> Pa
         Query("version", {"type": "integer", "minimum": 1}),
         Query("runtime", {"type": "string"}),
         Query("description", {"type": "string"}),
+        Query("tags", {"type": "string"}, "a JSON object of string tags"),
+        Query(
+            "reuse_identical",
+            {"type": "boolean"},
+            "answer the version asked for (or the latest) when it holds the same content, "
+            "instead of registering a new one (a deployment's inline model)",
+        ),
     ),
 )
 async def register_model(request: Request, state: GatewayState) -> Response:
-    """POST /management/models/{name}/versions?filename=&version=&runtime=&description="""
+    """POST /management/models/{name}/versions?filename=&version=&runtime=&description=
+    &tags=&reuse_identical="""
     query = request.query_params
     filename = query.get("filename") or ""
     if not filename:
         raise SpecError("query parameter 'filename' is required (the model file's name)")
     raw_version = query.get("version")
     version = _number(raw_version, "query parameter 'version'") if raw_version else None
+    tags = _tags(query.get("tags"))
     upload = await _upload(request, state, Path(filename).suffix)
     try:
         async with state.hosts.lock:
@@ -157,6 +225,8 @@ async def register_model(request: Request, state: GatewayState) -> Response:
                 version,
                 query.get("runtime"),
                 query.get("description", ""),
+                tags,
+                _flag(request, "reuse_identical"),
             )
     finally:
         upload.unlink(missing_ok=True)
@@ -239,6 +309,9 @@ def _endpoint_view(state: GatewayState, spec: EndpointSpec) -> dict[str, Any]:
         "openapi_uri": f"http://{settings.host}:{settings.port}/openapi.json",
         "deployments": sorted(route.deployments) if route else [],
         "unavailable_deployments": dict(route.unavailable) if route else {},
+        # Azure ML's state of an endpoint: Succeeded once it exists here (its
+        # deployments have their own, in `deployment show`).
+        "provisioning_state": "Succeeded",
     }
 
 
@@ -252,12 +325,13 @@ def _endpoint_view(state: GatewayState, spec: EndpointSpec) -> dict[str, Any]:
     response=EndpointView,
     ok_status=201,
     errors=(409,),
+    query=(STRICT,),
 )
 async def create_endpoint(request: Request, state: GatewayState) -> Response:
-    """POST /management/endpoints"""
-    spec = parse_spec(EndpointSpec, await _body(request), "request body")
+    """POST /management/endpoints[?strict=true]"""
+    spec = await _spec_from_body(EndpointSpec, request)
     data = await _apply(state, lambda: state.control.create_endpoint(spec, _actor(request)))
-    return _json(_endpoint_view(state, data), 201)
+    return _json(_warned(_endpoint_view(state, data), spec.warnings()), 201)
 
 
 @operation(
@@ -373,8 +447,8 @@ async def regenerate_keys(request: Request, state: GatewayState) -> Response:
     body=OnlineDeploymentSpec,
     response=Deployment,
     ok_status=201,
-    errors=(424,),
-    query=(Query("all_traffic", {"type": "boolean"}, "send it 100% of live traffic"),),
+    errors=(409, 424),
+    query=(Query("all_traffic", {"type": "boolean"}, "send it 100% of live traffic"), STRICT, MODE),
 )
 async def create_deployment(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints/{endpoint}/deployments[?all_traffic=true]
@@ -383,11 +457,16 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     is stored, so one that cannot load is never stored or routed to.
     """
     endpoint = request.path_params["endpoint"]
-    spec = parse_spec(
-        OnlineDeploymentSpec, await _body(request), "request body", {"endpoint_name": endpoint}
-    )
+    spec = await _spec_from_body(OnlineDeploymentSpec, request, {"endpoint_name": endpoint})
     actor, all_traffic = _actor(request), _flag(request, "all_traffic")
     async with state.hosts.lock:
+        check_mode(
+            _mode(request),
+            await run_in_threadpool(state.control.store.get_deployment, endpoint, spec.name)
+            is not None,
+            f"deployment '{spec.name}' of endpoint '{endpoint}'",
+            "servegate deployment update",
+        )
         resolved = await run_in_threadpool(state.control.resolve_deployment, spec, actor)
         scheduler = await state.hosts.load(resolved)
         try:
@@ -397,10 +476,11 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
             raise
         state.hosts.adopt(resolved, scheduler)
         await state.hosts.sync()
-    warnings = await run_in_threadpool(state.control.model_warnings, resolved)
+    warnings = spec.warnings() + await run_in_threadpool(state.control.model_warnings, resolved)
     for warning in warnings:
         log.warning("deployment %s/%s: %s", endpoint, resolved.name, warning)
-    return _json({**resolved.to_dict(), **({"warnings": warnings} if warnings else {})}, 201)
+    shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
+    return _json(_warned(shown, warnings), 201)
 
 
 @operation(
@@ -415,7 +495,8 @@ async def list_deployments(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments"""
     endpoint = request.path_params["endpoint"]
     await run_in_threadpool(state.control.get_endpoint, endpoint)
-    return _json(await run_in_threadpool(state.control.store.list_deployments, endpoint))
+    specs = await run_in_threadpool(state.control.store.list_deployments, endpoint)
+    return _json([{**s.to_dict(), **state.hosts.health(endpoint, s.name)} for s in specs])
 
 
 @operation(
@@ -428,12 +509,39 @@ async def list_deployments(request: Request, state: GatewayState) -> Response:
 )
 async def show_deployment(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments/{deployment}"""
-    spec = await run_in_threadpool(
-        state.control.get_deployment,
-        request.path_params["endpoint"],
-        request.path_params["deployment"],
+    endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
+    spec = await run_in_threadpool(state.control.get_deployment, endpoint, name)
+    return _json({**spec.to_dict(), **state.hosts.health(endpoint, name)})
+
+
+@operation(
+    "GET",
+    "/endpoints/{endpoint}/deployments/{deployment}/logs",
+    "A deployment's own log: its scoring script's prints and logging, worker starts and "
+    "exits, load errors (from every replica, oldest first)",
+    tag="deployments",
+    permission=Permission.READ,
+    response=list[LogLine],
+    query=(
+        Query("lines", {"type": "integer", "minimum": 1, "maximum": 10000}, "default 100"),
+        Query("after", {"type": "integer", "minimum": 0}, "only lines after this id (--follow)"),
+    ),
+)
+async def deployment_logs(request: Request, state: GatewayState) -> Response:
+    """GET /management/endpoints/{endpoint}/deployments/{deployment}/logs?lines=&after="""
+    endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
+    query = request.query_params
+    lines = _number(query["lines"], "query parameter 'lines'") if "lines" in query else 100
+    after = _number(query["after"], "query parameter 'after'") if "after" in query else 0
+    if not 1 <= lines <= 10_000:
+        raise SpecError("query parameter 'lines': between 1 and 10000")
+    await run_in_threadpool(state.control.get_deployment, endpoint, name)
+    await run_in_threadpool(state.hosts.logs.flush)  # this replica's newest lines too
+    return _json(
+        await run_in_threadpool(
+            state.control.store.list_deployment_logs, endpoint, name, lines, after
+        )
     )
-    return _json(spec)
 
 
 @operation(

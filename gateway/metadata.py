@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deploy.errors import StoreUnavailable
-from gateway.auth import authenticate
+from gateway.auth import authenticate, authenticate_admin
 from gateway.errors import DeploymentUnavailable
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
@@ -106,6 +106,118 @@ async def model_ready(request: Request) -> Response:
     return _json({"name": endpoint.name, "ready": True})
 
 
+def _triton_tensor(spec: dict[str, object], batched: bool) -> dict[str, object]:
+    shape = list(spec["shape"])  # type: ignore[call-overload]
+    return {
+        "name": spec["name"],
+        "data_type": f"TYPE_{'STRING' if spec['datatype'] == 'BYTES' else spec['datatype']}",
+        # Triton's dims leave out the batch axis of a model that batches.
+        "dims": shape[1:] if batched and shape else shape,
+    }
+
+
+async def model_config(request: Request) -> Response:
+    """GET /v2/models/{endpoint}[/versions/{deployment}]/config: the deployment as
+    Triton's model configuration (what tritonclient's get_model_config reads)."""
+    endpoint, route = _endpoint_and_route(request)
+    batching = route.scheduler.settings.batching
+    max_batch_size = batching.max_batch_size if batching else 0
+    signature = route.signature.to_dict()
+    config: dict[str, object] = {
+        "name": endpoint.name,
+        "platform": route.kind.platform,
+        "backend": route.runtime,
+        "version_policy": {"specific": {"versions": [route.name]}},
+        "max_batch_size": max_batch_size,
+        "input": [_triton_tensor(t, max_batch_size > 0) for t in signature["inputs"]],
+        "output": [_triton_tensor(t, max_batch_size > 0) for t in signature["outputs"]],
+        "instance_group": [{"count": route.scheduler.instances, "kind": "KIND_CPU"}],
+    }
+    if batching:
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": int(batching.max_batch_delay_s * 1_000_000)
+        }
+    return _json(config)
+
+
+def _duration(count: int, seconds: float) -> dict[str, int]:
+    return {"count": count, "ns": int(seconds * 1e9)}
+
+
+def _model_stats(endpoint: str, route: DeploymentRoute) -> dict[str, object]:
+    m = route.metrics
+    ok = sum(n for (_, status), n in m.requests.items() if status == "200")
+    failed = sum(n for (_, status), n in m.requests.items() if status != "200")
+    queued = sum(m.queue_duration.counts)
+    inferred = sum(m.inference_duration.counts)
+    return {
+        "name": endpoint,
+        "version": route.name,
+        "last_inference": m.last_inference_ms,
+        "inference_count": ok,
+        "execution_count": m.executions,
+        "inference_stats": {
+            "success": _duration(ok, m.request_duration.total - m.failed_seconds),
+            "fail": _duration(failed, m.failed_seconds),
+            "queue": _duration(queued, m.queue_duration.total),
+            "compute_input": _duration(inferred, 0.0),
+            "compute_infer": _duration(inferred, m.inference_duration.total),
+            "compute_output": _duration(inferred, 0.0),
+        },
+    }
+
+
+async def model_stats(request: Request) -> Response:
+    """GET /v2/models/{endpoint}[/versions/{deployment}]/stats: Triton's statistics
+    extension, from the gateway's own counters (since this replica started)."""
+    endpoint, route = _endpoint_and_route(request)
+    if "deployment" in request.path_params:
+        routes = [route]
+    else:
+        routes = [endpoint.deployment(name) for name in sorted(endpoint.deployments)]
+    return _json({"model_stats": [_model_stats(endpoint.name, r) for r in routes]})
+
+
+async def all_model_stats(request: Request) -> Response:
+    """GET /v2/models/stats (admin token): every deployment's statistics."""
+    state = _state(request)
+    authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
+    stats = [
+        _model_stats(name, endpoint.deployment(deployment))
+        for name, endpoint in sorted(state.hosts.snapshot.endpoints.items())
+        for deployment in sorted(endpoint.deployments)
+    ]
+    return _json({"model_stats": stats})
+
+
+async def repository_index(request: Request) -> Response:
+    """POST /v2/repository/index (admin token): every endpoint and deployment as
+    Triton's model repository index lists models and versions."""
+    state = _state(request)
+    authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
+    index = []
+    for name, endpoint in sorted(state.hosts.snapshot.endpoints.items()):
+        for deployment in sorted(endpoint.deployments):
+            index.append({"name": name, "version": deployment, "state": "READY", "reason": ""})
+        for deployment, why in sorted(endpoint.unavailable.items()):
+            index.append(
+                {"name": name, "version": deployment, "state": "UNAVAILABLE", "reason": why}
+            )
+    return _json(index)
+
+
+async def load_or_unload(request: Request) -> Response:
+    """POST /v2/repository/models/{model}/load|unload: not how deployments change here."""
+    return _json(
+        {
+            "error": "models are not loaded or unloaded through the repository API here: "
+            "deployments are created and deleted through the management API "
+            "(servegate deployment create / delete), which loads and drains them"
+        },
+        400,
+    )
+
+
 async def metrics(request: Request) -> Response:
     """GET /metrics"""
     m = _state(request).metrics
@@ -116,9 +228,18 @@ ROUTES = [
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
+    # Before /v2/models/{endpoint}, which would take "stats" for an endpoint's name.
+    Route("/v2/models/stats", all_model_stats, methods=["GET"]),
     Route("/v2/models/{endpoint}", model_metadata, methods=["GET"]),
     Route("/v2/models/{endpoint}/ready", model_ready, methods=["GET"]),
     Route("/v2/models/{endpoint}/versions/{deployment}", model_metadata, methods=["GET"]),
     Route("/v2/models/{endpoint}/versions/{deployment}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{endpoint}/config", model_config, methods=["GET"]),
+    Route("/v2/models/{endpoint}/versions/{deployment}/config", model_config, methods=["GET"]),
+    Route("/v2/models/{endpoint}/stats", model_stats, methods=["GET"]),
+    Route("/v2/models/{endpoint}/versions/{deployment}/stats", model_stats, methods=["GET"]),
+    Route("/v2/repository/index", repository_index, methods=["POST"]),
+    Route("/v2/repository/models/{model}/load", load_or_unload, methods=["POST"]),
+    Route("/v2/repository/models/{model}/unload", load_or_unload, methods=["POST"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]

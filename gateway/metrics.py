@@ -14,7 +14,13 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -53,6 +59,10 @@ LATENCY_BUCKETS_S = (
     180.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# No `_created` series beside every counter and histogram: they double the scrape and
+# no dashboard reads them (Triton and KServe export none).
+disable_created_metrics()
 
 
 class FastHistogram:
@@ -109,6 +119,11 @@ class DeploymentMetrics:
         self.inference_duration = FastHistogram(LATENCY_BUCKETS_S)
         self.overhead_duration = FastHistogram(LATENCY_BUCKETS_S)
         self.requests: dict[tuple[str, str], int] = {}
+        #: for Triton's statistics extension: time spent on requests that failed, runtime
+        #: calls made, and when the last one ended (ms since the epoch)
+        self.failed_seconds = 0.0
+        self.executions = 0
+        self.last_inference_ms = 0
         self._batch_size = metrics.batch_size.labels(endpoint, deployment)
         self._batch_requests = metrics.batch_requests.labels(endpoint, deployment)
 
@@ -118,6 +133,7 @@ class DeploymentMetrics:
 
     # SchedulerObserver: once per batch, not per request
     def batch(self, requests: int, rows: int, seconds: float) -> None:
+        self.executions += 1
         self._batch_size.observe(rows)
         self._batch_requests.observe(requests)
 

@@ -116,6 +116,25 @@ def openapi_document() -> dict[str, Any]:
         params=[ep],
     )
     ready = _op("Model readiness", "v2", _responses(_JSON_OBJECT, 401, 404, 503), params=[ep])
+    config = _op(
+        "The deployment as Triton's model configuration",
+        "v2",
+        _responses(_JSON_OBJECT, 401, 404, 503),
+        params=[ep],
+    )
+    stats = _op(
+        "Triton's statistics extension, from the gateway's counters",
+        "v2",
+        _responses(_JSON_OBJECT, 401, 404, 503),
+        params=[ep],
+    )
+    repository_change = _op(
+        "Refused (400): deployments change through the management API",
+        "v2",
+        _responses(None, 400),
+        params=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+        secured=None,
+    )
     paths: dict[str, Any] = {
         "/endpoints/{endpoint}/score": {
             "post": _op(
@@ -149,6 +168,32 @@ def openapi_document() -> dict[str, Any]:
             "get": {**ready, "parameters": [ep, dep]}
         },
         "/v2/models/{endpoint}/versions/{deployment}/infer": {"post": infer_version},
+        "/v2/models/{endpoint}/config": {"get": config},
+        "/v2/models/{endpoint}/versions/{deployment}/config": {
+            "get": {**config, "parameters": [ep, dep]}
+        },
+        "/v2/models/{endpoint}/stats": {"get": stats},
+        "/v2/models/{endpoint}/versions/{deployment}/stats": {
+            "get": {**stats, "parameters": [ep, dep]}
+        },
+        "/v2/models/stats": {
+            "get": _op(
+                "Triton statistics of every deployment (admin token)",
+                "v2",
+                _responses(_JSON_OBJECT, 401),
+                secured="adminToken",
+            )
+        },
+        "/v2/repository/index": {
+            "post": _op(
+                "Triton's repository index: endpoints and deployments (admin token)",
+                "v2",
+                _responses({"type": "array", "items": _JSON_OBJECT}, 401),
+                secured="adminToken",
+            )
+        },
+        "/v2/repository/models/{model}/load": {"post": repository_change},
+        "/v2/repository/models/{model}/unload": {"post": repository_change},
         "/metrics": {
             "get": _op(
                 "Prometheus metrics",

@@ -223,7 +223,8 @@ class ScoringEndpoint:
             status, payload = error_body(exc)
             extra.append(_JSON)
         finally:
-            self._record(state, endpoint_name, route, status, time.perf_counter() - started, timing)
+            elapsed = time.perf_counter() - started
+            record_request(state, self.protocol_name, endpoint_name, route, status, elapsed, timing)
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
@@ -257,30 +258,35 @@ class ScoringEndpoint:
         sticky = headers.get(endpoint.sticky_header) if endpoint.sticky_header else None
         return endpoint.pick(state.rng, sticky)
 
-    def _record(
-        self,
-        state: GatewayState,
-        endpoint: str,
-        route: DeploymentRoute | None,
-        status: int,
-        elapsed: float,
-        timing: Timing,
-    ) -> None:
-        if route is None:
-            # Unknown names share one label: clients choose them, so they must not
-            # create label sets (a scan of random names would bloat /metrics).
-            if endpoint not in state.hosts.snapshot.endpoints:
-                endpoint = UNKNOWN_ENDPOINT
-            state.metrics.unrouted_request(endpoint, self.protocol_name, str(status))
-            return
-        metrics = route.metrics
-        metrics.request(self.protocol_name, str(status))
-        metrics.request_duration.observe(elapsed)
-        if timing.ran:
-            metrics.queue_duration.observe(timing.queue_s)
-            metrics.inference_duration.observe(timing.inference_s)
-        if status == 200:
-            metrics.overhead_duration.observe(elapsed - timing.queue_s - timing.inference_s)
+
+def record_request(
+    state: GatewayState,
+    protocol_name: str,
+    endpoint: str,
+    route: DeploymentRoute | None,
+    status: int,
+    elapsed: float,
+    timing: Timing,
+) -> None:
+    """A scoring request's metrics (any protocol)."""
+    if route is None:
+        # Unknown names share one label: clients choose them, so they must not
+        # create label sets (a scan of random names would bloat /metrics).
+        if endpoint not in state.hosts.snapshot.endpoints:
+            endpoint = UNKNOWN_ENDPOINT
+        state.metrics.unrouted_request(endpoint, protocol_name, str(status))
+        return
+    metrics = route.metrics
+    metrics.request(protocol_name, str(status))
+    metrics.request_duration.observe(elapsed)
+    if timing.ran:
+        metrics.queue_duration.observe(timing.queue_s)
+        metrics.inference_duration.observe(timing.inference_s)
+    if status == 200:
+        metrics.overhead_duration.observe(elapsed - timing.queue_s - timing.inference_s)
+        metrics.last_inference_ms = int(time.time() * 1000)
+    else:
+        metrics.failed_seconds += elapsed
 
 
 class FastScoring:

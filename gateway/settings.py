@@ -35,6 +35,8 @@ class GatewaySettings:
     header_timeout_s: float = 10.0
     #: Open connections above this are answered 503; 0 = derived from the fd limit.
     max_connections: int = 0
+    #: The Open Inference Protocol over gRPC on this port (on `host`); 0 = off.
+    grpc_port: int = 0
 
     @property
     def store_path(self) -> Path:

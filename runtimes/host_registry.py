@@ -33,6 +33,9 @@ class HostRequest:
     ray: RayOptions = field(default_factory=RayOptions)
     #: what the deployment runs, hashed (names its Ray Serve application)
     fingerprint: bytes = b""
+    #: the deployment's log (`get-logs`): hosts that run instances in processes send what
+    #: those print and log, and their starts and exits
+    log: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
         _worker_count(request.instance_count, request.max_concurrent_requests_per_instance),
         request.hang_timeout_s,
         per_instance=request.max_concurrent_requests_per_instance,
+        log=request.log,
     )
 
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import logging
 import multiprocessing
 import os
+import sys
+import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -128,19 +131,63 @@ def _attach(name: str) -> SharedMemory:
     return SharedMemory(name)
 
 
+class _LinesToParent(io.TextIOBase):
+    """A worker's stdout or stderr: each line goes to the gateway as ("log", text), for
+    the deployment's log (`servegate deployment get-logs`)."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._send = send
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._send(("log", line))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._send(("log", self._partial))
+            self._partial = ""
+
+
+def _log_to_parent(conn: Connection) -> Callable[[tuple[Any, ...]], None]:
+    """Send replies and log lines on one pipe, whole messages only: a script may print or
+    log from threads of its own. stdout, stderr and the logging module (INFO and up, as
+    Azure ML's inference server shows them) all go there."""
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    sys.stdout = _LinesToParent(send)
+    sys.stderr = _LinesToParent(send)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return send
+
+
 def worker_main(
     conn: Connection, runtime_name: str, config: RuntimeConfig, inputs_name: str, outputs_name: str
 ) -> None:
     """A worker process: load the runtime, then serve requests until the pipe closes."""
     os.environ.update(config.environment)
+    send = _log_to_parent(conn)
     from runtimes.registry import load_runtime
 
     try:
         runtime = load_runtime(runtime_name, config)
     except BaseException as exc:  # report any load failure, then exit
-        conn.send(_error_reply(exc if isinstance(exc, Exception) else ModelLoadError(repr(exc))))
+        send(_error_reply(exc if isinstance(exc, Exception) else ModelLoadError(repr(exc))))
         return
-    conn.send(("ready", runtime.signature.to_dict()))
+    send(("ready", runtime.signature.to_dict()))
     segments = {inputs_name: _attach(inputs_name)}
     out_segment = _attach(outputs_name)
     while True:
@@ -150,7 +197,7 @@ def worker_main(
             return
         try:
             if message[0] == "raw":
-                conn.send(("ok", runtime.score(message[1])))  # type: ignore[attr-defined]
+                send(("ok", runtime.score(message[1])))  # type: ignore[attr-defined]
                 continue
             _, segment_name, wire, output_names = message
             if segment_name is not None and segment_name not in segments:
@@ -162,10 +209,10 @@ def worker_main(
             results = runtime.infer(inputs, output_names)
             packed = _pack(results, out_segment)
             # Outputs too large for the segment travel pickled instead.
-            conn.send(("ok", packed) if packed is not None else ("pickled", results))
+            send(("ok", packed) if packed is not None else ("pickled", results))
         except Exception as exc:
             log.debug("worker error: %s", traceback.format_exc())
-            conn.send(_error_reply(exc))
+            send(_error_reply(exc))
 
 
 @dataclass
@@ -194,8 +241,11 @@ class ProcessHost:
         count: int,
         hang_timeout_s: float,
         per_instance: int = 1,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        #: the deployment's log: what workers print and log, their starts and exits
+        self._log = log or (lambda line: None)
         #: workers per instance (one per concurrent request it takes)
         self._per_instance = per_instance
         self._runtime_name = runtime_name
@@ -215,10 +265,11 @@ class ProcessHost:
         count: int,
         hang_timeout_s: float = 60.0,
         per_instance: int = 1,
+        log: Callable[[str], None] | None = None,
     ) -> ProcessHost:
         """Start `count` workers (`per_instance` to an instance) and wait until each has
         loaded its runtime."""
-        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance)
+        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance, log)
         try:
             await asyncio.gather(*(host._spawn(w) for w in host._workers))
         except BaseException:
@@ -287,16 +338,30 @@ class ProcessHost:
         child.close()
         reply = await self._receive(worker, timeout_s=600.0)
         if reply[0] != "ready":
+            self._log(
+                f"worker {worker.index}: failed to load: {reply[2] if len(reply) > 2 else reply}"
+            )
             raise _exception(reply, self.name)
         self._signature = Signature.from_dict(reply[1])
+        self._log(f"worker {worker.index}: started (pid {worker.process.pid}), model loaded")
         worker.ready.set()
+
+    def _reply(self, worker: _Worker) -> Any:
+        """The worker's next reply; the lines it logged before it go to the deployment's
+        log. (On the worker's I/O thread.)"""
+        assert worker.conn is not None
+        while True:
+            message = worker.conn.recv()
+            if message[0] != "log":
+                return message
+            self._log(f"worker {worker.index}: {message[1]}")
 
     async def _receive(self, worker: _Worker, timeout_s: float) -> Any:
         assert worker.conn is not None
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(worker.thread, worker.conn.recv), timeout_s
+                loop.run_in_executor(worker.thread, self._reply, worker), timeout_s
             )
         except (EOFError, OSError):
             process = worker.process
@@ -381,6 +446,11 @@ class ProcessHost:
         worker.ready.clear()
 
         async def restart() -> None:
+            process = worker.process
+            self._log(
+                f"worker {worker.index}: exited or hung (exit code "
+                f"{process.exitcode if process is not None else None}); replacing it"
+            )
             self._stop(worker)
             try:
                 await self._spawn(worker)

@@ -4,6 +4,7 @@ management API (`--url` / SERVEGATE_URL, `--token` / SERVEGATE_TOKEN), except
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -18,13 +19,18 @@ import yaml
 from deploy.errors import ControlPlaneError, SpecError
 from deploy.records import FINAL_JOB_STATES, JobState
 from deploy.specs import (
+    SPEC_KINDS,
     BatchDeploymentSpec,
     BatchEndpointSpec,
     EndpointSpec,
+    ModelRef,
     OnlineDeploymentSpec,
-    load_spec,
+    SpecT,
+    json_schema,
+    parse_spec,
 )
 from servegate.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
+from servegate.output import FORMATS, render, select
 
 
 def _default_home() -> Path:
@@ -33,9 +39,64 @@ def _default_home() -> Path:
     return default_home()
 
 
+def _setting(name: str) -> Any:
+    """A global option (-o, --query, --verbose, --debug), given before or after the
+    command's name."""
+    return click.get_current_context().find_root().meta.get(f"servegate.{name}")
+
+
 def _print(doc: Any) -> None:
+    """An answer, picked by --query and rendered by -o (JSON by default)."""
     if doc is not None:
-        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        click.echo(render(select(doc, _setting("query")), _setting("output") or "json"))
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value:
+        ctx.find_root().meta[f"servegate.{param.name}"] = value
+    return value
+
+
+def _global_options() -> list[click.Option]:
+    """az's options, taken by every command."""
+    return [
+        click.Option(
+            ["-o", "--output"],
+            type=click.Choice(FORMATS),
+            expose_value=False,
+            callback=_remember,
+            help="Answer format (default json); tsv prints bare values for scripts.",
+        ),
+        click.Option(
+            ["--query"],
+            expose_value=False,
+            callback=_remember,
+            help="JMESPath expression picking part of the answer, e.g. primaryKey.",
+        ),
+        click.Option(
+            ["--verbose"],
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            help="Print each API call (status, request id, time) on stderr.",
+        ),
+        click.Option(
+            ["--debug"],
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            help="--verbose, with the answers' headers.",
+        ),
+    ]
+
+
+class AzCommand(click.Command):
+    """A command that also takes the global options (-o, --query, --verbose, --debug)
+    after its name, as `az ml ...` commands do."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
 
 
 def _print_warned(doc: dict[str, Any]) -> None:
@@ -87,7 +148,13 @@ class Ctx:
     @property
     def client(self) -> AdminClient:
         if self._client is None:
-            self._client = AdminClient(self.url, find_admin_token(self.token, self.home))
+            debug = bool(_setting("debug"))
+            trace = (
+                (lambda line: click.echo(line, err=True)) if debug or _setting("verbose") else None
+            )
+            self._client = AdminClient(
+                self.url, find_admin_token(self.token, self.home), trace=trace, debug=debug
+            )
         return self._client
 
     def close(self) -> None:
@@ -99,7 +166,11 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 class ServegateGroup(click.Group):
-    """Turns our errors into a message on stderr and a non-zero exit."""
+    """Turns our errors into a message on stderr and a non-zero exit. Its commands take
+    the global options; its groups are ServegateGroups."""
+
+    command_class = AzCommand
+    group_class = type
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -110,6 +181,7 @@ class ServegateGroup(click.Group):
 
 
 @click.group(cls=ServegateGroup)
+@click.version_option(package_name="servegate", message="servegate %(version)s")
 @click.option(
     "--url",
     envvar="SERVEGATE_URL",
@@ -132,9 +204,35 @@ class ServegateGroup(click.Group):
 )
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> None:
-    """servegate: model serving gateway for real-time and batch inference."""
+    """servegate: model serving gateway for real-time and batch inference.
+
+    Every command takes -o/--output json|yaml|table|tsv, --query (JMESPath), --verbose
+    and --debug, before or after its name."""
     ctx.obj = Ctx(url, token, home or _default_home())
     ctx.call_on_close(ctx.obj.close)
+
+
+main.params.extend(_global_options())
+
+
+# -- schema -----------------------------------------------------------------------
+@main.command("schema")
+@click.argument("kind", type=click.Choice(list(SPEC_KINDS)))
+@click.option(
+    "--write",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write <kind>.schema.json into this folder instead of printing it.",
+)
+def schema(kind: str, folder: Path | None) -> None:
+    """The JSON Schema of a YAML kind, for editors: point a file's `$schema` at it."""
+    text = json.dumps(json_schema(kind), indent=2) + "\n"
+    if folder is None:
+        click.echo(text, nl=False)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{kind}.schema.json").write_text(text)
 
 
 # -- serve ------------------------------------------------------------------------
@@ -186,6 +284,15 @@ def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> 
     "limit less 256, at most 10000].",
 )
 @click.option(
+    "--grpc-port",
+    envvar="SERVEGATE_GRPC_PORT",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Also serve the Open Inference Protocol over gRPC (KServe v2 / Triton's "
+    "GRPCInferenceService) on this port, e.g. 8001 as Triton [default: 0 = off; needs the "
+    "grpc extra].",
+)
+@click.option(
     "--cpus",
     envvar="SERVEGATE_CPUS",
     type=click.IntRange(min=1),
@@ -212,6 +319,7 @@ def serve(
     max_header_bytes: int,
     header_timeout_s: float,
     max_connections: int,
+    grpc_port: int,
     cpus: int | None,
     log_level: str,
 ) -> None:
@@ -235,6 +343,7 @@ def serve(
             max_header_bytes=max_header_bytes,
             header_timeout_s=header_timeout_s,
             max_connections=max_connections,
+            grpc_port=grpc_port,
         ),
         log_level,
     )
@@ -299,20 +408,140 @@ def _percentages(text: str, option: str) -> dict[str, int]:
     return result
 
 
+# -- files -----------------------------------------------------------------------
+def _file_options(command: Any) -> Any:
+    """-f (the YAML file), --set path=value (repeatable) and --strict, as az takes them."""
+    command = click.option(
+        "--strict",
+        is_flag=True,
+        help="Refuse Azure ML fields servegate does not use (default: a warning each).",
+    )(command)
+    command = click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="PATH=VALUE",
+        help="Set a field of the file, e.g. --set instance_count=2 (repeatable).",
+    )(command)
+    return click.option(
+        "--file",
+        "-f",
+        "file",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The YAML file.",
+    )(command)
+
+
+def _assign(doc: dict[str, Any], assignment: str) -> None:
+    """`--set a.b=value`: the value read as YAML (2 is a number, true a boolean)."""
+    path, sep, text = assignment.partition("=")
+    keys = path.split(".") if path else []
+    if not sep or not all(keys):
+        raise click.BadParameter(f"'{assignment}': use PATH=VALUE", param_hint="--set")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = doc
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise click.BadParameter(
+                f"'{assignment}': '{'.'.join(keys[:i])}' holds no field '{key}'",
+                param_hint="--set",
+            )
+
+
+def _prepared(
+    ctx: Ctx,
+    kind: type[SpecT],
+    file: Path,
+    assignments: tuple[str, ...] = (),
+    overrides: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> tuple[SpecT, dict[str, Any]]:
+    """The file as a spec and as the body to send: --set applied, then -n/-e; checked
+    here (all errors at once; Azure-only fields refused with --strict); relative paths
+    read from the file's folder, as Azure ML does; a local scoring-code folder and model
+    uploaded (a model registered under its `name`, else <endpoint>-<deployment>; the
+    same content again is the same version)."""
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{file}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{file}: expected a mapping of fields")
+    for assignment in assignments:
+        _assign(raw, assignment)
+    raw.update({k: v for k, v in (overrides or {}).items() if v})
+    spec = parse_spec(kind, raw, str(file))
+    if strict:
+        spec.check_strict(str(file))
+    raw.pop("$schema", None)
+    code_configuration = getattr(spec, "code_configuration", None)
+    if code_configuration is not None:
+        code = (file.parent / code_configuration.code).resolve()
+        if not (code / code_configuration.scoring_script).is_file():
+            raise SpecError(
+                f"{file}: field 'code_configuration': no "
+                f"'{code_configuration.scoring_script}' in {code}"
+            )
+        raw["code_configuration"] = {
+            "code": ctx.client.upload_code(code),
+            "scoring_script": code_configuration.scoring_script,
+        }
+    model = getattr(spec, "model", None)
+    if model is not None and model.path is not None:
+        model_path = (file.parent / model.path).resolve()
+        if not model_path.exists():
+            raise SpecError(f"{file}: field 'model.path': no file or folder at {model_path}")
+        runtime = getattr(spec, "runtime", None)
+        record = ctx.client.register_model(
+            model.name or f"{raw['endpoint_name']}-{raw['name']}",
+            model_path,
+            model.version,
+            runtime,
+            model.description or "",
+            model.tags,
+            reuse_identical=True,
+        )
+        given = raw["model"] if isinstance(raw["model"], dict) else {}
+        raw["model"] = {
+            # Azure-only fields stay, for the gateway's warnings about them.
+            **{k: v for k, v in given.items() if k in ModelRef.azure_only},
+            "name": record["name"],
+            "version": record["version"],
+        }
+        raw["runtime"] = runtime
+    return spec, raw
+
+
 @main.group()
 def endpoint() -> None:
     """Create, inspect, update, invoke and delete online endpoints."""
 
 
 @endpoint.command("create")
-@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@_file_options
 @click.option("--name", "-n", default=None, help="Override the file's name.")
 @pass_ctx
-def endpoint_create(ctx: Ctx, file: Path, name: str | None) -> None:
+def endpoint_create(
+    ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: bool, name: str | None
+) -> None:
     """Create an endpoint from endpoint.yml."""
-    overrides = {"name": name} if name else None
-    spec = load_spec(EndpointSpec, file, overrides)
-    _print(ctx.client.create_endpoint(spec.model_dump(by_alias=True, exclude={"schema_url"})))
+    _, body = _prepared(ctx, EndpointSpec, file, assignments, {"name": name}, strict)
+    _print_warned(ctx.client.create_endpoint(body))
 
 
 @endpoint.command("show")
@@ -415,65 +644,56 @@ def deployment() -> None:
     """Create, list and delete online deployments."""
 
 
-def _deployment_body(
-    ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None
-) -> dict[str, Any]:
-    overrides = {k: v for k, v in (("name", name), ("endpoint_name", endpoint_name)) if v}
-    spec = load_spec(OnlineDeploymentSpec, file, overrides)
-    raw = yaml.safe_load(file.read_text()) | overrides
-    if spec.code_configuration is not None:
-        code = (file.parent / spec.code_configuration.code).resolve()
-        if not (code / spec.code_configuration.scoring_script).is_file():
-            raise SpecError(
-                f"{file}: field 'code_configuration': no "
-                f"'{spec.code_configuration.scoring_script}' in {code}"
-            )
-        raw["code_configuration"] = {
-            **raw["code_configuration"],
-            "code": ctx.client.upload_code(code),
-        }
-    if spec.model is not None and spec.model.path is not None:
-        # A local model file is uploaded first, as Azure ML registers anonymous models.
-        model_path = (file.parent / spec.model.path).resolve()
-        if not model_path.exists():
-            raise SpecError(f"{file}: field 'model.path': no file or folder at {model_path}")
-        record = ctx.client.register_model(
-            f"{spec.endpoint_name}-{spec.name}", model_path, None, spec.runtime, ""
-        )
-        raw["model"] = {"name": record["name"], "version": record["version"]}
-        raw["runtime"] = spec.runtime
-    raw.pop("$schema", None)
-    return raw
-
-
 @deployment.command("create")
-@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@_file_options
 @click.option("--name", "-n", default=None, help="Override the file's name.")
-@click.option("--endpoint-name", "-e", default=None, help="Override the file's endpoint_name.")
+@click.option(
+    "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
+)
 @click.option("--all-traffic", is_flag=True, help="Send 100% of live traffic to it.")
 @pass_ctx
 def deployment_create(
-    ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None, all_traffic: bool
+    ctx: Ctx,
+    file: Path,
+    assignments: tuple[str, ...],
+    strict: bool,
+    name: str | None,
+    endpoint_name: str | None,
+    all_traffic: bool,
 ) -> None:
-    """Create (or replace) a deployment from deployment.yml; the model loads before it counts."""
-    body = _deployment_body(ctx, file, name, endpoint_name)
-    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, all_traffic))
+    """Create a deployment from deployment.yml (an existing one: use update); the model
+    loads and warms before it counts."""
+    overrides = {"name": name, "endpoint_name": endpoint_name}
+    _, body = _prepared(ctx, OnlineDeploymentSpec, file, assignments, overrides, strict)
+    _print_warned(
+        ctx.client.create_deployment(body["endpoint_name"], body, all_traffic, mode="create")
+    )
 
 
 @deployment.command("update")
-@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@_file_options
 @click.option("--name", "-n", default=None, help="Override the file's name.")
-@click.option("--endpoint-name", "-e", default=None, help="Override the file's endpoint_name.")
+@click.option(
+    "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
+)
 @pass_ctx
-def deployment_update(ctx: Ctx, file: Path, name: str | None, endpoint_name: str | None) -> None:
+def deployment_update(
+    ctx: Ctx,
+    file: Path,
+    assignments: tuple[str, ...],
+    strict: bool,
+    name: str | None,
+    endpoint_name: str | None,
+) -> None:
     """Update a deployment in place (model version, instances, batching...): new instances
     load and warm up, traffic switches, the old ones drain. No request fails."""
-    body = _deployment_body(ctx, file, name, endpoint_name)
-    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, False))
+    overrides = {"name": name, "endpoint_name": endpoint_name}
+    _, body = _prepared(ctx, OnlineDeploymentSpec, file, assignments, overrides, strict)
+    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, False, mode="update"))
 
 
 @deployment.command("list")
-@click.option("--endpoint-name", "-e", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def deployment_list(ctx: Ctx, endpoint_name: str) -> None:
     _print(ctx.client.list_deployments(endpoint_name))
@@ -481,15 +701,40 @@ def deployment_list(ctx: Ctx, endpoint_name: str) -> None:
 
 @deployment.command("show")
 @click.option("--name", "-n", required=True)
-@click.option("--endpoint-name", "-e", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
     _print(ctx.client.show_deployment(endpoint_name, name))
 
 
+@deployment.command("get-logs")
+@click.option("--name", "-n", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
+@click.option("--lines", "-l", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@pass_ctx
+def deployment_get_logs(ctx: Ctx, name: str, endpoint_name: str, lines: int, follow: bool) -> None:
+    """The deployment's own log, a line each with its time: its scoring script's print
+    and logging output, worker starts and exits, load errors, from every gateway replica.
+    (-o/--query without --follow: the lines as records.)"""
+    entries = ctx.client.deployment_logs(endpoint_name, name, lines)
+    if not follow and (_setting("output") or _setting("query")):
+        _print(entries)
+        return
+    after = 0
+    while True:
+        for entry in entries:
+            click.echo(f"{entry['at']} {entry['line']}")
+            after = entry["id"]
+        if not follow:
+            return
+        time.sleep(1.0)
+        entries = ctx.client.deployment_logs(endpoint_name, name, 10_000, after)
+
+
 @deployment.command("delete")
 @click.option("--name", "-n", required=True)
-@click.option("--endpoint-name", "-e", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def deployment_delete(ctx: Ctx, name: str, endpoint_name: str) -> None:
     """Delete a deployment that takes no traffic; in-flight requests finish first."""
@@ -504,7 +749,7 @@ def rollout() -> None:
 
 
 @rollout.command("start")
-@click.option("--endpoint", "-e", required=True)
+@click.option("--endpoint", "--endpoint-name", "-e", required=True)
 @click.option("--to", "to", required=True, help="The candidate deployment.")
 @click.option("--from", "source", default=None, help="Default: the deployment with most traffic.")
 @click.option("--steps", default="10,25,50,100", show_default=True, help="Percent per step.")
@@ -557,7 +802,7 @@ def rollout_start(
 
 
 @rollout.command("status")
-@click.option("--endpoint", "-e", required=True)
+@click.option("--endpoint", "--endpoint-name", "-e", required=True)
 @pass_ctx
 def rollout_status(ctx: Ctx, endpoint: str) -> None:
     """The latest rollout: state, step, traffic, the candidate's numbers against the gates."""
@@ -565,7 +810,7 @@ def rollout_status(ctx: Ctx, endpoint: str) -> None:
 
 
 @rollout.command("abort")
-@click.option("--endpoint", "-e", required=True)
+@click.option("--endpoint", "--endpoint-name", "-e", required=True)
 @pass_ctx
 def rollout_abort(ctx: Ctx, endpoint: str) -> None:
     """Roll back now, to the traffic the rollout started from."""
@@ -573,7 +818,7 @@ def rollout_abort(ctx: Ctx, endpoint: str) -> None:
 
 
 @rollout.command("list")
-@click.option("--endpoint", "-e", required=True)
+@click.option("--endpoint", "--endpoint-name", "-e", required=True)
 @pass_ctx
 def rollout_list(ctx: Ctx, endpoint: str) -> None:
     """Rollout history, newest first."""
@@ -592,11 +837,63 @@ def batch_endpoint() -> None:
 
 
 @batch_endpoint.command("create")
-@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@_file_options
+@click.option("--name", "-n", default=None, help="Override the file's name.")
 @pass_ctx
-def batch_endpoint_create(ctx: Ctx, file: Path) -> None:
-    spec = load_spec(BatchEndpointSpec, file)
-    _print(ctx.client.create_batch_endpoint(spec.model_dump(exclude={"schema_url"})))
+def batch_endpoint_create(
+    ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: bool, name: str | None
+) -> None:
+    """Create a batch endpoint from batch-endpoint.yml."""
+    _, body = _prepared(ctx, BatchEndpointSpec, file, assignments, {"name": name}, strict)
+    _print_warned(ctx.client.create_batch_endpoint(body))
+
+
+@batch_endpoint.command("show")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def batch_endpoint_show(ctx: Ctx, name: str) -> None:
+    _print(ctx.client.show_batch_endpoint(name))
+
+
+@batch_endpoint.command("list")
+@pass_ctx
+def batch_endpoint_list(ctx: Ctx) -> None:
+    _print(ctx.client.list_batch_endpoints())
+
+
+@batch_endpoint.command("update")
+@click.option("--name", "-n", required=True)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="e.g. --set defaults.deployment_name=green, --set description=...",
+)
+@pass_ctx
+def batch_endpoint_update(ctx: Ctx, name: str, assignments: tuple[str, ...]) -> None:
+    """Change the description, tags or default deployment."""
+    current = ctx.client.show_batch_endpoint(name)
+    changes: dict[str, Any] = {
+        "description": current.get("description", ""),
+        "tags": dict(current.get("tags") or {}),
+        "defaults": dict(current.get("defaults") or {}),
+    }
+    for assignment in assignments:
+        _assign(changes, assignment)
+    _print(ctx.client.update_batch_endpoint(name, changes))
+
+
+@batch_endpoint.command("delete")
+@click.option("--name", "-n", required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@pass_ctx
+def batch_endpoint_delete(ctx: Ctx, name: str, yes: bool) -> None:
+    """Delete a batch endpoint and its deployments (refused while jobs run)."""
+    if not yes:
+        click.confirm(f"Delete batch endpoint '{name}' and its deployments?", abort=True)
+    ctx.client.delete_batch_endpoint(name)
+    click.echo(f"deleted batch endpoint '{name}'", err=True)
 
 
 @batch.group("deployment")
@@ -604,30 +901,93 @@ def batch_deployment() -> None:
     """Batch deployments."""
 
 
+def _put_batch_deployment(
+    ctx: Ctx,
+    file: Path,
+    assignments: tuple[str, ...],
+    strict: bool,
+    overrides: dict[str, Any],
+    mode: str,
+    set_default: bool,
+) -> None:
+    _, body = _prepared(ctx, BatchDeploymentSpec, file, assignments, overrides, strict)
+    _print_warned(
+        ctx.client.create_batch_deployment(body["endpoint_name"], body, mode, set_default)
+    )
+
+
 @batch_deployment.command("create")
-@click.option("--file", "-f", "file", required=True, type=click.Path(exists=True, path_type=Path))
+@_file_options
+@click.option("--name", "-n", default=None, help="Override the file's name.")
+@click.option(
+    "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
+)
+@click.option("--set-default", is_flag=True, help="Make it the endpoint's default deployment.")
 @pass_ctx
-def batch_deployment_create(ctx: Ctx, file: Path) -> None:
-    """Create (or update) a batch deployment; local model and code are uploaded."""
-    spec = load_spec(BatchDeploymentSpec, file)
-    raw = yaml.safe_load(file.read_text())
-    raw.pop("$schema", None)
-    if spec.code_configuration is not None:
-        code = (file.parent / spec.code_configuration.code).resolve()
-        raw["code_configuration"] = {
-            **raw["code_configuration"],
-            "code": ctx.client.upload_code(code),
-        }
-    if spec.model is not None and spec.model.path is not None:
-        record = ctx.client.register_model(
-            f"{spec.endpoint_name}-{spec.name}",
-            (file.parent / spec.model.path).resolve(),
-            None,
-            spec.runtime,
-            "",
-        )
-        raw["model"] = {"name": record["name"], "version": record["version"]}
-    _print(ctx.client.create_batch_deployment(spec.endpoint_name, raw))
+def batch_deployment_create(
+    ctx: Ctx,
+    file: Path,
+    assignments: tuple[str, ...],
+    strict: bool,
+    name: str | None,
+    endpoint_name: str | None,
+    set_default: bool,
+) -> None:
+    """Create a batch deployment (an existing one: use update); a local model and scoring
+    code are uploaded. The endpoint's first deployment becomes its default."""
+    overrides = {"name": name, "endpoint_name": endpoint_name}
+    _put_batch_deployment(ctx, file, assignments, strict, overrides, "create", set_default)
+
+
+@batch_deployment.command("update")
+@_file_options
+@click.option("--name", "-n", default=None, help="Override the file's name.")
+@click.option(
+    "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
+)
+@click.option("--set-default", is_flag=True, help="Make it the endpoint's default deployment.")
+@pass_ctx
+def batch_deployment_update(
+    ctx: Ctx,
+    file: Path,
+    assignments: tuple[str, ...],
+    strict: bool,
+    name: str | None,
+    endpoint_name: str | None,
+    set_default: bool,
+) -> None:
+    """Update a batch deployment (jobs started before keep what they started with)."""
+    overrides = {"name": name, "endpoint_name": endpoint_name}
+    _put_batch_deployment(ctx, file, assignments, strict, overrides, "update", set_default)
+
+
+@batch_deployment.command("show")
+@click.option("--name", "-n", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
+@pass_ctx
+def batch_deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
+    _print(ctx.client.show_batch_deployment(endpoint_name, name))
+
+
+@batch_deployment.command("list")
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
+@pass_ctx
+def batch_deployment_list(ctx: Ctx, endpoint_name: str) -> None:
+    _print(ctx.client.list_batch_deployments(endpoint_name))
+
+
+@batch_deployment.command("delete")
+@click.option("--name", "-n", required=True)
+@click.option("--endpoint-name", "--endpoint", "-e", required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@pass_ctx
+def batch_deployment_delete(ctx: Ctx, name: str, endpoint_name: str, yes: bool) -> None:
+    """Delete a batch deployment (not the default while others remain; not while its
+    jobs run)."""
+    if not yes:
+        click.confirm(f"Delete batch deployment '{name}' of '{endpoint_name}'?", abort=True)
+    ctx.client.delete_batch_deployment(endpoint_name, name)
+    click.echo(f"deleted batch deployment '{name}' of batch endpoint '{endpoint_name}'", err=True)
 
 
 def _wait_for_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
@@ -674,6 +1034,14 @@ _WAIT_HELP = (
 )
 
 
+def _here(uri: str) -> str:
+    """A local path (or glob) made absolute against the caller's working directory, so
+    the gateway reads what the caller means; URIs (s3://...) as they are."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def _finish_waiting(ctx: Ctx, job_id: str) -> None:
     """Wait for the job, print its summary, and exit with the code for its outcome."""
     final = _wait_for_job(ctx, job_id)
@@ -686,11 +1054,31 @@ def _finish_waiting(ctx: Ctx, job_id: str) -> None:
 
 
 @batch.command("invoke")
-@click.option("--endpoint", "-e", required=True, help="A batch endpoint, or an online one.")
+@click.option(
+    "--endpoint",
+    "--endpoint-name",
+    "-e",
+    "-n",
+    "--name",
+    "endpoint",
+    required=True,
+    help="A batch endpoint, or an online one.",
+)
 @click.option("--deployment", "--deployment-name", "-d", default=None)
-@click.option("--input", "input_uri", required=True, help="File, folder or glob; local or s3://.")
+@click.option(
+    "--input",
+    "input_uri",
+    required=True,
+    help="File, folder or glob; local (relative to here) or s3://.",
+)
 @click.option("--input-type", type=click.Choice(["uri_file", "uri_folder"]), default=None)
-@click.option("--output", "output_uri", required=True, help="Output folder; local or s3://.")
+@click.option(
+    "--output-path",
+    "output_uri",
+    required=True,
+    help="Output folder; local (relative to here) or s3://. (-o/--output is the answer's "
+    "format, as everywhere.)",
+)
 @click.option("--mini-batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--instance-count", type=click.IntRange(min=1), default=None)
 @click.option("--error-threshold", type=click.IntRange(min=-1), default=None)
@@ -715,9 +1103,9 @@ def batch_invoke(
         {
             "endpoint": endpoint,
             "deployment": deployment,
-            "input": input_uri,
+            "input": _here(input_uri),
             "input_type": input_type,
-            "output": output_uri,
+            "output": _here(output_uri),
             "mini_batch_size": mini_batch_size,
             "instance_count": instance_count,
             "error_threshold": error_threshold,
@@ -739,7 +1127,7 @@ def batch_show(ctx: Ctx, job_id: str) -> None:
 
 
 @batch.command("list")
-@click.option("--endpoint", "-e", default=None)
+@click.option("--endpoint", "--endpoint-name", "-e", default=None)
 @pass_ctx
 def batch_list(ctx: Ctx, endpoint: str | None) -> None:
     _print(ctx.client.jobs(endpoint))
@@ -782,9 +1170,21 @@ def batch_retry(ctx: Ctx, job_id: str, failed_only: bool, wait: bool) -> None:
 
 @batch.command("logs")
 @click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
 @pass_ctx
-def batch_logs(ctx: Ctx, job_id: str) -> None:
-    click.echo(ctx.client.job_logs(job_id), nl=False)
+def batch_logs(ctx: Ctx, job_id: str, follow: bool) -> None:
+    """The job runner's log (planning, mini-batch failures and retries, the summary)."""
+    shown = ctx.client.job_logs(job_id)
+    click.echo(shown, nl=False)
+    while follow:
+        state = ctx.client.job(job_id)["state"]
+        time.sleep(1.0)
+        text = ctx.client.job_logs(job_id)
+        # The log only grows (a resumed job's runner appends).
+        click.echo(text[len(shown) :], nl=False)
+        shown = text
+        if state in FINAL_JOB_STATES:
+            return
 
 
 # -- streaming --------------------------------------------------------------------
@@ -794,8 +1194,14 @@ def stream() -> None:
 
 
 @stream.command("run")
-@click.option("--endpoint", "-e", required=True)
-@click.option("--deployment", "-d", default=None, help="Default: the one with most traffic.")
+@click.option("--endpoint", "--endpoint-name", "-e", required=True)
+@click.option(
+    "--deployment",
+    "--deployment-name",
+    "-d",
+    default=None,
+    help="Default: the one with most traffic.",
+)
 @click.option("--bootstrap-servers", required=True, help="host:port[,host:port]")
 @click.option("--input-topic", required=True)
 @click.option("--output-topic", required=True)

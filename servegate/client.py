@@ -7,10 +7,13 @@ import getpass
 import os
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from deploy.artifacts import tar_folder
@@ -25,6 +28,7 @@ from gateway.api_models import (
     Job,
     JobDetail,
     Keys,
+    LogLine,
     ModelVersion,
     Rollout,
     RolloutStatus,
@@ -70,8 +74,18 @@ def _actor() -> str:
 
 
 class AdminClient:
-    def __init__(self, url: str, token: str, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout_s: float = 300.0,
+        trace: Callable[[str], None] | None = None,
+        debug: bool = False,
+    ) -> None:
+        """`trace`, when given, gets a line per call: method, URL, status, request id and
+        time taken (the CLI's --verbose); with `debug`, the answer's headers too."""
         self.url = url.rstrip("/")
+        self._trace, self._debug = trace, debug
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}", "x-servegate-actor": _actor()},
@@ -84,10 +98,22 @@ class AdminClient:
     def request(self, method: str, path: str, answer: Any = None, **kwargs: Any) -> Any:
         """Call the management API; with `answer` (the route's declared answer type, from
         `gateway.api_models`), check the answer against it, as the OpenAPI document says."""
+        started = time.perf_counter()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ClientError(0, f"cannot reach the gateway at {self.url}: {exc}") from None
+        if self._trace is not None:
+            request_id = response.headers.get("x-request-id") or response.headers.get(
+                "x-ms-request-id", "-"
+            )
+            self._trace(
+                f"{method} {response.request.url} -> {response.status_code} "
+                f"({(time.perf_counter() - started) * 1000:.1f} ms, request id {request_id})"
+            )
+            if self._debug:
+                for name, value in response.headers.items():
+                    self._trace(f"  {name}: {value}")
         if response.status_code >= 400:
             try:
                 message = response.json().get("error", response.text)
@@ -108,15 +134,27 @@ class AdminClient:
 
     # models
     def register_model(
-        self, name: str, path: Path, version: int | None, runtime: str | None, description: str
+        self,
+        name: str,
+        path: Path,
+        version: int | None,
+        runtime: str | None,
+        description: str,
+        tags: dict[str, str] | None = None,
+        reuse_identical: bool = False,
     ) -> Any:
         """Upload a model file, or a model folder (an MLflow model, a Triton repository)
-        as a tar.gz named with a trailing "/"."""
+        as a tar.gz named with a trailing "/". With `reuse_identical`, the version asked
+        for (or the latest) is answered when it holds the same content."""
         params: dict[str, Any] = {"filename": path.name, "description": description}
         if version is not None:
             params["version"] = version
         if runtime:
             params["runtime"] = runtime
+        if tags:
+            params["tags"] = orjson.dumps(tags).decode()
+        if reuse_identical:
+            params["reuse_identical"] = "true"
         with tempfile.TemporaryDirectory() as tmp:
             if path.is_dir():
                 params["filename"] = f"{path.name}/"
@@ -173,13 +211,19 @@ class AdminClient:
         )
 
     # deployments
-    def create_deployment(self, endpoint: str, spec: dict[str, Any], all_traffic: bool) -> Any:
+    def create_deployment(
+        self, endpoint: str, spec: dict[str, Any], all_traffic: bool, mode: str | None = None
+    ) -> Any:
+        """`mode`: "create" refuses an existing deployment, "update" a missing one."""
+        params = {"all_traffic": str(all_traffic).lower()}
+        if mode:
+            params["mode"] = mode
         return self.request(
             "POST",
             f"/management/endpoints/{endpoint}/deployments",
             Deployment,
             json=spec,
-            params={"all_traffic": str(all_traffic).lower()},
+            params=params,
         )
 
     def list_deployments(self, endpoint: str) -> Any:
@@ -190,6 +234,14 @@ class AdminClient:
     def show_deployment(self, endpoint: str, name: str) -> Any:
         return self.request(
             "GET", f"/management/endpoints/{endpoint}/deployments/{name}", Deployment
+        )
+
+    def deployment_logs(self, endpoint: str, name: str, lines: int, after: int = 0) -> Any:
+        return self.request(
+            "GET",
+            f"/management/endpoints/{endpoint}/deployments/{name}/logs",
+            list[LogLine],
+            params={"lines": lines, "after": after},
         )
 
     def delete_deployment(self, endpoint: str, name: str) -> Any:
@@ -216,13 +268,50 @@ class AdminClient:
     def create_batch_endpoint(self, spec: dict[str, Any]) -> Any:
         return self.request("POST", "/management/batch/endpoints", BatchEndpoint, json=spec)
 
-    def create_batch_deployment(self, endpoint: str, spec: dict[str, Any]) -> Any:
+    def show_batch_endpoint(self, name: str) -> Any:
+        return self.request("GET", f"/management/batch/endpoints/{name}", BatchEndpoint)
+
+    def list_batch_endpoints(self) -> Any:
+        return self.request("GET", "/management/batch/endpoints", list[BatchEndpoint])
+
+    def update_batch_endpoint(self, name: str, changes: dict[str, Any]) -> Any:
+        return self.request(
+            "PATCH", f"/management/batch/endpoints/{name}", BatchEndpoint, json=changes
+        )
+
+    def delete_batch_endpoint(self, name: str) -> Any:
+        return self.request("DELETE", f"/management/batch/endpoints/{name}")
+
+    def create_batch_deployment(
+        self,
+        endpoint: str,
+        spec: dict[str, Any],
+        mode: str | None = None,
+        set_default: bool = False,
+    ) -> Any:
+        params = {"set_default": str(set_default).lower()}
+        if mode:
+            params["mode"] = mode
         return self.request(
             "POST",
             f"/management/batch/endpoints/{endpoint}/deployments",
             BatchDeployment,
             json=spec,
+            params=params,
         )
+
+    def show_batch_deployment(self, endpoint: str, name: str) -> Any:
+        return self.request(
+            "GET", f"/management/batch/endpoints/{endpoint}/deployments/{name}", BatchDeployment
+        )
+
+    def list_batch_deployments(self, endpoint: str) -> Any:
+        return self.request(
+            "GET", f"/management/batch/endpoints/{endpoint}/deployments", list[BatchDeployment]
+        )
+
+    def delete_batch_deployment(self, endpoint: str, name: str) -> Any:
+        return self.request("DELETE", f"/management/batch/endpoints/{endpoint}/deployments/{name}")
 
     def invoke_batch(self, body: dict[str, Any]) -> Any:
         return self.request("POST", "/management/batch/jobs", Job, json=body)

@@ -136,8 +136,10 @@ class Gateway:
         model: Path,
         all_traffic: bool = True,
         extra_yaml: str = "",
+        update: bool = False,
     ) -> None:
-        """Deploy a copy of `model` as `name` through the CLI (`model: {path: ...}`)."""
+        """Deploy a copy of `model` as `name` through the CLI (`model: {path: ...}`);
+        `update`: change an existing deployment (`deployment update`)."""
         local = tmp_path / f"{endpoint}-{name}{model.suffix}"
         local.write_bytes(model.read_bytes())
         spec = write_yaml(
@@ -148,9 +150,12 @@ endpoint_name: {endpoint}
 model: {{path: {local.name}}}
 {extra_yaml}""",
         )
-        self.cli(
-            "deployment", "create", "-f", str(spec), *(["--all-traffic"] if all_traffic else [])
-        )
+        if update:
+            self.cli("deployment", "update", "-f", str(spec))
+        else:
+            self.cli(
+                "deployment", "create", "-f", str(spec), *(["--all-traffic"] if all_traffic else [])
+            )
 
     def deploy_fake(
         self,

@@ -79,6 +79,15 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY, token_hash TEXT NOT NULL, role TEXT NOT NULL,
         created_at TEXT NOT NULL);
     """,
+    # 5: deployments' own logs (issue 13): what scoring scripts print and log, worker
+    # starts and exits, load errors; the last lines per deployment, from every replica.
+    """
+    CREATE TABLE deployment_logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT NOT NULL,
+        deployment TEXT NOT NULL, at TEXT NOT NULL, replica TEXT NOT NULL,
+        line TEXT NOT NULL);
+    CREATE INDEX deployment_logs_by_deployment ON deployment_logs(endpoint, deployment, id);
+    """,
 ]
 
 #: Version -> statements PostgreSQL runs after that migration. SQLite orders rollouts and

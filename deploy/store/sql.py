@@ -308,6 +308,20 @@ class SqlStore(ABC):
         )
         return [BatchDeploymentSpec.model_validate(_loads(r["spec"])) for r in rows]
 
+    def delete_batch_endpoint(self, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            # Deployments go with it (ON DELETE CASCADE is not on in every SQLite session).
+            self._run("DELETE FROM batch_deployments WHERE endpoint = ?", (name,))
+            self._run("DELETE FROM batch_endpoints WHERE name = ?", (name,))
+            self._audit(audit)
+
+    def delete_batch_deployment(self, endpoint: str, name: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run(
+                "DELETE FROM batch_deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
+            )
+            self._audit(audit)
+
     # -- batch jobs and mini-batches -------------------------------------------
     def put_job(self, record: JobRecord, audit: AuditEntry | None = None) -> None:
         self._upsert_record("jobs", record.to_dict(), audit)
@@ -364,6 +378,39 @@ class SqlStore(ABC):
         return [MiniBatchRecord.model_validate(r) for r in rows]
 
     # -- audit -------------------------------------------------------------
+    # -- deployment logs -----------------------------------------------------
+    def add_deployment_logs(
+        self, endpoint: str, deployment: str, replica: str, lines: list[tuple[str, str]], keep: int
+    ) -> None:
+        """Append (time, line) pairs; only the newest `keep` lines of the deployment stay."""
+        with self.transaction():
+            for at, line in lines:
+                self._run(
+                    "INSERT INTO deployment_logs (endpoint, deployment, at, replica, line) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (endpoint, deployment, at, replica, line),
+                )
+            self._run(
+                "DELETE FROM deployment_logs WHERE endpoint = ? AND deployment = ? AND id <= "
+                "(SELECT id FROM deployment_logs WHERE endpoint = ? AND deployment = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (endpoint, deployment, endpoint, deployment, keep),
+            )
+
+    def list_deployment_logs(
+        self, endpoint: str, deployment: str, lines: int, after: int = 0
+    ) -> list[dict[str, Any]]:
+        """The newest `lines` lines after id `after`, oldest first."""
+        rows = self._run(
+            "SELECT id, at, replica, line FROM deployment_logs WHERE endpoint = ? AND "
+            "deployment = ? AND id > ? ORDER BY id DESC LIMIT ?",
+            (endpoint, deployment, after, lines),
+        )
+        return [
+            {"id": r["id"], "at": r["at"], "replica": r["replica"], "line": r["line"]}
+            for r in reversed(list(rows))
+        ]
+
     def add_audit(self, entry: AuditEntry) -> None:
         with self.transaction():
             self._audit(entry)

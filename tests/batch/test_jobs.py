@@ -105,7 +105,7 @@ def invoke(
         endpoint,
         "--input",
         input_uri,
-        "--output",
+        "--output-path",
         output_uri,
         "--wait",
         *extra,
@@ -335,7 +335,7 @@ def test_a_sigkilled_runner_is_resumed_automatically_with_the_uninterrupted_outp
         unique_name,
         "--input",
         str(tmp_path / "in"),
-        "--output",
+        "--output-path",
         str(tmp_path / "resumed"),
         "--mini-batch-size",
         "200",
@@ -371,7 +371,14 @@ def start_sleeping_job(
     for i in range(files):
         (folder / f"doc{i}.txt").write_text("sleep")
     _, out = gateway.cli(
-        "batch", "invoke", "-e", name, "--input", str(folder), "--output", str(tmp_path / "out")
+        "batch",
+        "invoke",
+        "-e",
+        name,
+        "--input",
+        str(folder),
+        "--output-path",
+        str(tmp_path / "out"),
     )
     return str(json.loads(out)["id"])
 

@@ -73,7 +73,7 @@ def test_a_sigkilled_ray_runner_is_resumed_with_the_uninterrupted_output(
         unique_name,
         "--input",
         str(tmp_path / "in"),
-        "--output",
+        "--output-path",
         str(tmp_path / "resumed"),
         *sizes,
     )

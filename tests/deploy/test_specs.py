@@ -90,8 +90,8 @@ DEPLOYMENT = "name: blue\nendpoint_name: ep1\nmodel: fraud:1\n"
         ),
         (
             "endpoint",
-            "name: good\ncompute: k8s\n",
-            ["field 'compute'", "unknown field", "allowed fields:", "auth_mode"],
+            "name: good\ncompte: k8s\n",
+            ["field 'compte'", "unknown field", "allowed fields:", "auth_mode"],
         ),
         ("endpoint", "name: good\ntraffic: {blue: 90}\n", ["field 'traffic'", "sum to 0 or 100"]),
         (
@@ -186,13 +186,13 @@ DEPLOYMENT = "name: blue\nendpoint_name: ep1\nmodel: fraud:1\n"
         ),
         (
             "deployment",
-            "name: blue\nendpoint_name: ep1\nmodel: {path: m.onnx, name: m}\n",
-            ["field 'model'", "either 'path' or 'name'"],
+            "name: blue\nendpoint_name: ep1\nmodel: {description: d}\n",
+            ["field 'model'", "give 'path' (a file or folder) or 'name'"],
         ),
         (
             "deployment",
             "name: blue\nendpoint_name: ep1\nmodel: {path: m.onnx, version: 2}\n",
-            ["field 'model'", "'version' goes with 'name'"],
+            ["field 'model'", "'version' with 'path' needs 'name'"],
         ),
         (
             "deployment",

@@ -104,6 +104,16 @@ def test_real_answers_fit_the_documented_schemas(
         batch = f"{unique_name}-batch"
         r = client.post("/management/batch/endpoints", json={"name": batch}, headers=admin)
         _check_answer(doc, doc["paths"]["/management/batch/endpoints"]["post"], r)
+        r = client.post(
+            f"/management/batch/endpoints/{batch}/deployments",
+            # the model `deploy` registered for this endpoint's blue
+            json={"name": "blue", "model": f"{unique_name}-blue:1"},
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        _check_answer(
+            doc, doc["paths"]["/management/batch/endpoints/{endpoint}/deployments"]["post"], r
+        )
         for method, path, op in _management_operations(doc):
             if method != "GET" and not path.endswith("/listKeys"):
                 continue

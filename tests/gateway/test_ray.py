@@ -271,7 +271,14 @@ def test_an_update_under_load_fails_no_request_and_a_delete_removes_the_applicat
         time.sleep(1)
         # The same deployment, another model: a new application, healthy before the
         # gateway routes to it; the old one serves until it is drained.
-        gw.deploy(tmp_path, unique_name, "blue", model_dir / "classifier-v2.onnx", extra_yaml=RAY)
+        gw.deploy(
+            tmp_path,
+            unique_name,
+            "blue",
+            model_dir / "classifier-v2.onnx",
+            extra_yaml=RAY,
+            update=True,
+        )
         time.sleep(1)
     assert load.results and not load.failed() and not load.errors, (load.failed(), load.errors)
     r = httpx.post(url, json={"input_data": ROWS}, headers=auth)

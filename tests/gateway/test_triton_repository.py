@@ -40,12 +40,13 @@ def repository(
 
 
 def create(
-    gw: Gateway, tmp_path: Path, endpoint: str, model: str, ok: bool = True
+    gw: Gateway, tmp_path: Path, endpoint: str, model: str, ok: bool = True, verb: str = "create"
 ) -> tuple[int, str]:
     spec = write_yaml(
         tmp_path / f"{endpoint}.yml", f"name: blue\nendpoint_name: {endpoint}\nmodel: {model}\n"
     )
-    return gw.cli("deployment", "create", "--all-traffic", "-f", str(spec), ok=ok)
+    traffic = ["--all-traffic"] if verb == "create" else []
+    return gw.cli("deployment", verb, *traffic, "-f", str(spec), ok=ok)
 
 
 def test_a_triton_repository_is_served_with_its_config(
@@ -71,7 +72,7 @@ def test_a_triton_repository_is_served_with_its_config(
     assert metadata["platform"] == "onnxruntime_onnx"
     assert [o["shape"] for o in metadata["outputs"]] == [[-1, 3], [-1]]
     # The model's own folder, without `type`: found from its config.pbtxt.
-    create(gateway, tmp_path, unique_name, "{path: models/classifier}")
+    create(gateway, tmp_path, unique_name, "{path: models/classifier}", verb="update")
     r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", json={"input_data": ROWS})
     assert r.status_code == 200 and r.json()["label"] == want["label"].tolist(), r.text
 

@@ -159,3 +159,36 @@ def test_errors_surface_with_the_gateways_message(
         )
     with pytest.raises(InferenceServerException, match="does not exist"):
         client.get_model_metadata("no-such-endpoint", headers=headers)
+
+
+def test_statistics_config_and_repository_extensions(
+    gateway: Gateway,
+    client: triton.InferenceServerClient,
+    tmp_path: Path,
+    model_dir: Path,
+    unique_name: str,
+) -> None:
+    headers = deploy(gateway, tmp_path, unique_name, model_dir / "classifier.onnx")
+    x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    infer_input = triton.InferInput("input", list(x.shape), "FP32")
+    infer_input.set_data_from_numpy(x)
+    for _ in range(3):
+        client.infer(unique_name, [infer_input], headers=headers)
+    stats = client.get_inference_statistics(unique_name, headers=headers)["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [(unique_name, "main")]
+    assert stats[0]["inference_count"] == 3 and stats[0]["execution_count"] >= 1
+    success = stats[0]["inference_stats"]["success"]
+    assert success["count"] == 3 and success["ns"] > 0 and stats[0]["last_inference"] > 0
+    config = client.get_model_config(unique_name, "main", headers=headers)
+    assert config["name"] == unique_name and config["platform"] == "onnxruntime_onnx"
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert config["max_batch_size"] == 0
+    admin = {"Authorization": f"Bearer {gateway.admin_token}"}
+    index = client.get_model_repository_index(headers=admin)
+    assert {"name": unique_name, "version": "main", "state": "READY", "reason": ""} in index
+    with pytest.raises(InferenceServerException, match="management API"):
+        client.load_model(unique_name, headers=admin)
+    with pytest.raises(InferenceServerException):
+        client.get_model_repository_index(headers=headers)  # an endpoint key is no admin token
+    everything = client.get_inference_statistics(headers=admin)["model_stats"]
+    assert unique_name in {s["name"] for s in everything}

@@ -1,0 +1,274 @@
+"""The Open Inference Protocol over gRPC: the KServe v2 / Triton `GRPCInferenceService`
+(`--grpc-port`), so `tritonclient.grpc` and KServe's gRPC clients work unchanged.
+
+The messages and the service stub are the ones tritonclient ships (generated from
+Triton's `grpc_service.proto`, a superset of KServe v2's), so what a Triton client sends
+is what this server reads, without a second copy of the proto here.
+
+A call goes the same way as an HTTP one: the endpoint's key or token in the
+`authorization` metadata, the endpoint's traffic split (or a pin: `model_version`, or
+the `azureml-model-deployment` metadata), admission and batching in the deployment's
+scheduler, its deadline the shorter of the gRPC deadline and `request_timeout_ms`, and
+the same metrics (protocol `grpc`). Tensors arrive as typed `contents` or as
+`raw_input_contents`; outputs are sent as `raw_output_contents`, as Triton sends them.
+Mirroring and payload collection are HTTP-only for now.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.auth import authenticate
+from gateway.errors import status_of
+from gateway.metadata import SERVER_VERSION
+from gateway.routing import DeploymentRoute
+from gateway.scoring import DEPLOYMENT_HEADER, ScoringEndpoint, _infer, record_request
+from gateway.state import GatewayState
+from runtimes.errors import InvalidInput, Retired
+from runtimes.scheduler import Timing
+from runtimes.types import DATATYPE_TO_NUMPY, datatype_of
+
+PROTOCOL = "grpc"
+
+#: HTTP statuses of our errors -> gRPC status codes (as KServe maps them)
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    424: grpc.StatusCode.INTERNAL,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+#: the typed `contents` field that holds each datatype
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
+    """Triton's BYTES wire form: each element a 4-byte little-endian length, then bytes."""
+    items, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise InvalidInput(f"input '{name}': truncated BYTES element length")
+        (size,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise InvalidInput(f"input '{name}': BYTES element longer than its data")
+        items.append(raw[at : at + size])
+        at += size
+    return np.array(items, dtype=object)
+
+
+def _bytes_wire(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.ravel():
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [struct.pack("<I", len(data)), data]
+    return b"".join(parts)
+
+
+def decode_inputs(
+    request: service_pb2.ModelInferRequest, route: DeploymentRoute
+) -> dict[str, np.ndarray]:
+    """The request's tensors, each checked against the model's signature first."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if datatype not in DATATYPE_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
+        route.signature.check_input(name, datatype, shape)
+        count = math.prod(shape)
+        if raw:
+            if datatype == "BYTES":
+                array = _bytes_elements(raw[i], name)
+            else:
+                dtype = DATATYPE_TO_NUMPY[datatype]
+                if len(raw[i]) != count * dtype.itemsize:
+                    raise InvalidInput(
+                        f"input '{name}': {len(raw[i])} bytes of data for shape {shape} "
+                        f"of {datatype} ({count * dtype.itemsize} bytes)"
+                    )
+                array = np.frombuffer(raw[i], dtype=dtype)
+        else:
+            if datatype not in _CONTENTS:
+                raise InvalidInput(f"input '{name}': {datatype} travels in raw_input_contents")
+            values = getattr(tensor.contents, _CONTENTS[datatype])
+            array = (
+                np.array(list(values), dtype=object)
+                if datatype == "BYTES"
+                else np.asarray(values, dtype=DATATYPE_TO_NUMPY[datatype])
+            )
+        if array.size != count:
+            raise InvalidInput(f"input '{name}': {array.size} values for shape {shape}")
+        inputs[name] = array.reshape(shape)
+    return inputs
+
+
+def encode_outputs(
+    request: service_pb2.ModelInferRequest,
+    route: DeploymentRoute,
+    results: dict[str, np.ndarray],
+) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(
+        model_name=route.endpoint, model_version=route.name, id=request.id
+    )
+    for name, array in results.items():
+        datatype = datatype_of(array)
+        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if datatype == "BYTES":
+            response.raw_output_contents.append(_bytes_wire(array))
+        else:
+            response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return response
+
+
+def _parameters(request: service_pb2.ModelInferRequest, context: Any) -> dict[str, Any]:
+    """OIP parameters the scheduler reads, with the gRPC deadline as `timeout` (us)."""
+    parameters: dict[str, Any] = {}
+    for key in ("priority", "timeout"):
+        if key in request.parameters:
+            parameters[key] = request.parameters[key].int64_param
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline_us = max(1, int(remaining * 1e6))
+        parameters["timeout"] = min(parameters.get("timeout", deadline_us), deadline_us)
+    return parameters
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    async def _fail(self, context: Any, exc: Exception) -> None:
+        mapped = status_of(exc)
+        status, message = (mapped[0], str(exc)) if mapped else (500, "internal server error")
+        await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+
+    def _route(
+        self, context: Any, model: str, version: str
+    ) -> tuple[Any, DeploymentRoute, str | None]:
+        state = self._state
+        metadata = dict(context.invocation_metadata() or ())
+        endpoint = state.hosts.snapshot.endpoint(model)
+        authenticate(endpoint, metadata.get("authorization"), state.credentials)
+        target = version or metadata.get(DEPLOYMENT_HEADER)
+        return endpoint, ScoringEndpoint._pick(state, endpoint, target, metadata), target
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        state = self._state
+        return service_pb2.ServerReadyResponse(ready=state.ready and not state.hosts.problems())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            _, route, _ = self._route(context, request.name, request.version)
+        except Exception as exc:
+            if status_of(exc) and status_of(exc)[0] in (404, 503):  # type: ignore[index]
+                return service_pb2.ModelReadyResponse(ready=False)
+            await self._fail(context, exc)
+        problem = getattr(route.scheduler.host, "problem", None)
+        return service_pb2.ModelReadyResponse(ready=not problem)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerMetadataResponse(
+            name="servegate", version=SERVER_VERSION, extensions=["parameters"]
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        try:
+            endpoint, route, target = self._route(context, request.name, request.version)
+        except Exception as exc:
+            await self._fail(context, exc)
+        signature = route.signature
+        response = service_pb2.ModelMetadataResponse(
+            name=endpoint.name,
+            versions=[route.name] if target else sorted(endpoint.deployments),
+            platform=route.kind.platform,
+        )
+        for spec, field in ((signature.inputs, "inputs"), (signature.outputs, "outputs")):
+            for tensor in spec:
+                getattr(response, field).add(
+                    name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
+                )
+        return response
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        state = self._state
+        started = time.perf_counter()
+        timing = Timing()
+        route: DeploymentRoute | None = None
+        status = 499
+        try:
+            endpoint, route, target = self._route(
+                context, request.model_name, request.model_version
+            )
+            if route.kind.takes_raw_body:
+                raise InvalidInput(
+                    f"deployment '{route.name}' runs a scoring script, which takes raw "
+                    f"requests: use POST /endpoints/{route.endpoint}/score"
+                )
+            inputs = decode_inputs(request, route)
+            names = [o.name for o in request.outputs] or None
+            parameters = _parameters(request, context)
+            try:
+                results = await _infer(route, inputs, names, parameters, timing, checked=True)
+            except Retired:  # the deployment changed under this request: route it again
+                route = ScoringEndpoint._pick(
+                    state, state.hosts.snapshot.endpoint(endpoint.name), target, {}
+                )
+                results = await _infer(route, inputs, names, parameters, timing, checked=True)
+            status = 200
+            return encode_outputs(request, route, results)
+        except Exception as exc:
+            mapped = status_of(exc)
+            status = mapped[0] if mapped else 500
+            await self._fail(context, exc)
+        finally:
+            elapsed = time.perf_counter() - started
+            record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
+
+
+async def start(state: GatewayState, host: str, port: int) -> grpc.aio.Server:
+    """Serve the inference service on host:port (messages up to the HTTP body limit)."""
+    limit = state.settings.max_request_body_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server

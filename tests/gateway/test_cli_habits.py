@@ -1,0 +1,263 @@
+"""The CLI as `az ml` users script it: -o json|yaml|table|tsv and --query on every
+command, --set on create and update, --version, --verbose; create refuses an existing
+name (409, pointing at update) and update a missing one (404); batch endpoints and
+deployments have show, list, update and delete; JSON Schemas for the YAML kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import yaml
+
+from deploy.specs import SPEC_KINDS, json_schema
+from tests.conftest import Gateway, write_yaml
+
+REPO = Path(__file__).parents[2]
+
+
+def deployment_yaml(tmp_path: Path, endpoint: str, model: Path, name: str = "blue") -> Path:
+    local = tmp_path / f"{endpoint}-{name}.onnx"
+    local.write_bytes(model.read_bytes())
+    return write_yaml(
+        tmp_path / f"{endpoint}-{name}.yml",
+        f"name: {name}\nendpoint_name: {endpoint}\nmodel: {{path: {local.name}}}\n",
+    )
+
+
+def test_output_formats_and_query(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(tmp_path, unique_name)
+    _, keys = gateway.cli("endpoint", "get-credentials", "-n", unique_name)
+    primary = json.loads(keys)["primaryKey"]
+    # The bare key, as `az ml online-endpoint get-credentials -o tsv --query primaryKey`.
+    _, out = gateway.cli(
+        "endpoint", "get-credentials", "-n", unique_name, "-o", "tsv", "--query", "primaryKey"
+    )
+    assert out == primary + "\n"
+    # Global options before the command's name work too.
+    _, out = gateway.cli(
+        "-o", "tsv", "--query", "primaryKey", "endpoint", "get-credentials", "-n", unique_name
+    )
+    assert out == primary + "\n"
+    _, out = gateway.cli("endpoint", "show", "-n", unique_name, "-o", "yaml")
+    assert yaml.safe_load(out)["name"] == unique_name
+    _, out = gateway.cli("endpoint", "list", "-o", "table", "--query", f"[?name=='{unique_name}']")
+    header, row = out.splitlines()[:2]
+    assert header.split()[:2] == ["name", "auth_mode"] and row.split()[:2] == [unique_name, "key"]
+    # A list of scalars is one tab-separated line; a list of objects a line each.
+    _, out = gateway.cli(
+        "endpoint", "show", "-n", unique_name, "-o", "tsv", "--query", "[name, auth_mode]"
+    )
+    assert out == f"{unique_name}\tkey\n"
+    code, out = gateway.cli("endpoint", "show", "-n", unique_name, "--query", "[?", ok=False)
+    assert code != 0 and "JMESPath" in out
+
+
+def test_set_create_update_semantics_and_verbose(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(tmp_path, unique_name)
+    spec = deployment_yaml(tmp_path, unique_name, model_dir / "classifier.onnx")
+    _, out = gateway.cli(
+        "deployment",
+        "create",
+        "-f",
+        str(spec),
+        "--set",
+        "instance_count=2",
+        "-o",
+        "tsv",
+        "--query",
+        "instance_count",
+    )
+    assert out.strip() == "2"
+    # The same content again is the same model version, not a new one.
+    code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=False)
+    assert code != 0 and "409" in out and "servegate deployment update" in out
+    _, out = gateway.cli(
+        "deployment",
+        "update",
+        "-f",
+        str(spec),
+        "--set",
+        "request_settings.max_concurrent_requests_per_instance=4",
+        "-o",
+        "tsv",
+        "--query",
+        "[request_settings.max_concurrent_requests_per_instance, model.version]",
+    )
+    assert out.split() == ["4", "1"]
+    code, out = gateway.cli("deployment", "update", "-f", str(spec), "-n", "nosuch", ok=False)
+    assert code != 0 and "404" in out and "does not exist" in out
+    code, out = gateway.cli(
+        "deployment", "create", "-f", str(spec), "--set", "instance_count", ok=False
+    )
+    assert code != 0 and "PATH=VALUE" in out
+    # --verbose: each call on stderr with its status and time.
+    _, out = gateway.cli(
+        "deployment",
+        "show",
+        "-e",
+        unique_name,
+        "-n",
+        "blue",
+        "--verbose",
+        "-o",
+        "tsv",
+        "--query",
+        "provisioning_state",
+    )
+    assert "/deployments/blue -> 200 (" in out and "Succeeded" in out.splitlines()
+    _, out = gateway.cli("--version")
+    assert out.startswith("servegate ")
+
+
+def test_batch_endpoint_and_deployment_verbs(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    batch = f"{unique_name}-b"
+    gateway.cli(
+        "batch",
+        "endpoint",
+        "create",
+        "-f",
+        str(write_yaml(tmp_path / "be.yml", f"name: {batch}\n")),
+    )
+    model = tmp_path / "m.onnx"
+    model.write_bytes((model_dir / "classifier.onnx").read_bytes())
+    for name in ("blue", "green"):
+        spec = write_yaml(
+            tmp_path / f"{name}.yml",
+            f"name: {name}\nendpoint_name: {batch}\nmodel: {{path: m.onnx}}\n",
+        )
+        gateway.cli("batch", "deployment", "create", "-f", str(spec))
+    code, out = gateway.cli(
+        "batch", "deployment", "create", "-f", str(tmp_path / "blue.yml"), ok=False
+    )
+    assert code != 0 and "409" in out
+    _, out = gateway.cli(
+        "batch",
+        "endpoint",
+        "list",
+        "-o",
+        "tsv",
+        "--query",
+        f"[?name=='{batch}'].defaults.deployment_name",
+    )
+    assert out.strip() == "blue"
+    _, out = gateway.cli(
+        "batch", "deployment", "list", "-e", batch, "-o", "tsv", "--query", "[].name"
+    )
+    assert out.split() == ["blue", "green"]
+    # The default cannot go while another remains; --set-default moves it.
+    code, out = gateway.cli(
+        "batch", "deployment", "delete", "-e", batch, "-n", "blue", "--yes", ok=False
+    )
+    assert code != 0 and "default deployment" in out
+    gateway.cli("batch", "deployment", "update", "-f", str(tmp_path / "green.yml"), "--set-default")
+    _, out = gateway.cli(
+        "batch", "endpoint", "show", "-n", batch, "-o", "tsv", "--query", "defaults.deployment_name"
+    )
+    assert out.strip() == "green"
+    gateway.cli("batch", "deployment", "delete", "-e", batch, "-n", "blue", "--yes")
+    _, out = gateway.cli(
+        "batch",
+        "endpoint",
+        "update",
+        "-n",
+        batch,
+        "--set",
+        "description=nightly scoring",
+        "-o",
+        "tsv",
+        "--query",
+        "description",
+    )
+    assert out.strip() == "nightly scoring"
+    code, out = gateway.cli(
+        "batch",
+        "endpoint",
+        "update",
+        "-n",
+        batch,
+        "--set",
+        "defaults.deployment_name=blue",
+        ok=False,
+    )
+    assert code != 0 and "has no deployment 'blue'" in out
+    gateway.cli("batch", "endpoint", "delete", "-n", batch, "--yes")
+    code, out = gateway.cli("batch", "endpoint", "show", "-n", batch, ok=False)
+    assert code != 0 and "404" in out
+    _, out = gateway.cli(
+        "audit", "list", "--target", f"batch-endpoints/{batch}", "-o", "tsv", "--query", "[].action"
+    )
+    assert "batch_endpoint.delete" in out.split()
+
+
+def test_published_schemas_are_current_and_validate_the_examples() -> None:
+    import jsonschema
+
+    for kind in SPEC_KINDS:
+        published = json.loads((REPO / "schemas" / f"{kind}.schema.json").read_text())
+        assert published == json_schema(kind), (
+            f"schemas/{kind}.schema.json: run servegate schema {kind} --write schemas"
+        )
+    checked = 0
+    for path in sorted((REPO / "examples").rglob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        hint = doc.get("$schema", "")
+        if hint.startswith("http"):
+            continue
+        schema = json.loads((path.parent / hint).read_text())
+        jsonschema.validate(doc, schema)
+        checked += 1
+    assert checked >= 8
+
+
+def test_get_logs_shows_what_a_scoring_script_prints(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import logging\n"
+        "def init():\n"
+        "    print('loading the model')\n"
+        "def run(raw_data):\n"
+        "    print('scoring', len(raw_data), 'bytes')\n"
+        "    logging.getLogger('fraud').warning('a low balance')\n"
+        "    return {'ok': True}\n"
+    )
+    spec = write_yaml(
+        tmp_path / "script.yml",
+        f"name: blue\nendpoint_name: {unique_name}\n"
+        "code_configuration: {code: code, scoring_script: score.py}\n",
+    )
+    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", content=b'{"x": 1}')
+    assert r.status_code == 200, r.text
+    _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
+    lines = out.splitlines()
+    assert any(line.endswith("worker 0: loading the model") for line in lines), out
+    assert any("started (pid" in line for line in lines), out
+    assert any(line.endswith("worker 0: scoring 8 bytes") for line in lines), out
+    assert any(line.endswith("worker 0: WARNING fraud: a low balance") for line in lines), out
+    _, out = gateway.cli(
+        "deployment",
+        "get-logs",
+        "-e",
+        unique_name,
+        "-n",
+        "blue",
+        "--lines",
+        "1",
+        "-o",
+        "tsv",
+        "--query",
+        "[].line",
+    )
+    assert out.strip() == "worker 0: WARNING fraud: a low balance"
