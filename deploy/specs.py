@@ -421,19 +421,6 @@ class DataCollectorSpec(Spec):
     )
     destination: CollectorDestination | None = None
 
-    def ignored_fields(self, prefix: str = "") -> list[tuple[str, str]]:
-        custom = [
-            (
-                f"{prefix}collections.{name}",
-                "custom collections are filled by Azure's collect() in scoring scripts, "
-                "which servegate does not provide yet; the gateway fills 'request' and "
-                "'response'",
-            )
-            for name, spec in self.collections.items()
-            if name not in PAYLOAD_COLLECTIONS and spec.enabled
-        ]
-        return super().ignored_fields(prefix) + custom
-
 
 #: The kind a deployment gets from its other fields when it names none.
 _RAW_BODY_KIND = next(k.name for k in RUNTIME_KINDS.values() if k.takes_raw_body)

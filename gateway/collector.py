@@ -17,13 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from deploy.specs import CollectionSpec, CollectorDestination, DataCollectorSpec
+from deploy.specs import (
+    PAYLOAD_COLLECTIONS,
+    CollectionSpec,
+    CollectorDestination,
+    DataCollectorSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,12 @@ class PayloadCollector:
         off = CollectionSpec()
         self.requests = spec.collections.get("request", off).enabled
         self.responses = spec.collections.get("response", off).enabled
+        #: collections scoring scripts fill with Azure's Collector(name=...).collect()
+        self.custom = {
+            name
+            for name, collection in spec.collections.items()
+            if collection.enabled and name not in PAYLOAD_COLLECTIONS
+        }
         self.destination = spec.destination or CollectorDestination(
             path=f"{artifacts.rstrip('/')}/{DEFAULT_FOLDER}"
         )
@@ -104,6 +116,26 @@ class PayloadCollector:
             record[name] = text
             record[f"{name}_bytes"] = len(payload)
             record[f"{name}_truncated"] = text is not None and len(payload) > MAX_PAYLOAD_BYTES
+        self._buffered(record, size)
+
+    def offer_rows(self, collection: str, rows: list[dict[str, Any]], correlation_id: str) -> None:
+        """Rows a scoring script collected (Azure's custom logging), for an enabled
+        collection; sampled by `sampling_rate` per call, as payloads are per request."""
+        if collection not in self.custom or random.random() >= self.sampling_rate:
+            return
+        now = time.time()
+        for row in rows:
+            record = {
+                "collection": collection,
+                "correlation_id": correlation_id,
+                "endpoint": self.endpoint,
+                "deployment": self.deployment,
+                "time": now,
+                **{str(k): _plain(v) for k, v in row.items()},
+            }
+            self._buffered(record, 64 + len(repr(row)))
+
+    def _buffered(self, record: dict[str, Any], size: int) -> None:
         record["_size"] = size
         # Oldest first out: keep the buffer under both bounds.
         while self._buffer and (
@@ -145,7 +177,9 @@ class PayloadCollector:
                     await asyncio.wait_for(producer.start(), SEND_TIMEOUT_S)
                 await asyncio.wait_for(
                     producer.send_and_wait(
-                        settings.topic, orjson.dumps(record), key=record["request_id"].encode()
+                        settings.topic,
+                        orjson.dumps(record),
+                        key=(record.get("request_id") or record["correlation_id"]).encode(),
                     ),
                     SEND_TIMEOUT_S,
                 )
@@ -176,21 +210,28 @@ class PayloadCollector:
             if rows and (len(rows) >= 1000 or time.monotonic() >= deadline):
                 batch, rows = rows, []
                 roll = datetime.now(timezone.utc).strftime(ROLL_FORMATS[self.rolling_rate])
-                folder = f"{target.path}/{self.endpoint}/{self.deployment}/{roll}"
-                name = f"{folder}/{uuid.uuid4().hex}.parquet"
-                try:
-                    await asyncio.to_thread(
-                        _write_parquet,
-                        target.filesystem,
-                        folder,
-                        name,
-                        pa.Table.from_pylist(batch),
-                        pq,
-                    )
-                    self.collected += len(batch)
-                except OSError as exc:
-                    self.dropped += len(batch)
-                    log.warning("data collector cannot write %s: %s", name, exc)
+                # Payloads under <deployment>/<time>/, a script's collection under
+                # <deployment>/<collection>/<time>/ (Azure's layout), a file each.
+                by_collection: dict[str, list[dict[str, Any]]] = {}
+                for record in batch:
+                    by_collection.setdefault(record.get("collection", ""), []).append(record)
+                for collection, records in by_collection.items():
+                    parts = [target.path, self.endpoint, self.deployment, collection, roll]
+                    folder = "/".join(p for p in parts if p)
+                    name = f"{folder}/{uuid.uuid4().hex}.parquet"
+                    try:
+                        await asyncio.to_thread(
+                            _write_parquet,
+                            target.filesystem,
+                            folder,
+                            name,
+                            pa.Table.from_pylist(records),
+                            pq,
+                        )
+                        self.collected += len(records)
+                    except (OSError, pa.ArrowException) as exc:
+                        self.dropped += len(records)
+                        log.warning("data collector cannot write %s: %s", name, exc)
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + FLUSH_EVERY_S
 
@@ -207,3 +248,9 @@ def _write_parquet(fs: Any, folder: str, name: str, table: Any, pq: Any) -> None
     with fs.open_output_stream(tmp) as sink:
         pq.write_table(table, sink)
     fs.move(tmp, name)
+
+
+def _plain(value: Any) -> Any:
+    """A collected value as Parquet and JSON take it (numpy scalars as Python ones)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "shape", None) == () else value

@@ -24,6 +24,7 @@ from gateway.collector import PayloadCollector
 from gateway.deployment_logs import DeploymentLogs
 from gateway.metrics import GatewayMetrics
 from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
+from runtimes.azure_monitoring import Sink
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
 from runtimes.host_registry import HOSTS, HostRequest
@@ -138,6 +139,9 @@ class DeploymentHosts:
             write_log(f"the deployment failed to load: {exc}")
             raise
         observer = self.metrics.for_deployment(resolved.endpoint_name, resolved.name)
+        model = resolved.model
+        if model is not None and model.name is not None:
+            observer.model = (model.name, str(model.version or ""))
         return Scheduler(name, host, settings, observer)
 
     async def _start_host(
@@ -161,8 +165,21 @@ class DeploymentHosts:
                 ray=ray_options(resolved),
                 fingerprint=_fingerprint(resolved),
                 log=write_log,
+                collect=self._collected_rows((resolved.endpoint_name, resolved.name)),
             )
         )
+
+    def _collected_rows(self, key: tuple[str, str]) -> Sink:
+        """Where a deployment's scripts' collected rows go: its data collector, on the
+        event loop (they arrive on worker I/O threads)."""
+        loop = asyncio.get_running_loop()
+
+        def collect(name: str, rows: list[dict[str, Any]], context: str) -> None:
+            collector = self.collectors.get(key)
+            if collector is not None:
+                loop.call_soon_threadsafe(collector.offer_rows, name, rows, context)
+
+        return collect
 
     def adopt(self, resolved: OnlineDeploymentSpec, scheduler: Scheduler) -> None:
         """Take ownership of a scheduler made by `load`, retiring the one it replaces."""

@@ -223,7 +223,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
         return response
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def _infer_one(self, request: Any, context: Any) -> Any:
+        """One inference, recorded in the metrics; our errors raised as they are."""
         state = self._state
         started = time.perf_counter()
         timing = Timing()
@@ -253,10 +254,29 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             mapped = status_of(exc)
             status = mapped[0] if mapped else 500
-            await self._fail(context, exc)
+            raise
         finally:
             elapsed = time.perf_counter() - started
             record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        try:
+            return await self._infer_one(request, context)
+        except Exception as exc:
+            await self._fail(context, exc)
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        """Triton's streaming extension: one answer per request, in order; a request that
+        fails answers its error message and the stream goes on."""
+        async for request in requests:
+            try:
+                response = await self._infer_one(request, context)
+            except Exception as exc:
+                mapped = status_of(exc)
+                message = str(exc) if mapped else "internal server error"
+                yield service_pb2.ModelStreamInferResponse(error_message=message)
+                continue
+            yield service_pb2.ModelStreamInferResponse(infer_response=response)
 
 
 async def start(state: GatewayState, host: str, port: int) -> grpc.aio.Server:

@@ -114,6 +114,8 @@ class DeploymentMetrics:
     def __init__(self, metrics: GatewayMetrics, endpoint: str, deployment: str) -> None:
         self._metrics = metrics
         self.labels = (endpoint, deployment)
+        #: the model it serves (name, version), as Triton and KServe label their series
+        self.model = ("", "")
         self.request_duration = FastHistogram(LATENCY_BUCKETS_S)
         self.queue_duration = FastHistogram(LATENCY_BUCKETS_S)
         self.inference_duration = FastHistogram(LATENCY_BUCKETS_S)
@@ -149,22 +151,23 @@ class _HotSeries(Collector):
 
     def collect(self) -> Iterator[Metric]:
         deployments = list(self._metrics.deployments.values())
+        labels = ["endpoint", "deployment", "model_name", "model_version"]
         requests = CounterMetricFamily(
             "servegate_requests",
             "Scoring requests by endpoint, deployment, protocol and HTTP status.",
-            labels=["endpoint", "deployment", "protocol", "status"],
+            labels=[*labels, "protocol", "status"],
         )
         for d in deployments:
             for (protocol, status), count in d.requests.items():
-                requests.add_metric([*d.labels, protocol, status], count)
+                requests.add_metric([*d.labels, *d.model, protocol, status], count)
         for (endpoint, protocol, status), count in self._metrics.unrouted.items():
-            requests.add_metric([endpoint, "", protocol, status], count)
+            requests.add_metric([endpoint, "", "", "", protocol, status], count)
         yield requests
         for attribute, (name, doc) in _HISTOGRAMS.items():
-            family = HistogramMetricFamily(name, doc, labels=["endpoint", "deployment"])
+            family = HistogramMetricFamily(name, doc, labels=labels)
             for d in deployments:
                 histogram: FastHistogram = getattr(d, attribute)
-                family.add_metric(list(d.labels), histogram.buckets(), histogram.total)
+                family.add_metric([*d.labels, *d.model], histogram.buckets(), histogram.total)
             yield family
 
 

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from runtimes.azure_monitoring import Sink
 from runtimes.base import RuntimeConfig
 from runtimes.hosts import ThreadHost
 from runtimes.ray_impl import RayOptions
@@ -36,6 +37,8 @@ class HostRequest:
     #: the deployment's log (`get-logs`): hosts that run instances in processes send what
     #: those print and log, and their starts and exits
     log: Callable[[str], None] | None = None
+    #: where rows that scoring scripts collect (Azure's Collector) go, from any thread
+    collect: Sink | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
         request.hang_timeout_s,
         per_instance=request.max_concurrent_requests_per_instance,
         log=request.log,
+        collect=request.collect,
     )
 
 

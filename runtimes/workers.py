@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes import errors
+from runtimes import azure_monitoring, errors
 from runtimes.base import RuntimeConfig
 from runtimes.errors import InstanceFailed, ModelLoadError
 from runtimes.resources import shm_bytes
@@ -180,6 +180,9 @@ def worker_main(
     """A worker process: load the runtime, then serve requests until the pipe closes."""
     os.environ.update(config.environment)
     send = _log_to_parent(conn)
+    # Azure ML's custom logging (`Collector(name=...).collect(df)`) in scoring scripts:
+    # the rows go to the gateway's data collector.
+    azure_monitoring.install(lambda name, rows, context: send(("collect", name, rows, context)))
     from runtimes.registry import load_runtime
 
     try:
@@ -242,10 +245,13 @@ class ProcessHost:
         hang_timeout_s: float,
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
+        collect: azure_monitoring.Sink | None = None,
     ) -> None:
         self.name = name
         #: the deployment's log: what workers print and log, their starts and exits
         self._log = log or (lambda line: None)
+        #: rows scripts collect with Azure's Collector (called on worker I/O threads)
+        self._collect = collect or (lambda name, rows, context: None)
         #: workers per instance (one per concurrent request it takes)
         self._per_instance = per_instance
         self._runtime_name = runtime_name
@@ -266,10 +272,11 @@ class ProcessHost:
         hang_timeout_s: float = 60.0,
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
+        collect: azure_monitoring.Sink | None = None,
     ) -> ProcessHost:
         """Start `count` workers (`per_instance` to an instance) and wait until each has
         loaded its runtime."""
-        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance, log)
+        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance, log, collect)
         try:
             await asyncio.gather(*(host._spawn(w) for w in host._workers))
         except BaseException:
@@ -352,9 +359,12 @@ class ProcessHost:
         assert worker.conn is not None
         while True:
             message = worker.conn.recv()
-            if message[0] != "log":
+            if message[0] == "log":
+                self._log(f"worker {worker.index}: {message[1]}")
+            elif message[0] == "collect":
+                self._collect(*message[1:])
+            else:
                 return message
-            self._log(f"worker {worker.index}: {message[1]}")
 
     async def _receive(self, worker: _Worker, timeout_s: float) -> Any:
         assert worker.conn is not None

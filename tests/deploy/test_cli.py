@@ -187,22 +187,26 @@ def test_metrics(gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name:
         assert _score(gateway, unique_name, key) == 200
     assert _score(gateway, unique_name, "bad") == 401
     text = httpx.get(f"{gateway.url}/metrics").text
+    # model_name and model_version beside endpoint and deployment, as Triton and KServe
+    # label their series; no _created series.
+    model = f'model_name="{unique_name}-blue",model_version="1"'
     assert (
-        f'servegate_requests_total{{deployment="blue",endpoint="{unique_name}",'
+        f'servegate_requests_total{{deployment="blue",endpoint="{unique_name}",{model},'
         f'protocol="score",status="200"}} 3.0'
     ) in text
     assert (
-        f'servegate_requests_total{{deployment="",endpoint="{unique_name}",'
-        f'protocol="score",status="401"}} 1.0'
+        f'servegate_requests_total{{deployment="",endpoint="{unique_name}",model_name="",'
+        f'model_version="",protocol="score",status="401"}} 1.0'
     ) in text
     assert (
         f'servegate_request_duration_seconds_count{{deployment="blue",'
-        f'endpoint="{unique_name}"}} 3.0'
+        f'endpoint="{unique_name}",{model}}} 3.0'
     ) in text
     assert (
         f"servegate_inference_duration_seconds_count"
-        f'{{deployment="blue",endpoint="{unique_name}"}} 3.0' in text
+        f'{{deployment="blue",endpoint="{unique_name}",{model}}} 3.0' in text
     )
+    assert "_created" not in text
 
 
 def test_openapi_documents_every_status_real_requests_get(gateway: Gateway) -> None:

