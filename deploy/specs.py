@@ -311,6 +311,17 @@ class ScaleSettings(Spec):
         return self.type == "target_utilization"
 
 
+class Probe(Spec):
+    """Azure ML's `liveness_probe` (and `readiness_probe`) fields, with its defaults
+    (seconds)."""
+
+    initial_delay: Annotated[int, Field(ge=0, le=3600)] = 10
+    period: Annotated[int, Field(ge=1, le=3600)] = 10
+    timeout: Annotated[int, Field(ge=1, le=3600)] = 2
+    success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 30
+
+
 class CodeConfiguration(Spec):
     """Azure ML's `code_configuration`: a folder and the scoring script in it."""
 
@@ -519,10 +530,9 @@ _ENVIRONMENT = (
 )
 
 
-_PROBES = (
-    "an instance takes requests once its model has loaded and answered a warm-up call, and "
-    "a worker process that dies or overruns request_timeout_ms is replaced; the probe's "
-    "timings are not used"
+_READINESS = (
+    "an instance takes requests once its model has loaded and answered a warm-up call; "
+    "liveness_probe is honoured for worker processes"
 )
 
 
@@ -537,8 +547,7 @@ class OnlineDeploymentSpec(Spec):
         "egress_public_network_access": _NETWORK,
         "private_network_connection": _NETWORK,
         "model_mount_path": "a scoring script finds the model at AZUREML_MODEL_DIR",
-        "liveness_probe": _PROBES,
-        "readiness_probe": _PROBES,
+        "readiness_probe": _READINESS,
     }
 
     schema_url: str | None = Field(default=None, alias="$schema")
@@ -558,12 +567,26 @@ class OnlineDeploymentSpec(Spec):
     ray_actor_options: RayActorOptions | None = None
     batching: Batching | None = None
     data_collector: DataCollectorSpec | None = None
+    #: `host: process`: idle workers are probed; one that stops answering is replaced
+    liveness_probe: Probe | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
     scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
     device: Annotated[str, AfterValidator(_device)] = "cpu"
     request_settings: RequestSettings = Field(default_factory=RequestSettings)
     environment_variables: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
+
+    def ignored_fields(self, prefix: str = "") -> list[tuple[str, str]]:
+        found = super().ignored_fields(prefix)
+        if self.liveness_probe is not None and self.host not in (None, "process"):
+            found.append(
+                (
+                    f"{prefix}liveness_probe",
+                    f"host: {self.host} runs instances outside worker processes "
+                    "(probe the gateway's /v2/health/live)",
+                )
+            )
+        return found
 
     @field_validator("runtime")
     @classmethod

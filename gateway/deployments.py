@@ -31,6 +31,7 @@ from runtimes.host_registry import HOSTS, HostRequest
 from runtimes.ray_impl import RayAutoscaling, RayOptions
 from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
+from runtimes.workers import Liveness
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class DeploymentHosts:
                 fingerprint=_fingerprint(resolved),
                 log=write_log,
                 collect=self._collected_rows((resolved.endpoint_name, resolved.name)),
+                liveness=_liveness(resolved),
             )
         )
 
@@ -355,3 +357,10 @@ class DeploymentHosts:
         self.collectors.clear()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _liveness(resolved: OnlineDeploymentSpec) -> Liveness | None:
+    probe = resolved.liveness_probe
+    if probe is None:
+        return None
+    return Liveness(probe.initial_delay, probe.period, probe.timeout, probe.failure_threshold)

@@ -16,6 +16,7 @@ from runtimes.hosts import ThreadHost
 from runtimes.ray_impl import RayOptions
 from runtimes.registry import load_runtime
 from runtimes.scheduler import InstanceHost
+from runtimes.workers import Liveness
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class HostRequest:
     log: Callable[[str], None] | None = None
     #: where rows that scoring scripts collect (Azure's Collector) go, from any thread
     collect: Sink | None = None
+    #: `liveness_probe` (worker processes)
+    liveness: Liveness | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
         per_instance=request.max_concurrent_requests_per_instance,
         log=request.log,
         collect=request.collect,
+        liveness=request.liveness,
     )
 
 

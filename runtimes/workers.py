@@ -199,6 +199,9 @@ def worker_main(
         except (EOFError, OSError):
             return
         try:
+            if message[0] == "ping":  # the deployment's liveness probe
+                send(("pong",))
+                continue
             if message[0] == "raw":
                 send(("ok", runtime.score(message[1])))  # type: ignore[attr-defined]
                 continue
@@ -218,6 +221,19 @@ def worker_main(
             send(_error_reply(exc))
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """Azure ML's `liveness_probe` for worker processes (seconds): after `initial_delay`,
+    every `period` an idle worker is asked to answer within `timeout`; one that has not
+    answered for `failure_threshold` probes in a row gets no calls meanwhile and is then
+    replaced."""
+
+    initial_delay: float = 10.0
+    period: float = 10.0
+    timeout: float = 2.0
+    failure_threshold: int = 30
+
+
 @dataclass
 class _Worker:
     index: int
@@ -228,6 +244,8 @@ class _Worker:
     inputs: SharedMemory | None = None
     outputs: SharedMemory | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: one exchange on the pipe at a time: a call, or a liveness probe
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="sg-worker-io")
     )
@@ -246,8 +264,11 @@ class ProcessHost:
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
         collect: azure_monitoring.Sink | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.name = name
+        self._liveness = liveness
+        self._watch: asyncio.Task[None] | None = None
         #: the deployment's log: what workers print and log, their starts and exits
         self._log = log or (lambda line: None)
         #: rows scripts collect with Azure's Collector (called on worker I/O threads)
@@ -273,16 +294,63 @@ class ProcessHost:
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
         collect: azure_monitoring.Sink | None = None,
+        liveness: Liveness | None = None,
     ) -> ProcessHost:
         """Start `count` workers (`per_instance` to an instance) and wait until each has
         loaded its runtime."""
-        host = cls(name, runtime_name, config, count, hang_timeout_s, per_instance, log, collect)
+        host = cls(
+            name, runtime_name, config, count, hang_timeout_s, per_instance, log, collect, liveness
+        )
         try:
             await asyncio.gather(*(host._spawn(w) for w in host._workers))
         except BaseException:
             await host.close()
             raise
+        if liveness is not None:
+            host._watch = asyncio.get_running_loop().create_task(host._probe_workers(liveness))
         return host
+
+    # -- liveness ------------------------------------------------------------------
+    async def _probe_workers(self, probe: Liveness) -> None:
+        await asyncio.sleep(probe.initial_delay)
+        while not self._closed:
+            for worker in list(self._workers):
+                # A worker in a call is alive enough: its call has its own deadline.
+                if not worker.removed and worker.ready.is_set() and not worker.lock.locked():
+                    await self._probe(worker, probe)
+            await asyncio.sleep(probe.period)
+
+    async def _probe(self, worker: _Worker, probe: Liveness) -> None:
+        async with worker.lock:
+            if worker.conn is None or not worker.ready.is_set():
+                return
+            try:
+                worker.conn.send(("ping",))
+            except OSError:
+                return  # gone: its next call replaces it
+            loop = asyncio.get_running_loop()
+            answer = loop.run_in_executor(worker.thread, self._reply, worker)
+            failures = 0
+            while True:
+                wait_s = probe.timeout if failures == 0 else probe.period
+                done, _ = await asyncio.wait({answer}, timeout=wait_s)
+                if done:
+                    if answer.exception() is not None:  # it died while probed
+                        self._replace(worker)
+                    elif failures:
+                        self._log(f"worker {worker.index}: answered the liveness probe again")
+                        worker.ready.set()
+                    return
+                failures += 1
+                worker.ready.clear()  # no calls while it does not answer
+                self._log(
+                    f"worker {worker.index}: liveness probe failed ({failures}/"
+                    f"{probe.failure_threshold}: no answer within {wait_s:g} s)"
+                )
+                if failures >= probe.failure_threshold:
+                    self._replace(worker)  # kills it: the pending read ends
+                    await asyncio.wait({answer})
+                    return
 
     @property
     def signature(self) -> Signature:
@@ -390,6 +458,11 @@ class ProcessHost:
     async def _call(self, instance: int, message: tuple[Any, ...]) -> Any:
         worker = self._workers[instance]
         await worker.ready.wait()
+        async with worker.lock:
+            await worker.ready.wait()  # a liveness probe may have found it not answering
+            return await self._exchange(worker, message)
+
+    async def _exchange(self, worker: _Worker, message: tuple[Any, ...]) -> Any:
         if self._closed:
             raise InstanceFailed(f"deployment '{self.name}' is shutting down")
         assert worker.conn is not None
@@ -488,6 +561,8 @@ class ProcessHost:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         for task in list(self._restarts):
             task.cancel()
         loop = asyncio.get_running_loop()

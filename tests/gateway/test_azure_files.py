@@ -88,7 +88,6 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
     assert [w.split(":")[0] for w in warnings_of(out)] == [
         "environment",
         "instance_type",
-        "liveness_probe",
         "readiness_probe",
         "app_insights_enabled",
     ]
@@ -96,7 +95,15 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
     green = json.loads(shown)
     assert green["model"] == {"name": "sklearn-regression", "version": 1}
     assert green["provisioning_state"] == "Succeeded" and green["instances_ready"] == 1
-    assert not {"environment", "app_insights_enabled", "liveness_probe"} & set(green)
+    assert not {"environment", "app_insights_enabled", "readiness_probe"} & set(green)
+    # Honoured for its worker processes, with Azure's defaults for what the file leaves out.
+    assert green["liveness_probe"] == {
+        "initial_delay": 10,
+        "period": 10,
+        "timeout": 2,
+        "success_threshold": 1,
+        "failure_threshold": 30,
+    }
 
     # The older `local_path` spelling of model and code.
     _, out = gateway.cli("deployment", "create", "-f", str(online / "legacy-deployment.yml"))
@@ -151,7 +158,7 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
         ("online/blue-deployment.yml", ["environment", "instance_type"]),
         (
             "online/green-deployment.yml",
-            ["environment", "instance_type", "app_insights_enabled", "liveness_probe"],
+            ["environment", "instance_type", "app_insights_enabled", "readiness_probe"],
         ),
         ("batch/endpoint.yml", ["auth_mode"]),
         ("batch/torch/deployment.yml", ["environment", "compute"]),

@@ -6,6 +6,7 @@ deployments have show, list, update and delete; JSON Schemas for the YAML kinds.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -261,3 +262,44 @@ def test_get_logs_shows_what_a_scoring_script_prints(
         "[].line",
     )
     assert out.strip() == "worker 0: WARNING fraud: a low balance"
+
+
+def test_a_worker_that_stops_answering_its_liveness_probe_is_replaced(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import os, signal, threading, time\n"
+        "def init():\n"
+        "    pass\n"
+        "def run(raw_data):\n"
+        "    if raw_data == 'freeze':  # stop this whole process once the answer is out\n"
+        "        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGSTOP)).start()\n"
+        "    return {'pid': os.getpid()}\n"
+    )
+    spec = write_yaml(
+        tmp_path / "probed.yml",
+        f"name: blue\nendpoint_name: {unique_name}\n"
+        "code_configuration: {code: code, scoring_script: score.py}\n"
+        "liveness_probe: {initial_delay: 0, period: 1, timeout: 1, failure_threshold: 2}\n",
+    )
+    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+    url = f"{gateway.url}/endpoints/{unique_name}/score"
+    first = httpx.post(url, content=b"freeze")
+    assert first.status_code == 200, first.text
+    # Frozen, it misses two probes (1 s each), is replaced, and the next request is
+    # answered by a new process.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
+        _, failed, after = out.rpartition("liveness probe failed (2/2")
+        if failed and "started (pid" in after:
+            break
+        time.sleep(0.5)
+    second = httpx.post(url, content=b"hello", timeout=30)
+    assert second.status_code == 200, second.text
+    assert second.json()["pid"] != first.json()["pid"]
+    _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
+    assert "liveness probe failed (2/2" in out and "exited or hung" in out, out
