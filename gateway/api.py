@@ -67,6 +67,8 @@ class Operation:
     #: the media type of the answer when it is not JSON
     media_type: str = "application/json"
     description: str = field(default="")
+    #: another success status with the same answer (202: accepted, under way)
+    accepted_status: int | None = None
 
     @property
     def full_path(self) -> str:
@@ -106,6 +108,7 @@ def operation(
     errors: tuple[int, ...] = (),
     query: tuple[Query, ...] = (),
     media_type: str = "application/json",
+    accepted_status: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare a management route (see the module docstring)."""
 
@@ -125,6 +128,7 @@ def operation(
                 query,
                 media_type,
                 (handler.__doc__ or "").strip(),
+                accepted_status,
             )
         )
         return handler
@@ -187,6 +191,11 @@ def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
             responses[str(op.ok_status)] = {
                 "description": "OK",
                 "content": {"application/json": {"schema": _schema(op.response, components)}},
+            }
+        if op.accepted_status is not None:
+            responses[str(op.accepted_status)] = {
+                **responses[str(op.ok_status)],
+                "description": "Accepted: under way",
             }
         responses.update(error_responses(*op.error_statuses()))
         spec: dict[str, Any] = {

@@ -61,8 +61,9 @@ class Deployment(Answer):
     #: work about the model here (missing requirements)
     warnings: list[str] = []
     #: on the replica that answered: Succeeded (loaded, routed to), Failed (it could not
-    #: load here; `error` says why), Creating (not loaded here yet)
-    provisioning_state: Literal["Creating", "Succeeded", "Failed"]
+    #: load here, or its last create or update failed; `error` says why), Creating or
+    #: Updating (`no_wait`: under way)
+    provisioning_state: Literal["Creating", "Updating", "Succeeded", "Failed"]
     #: instances ready to serve on the replica that answered
     instances_ready: int
 

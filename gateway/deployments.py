@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -96,6 +96,9 @@ class DeploymentHosts:
         self._retiring: set[asyncio.Task[None]] = set()
         self._replaced: list[Scheduler] = []
         self.collectors: dict[tuple[str, str], PayloadCollector] = {}
+        #: creates and updates under way in the background (no_wait), or that failed:
+        #: the spec asked for, its state (Creating, Updating, Failed) and the error
+        self._provisioning: dict[tuple[str, str], tuple[OnlineDeploymentSpec, str, str]] = {}
         #: each deployment's own log (scripts' prints, worker starts and exits, load errors)
         self.logs = DeploymentLogs(control, replica)
         self._lock = asyncio.Lock()
@@ -291,21 +294,63 @@ class DeploymentHosts:
             )
         return RoutingSnapshot(endpoints, change_id)
 
+    def provisioning(
+        self,
+        spec: OnlineDeploymentSpec,
+        state: str,
+        work: Coroutine[Any, Any, tuple[OnlineDeploymentSpec, list[str]]],
+    ) -> dict[str, Any]:
+        """Run a create or update (`--no-wait`) in the background; until it ends,
+        `health` (and `pending`, before it is stored) say `state`, then its outcome."""
+        key = (spec.endpoint_name, spec.name)
+        self._provisioning[key] = (spec, state, "")
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:
+                self._provisioning[key] = (spec, "Failed", str(exc))
+                verb = "create" if state == "Creating" else "update"
+                self.logs.write(*key, f"the deployment failed to {verb}: {exc}")
+            else:
+                self._provisioning.pop(key, None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return {"provisioning_state": state, "instances_ready": 0}
+
+    def pending(self, endpoint: str, name: str) -> dict[str, Any] | None:
+        """A deployment not stored (yet): being created with no_wait, or failed to be."""
+        found = self._provisioning.get((endpoint, name))
+        if found is None:
+            return None
+        spec, state, error = found
+        shown = {**spec.to_dict(), "provisioning_state": state, "instances_ready": 0}
+        return {**shown, "error": error} if error else shown
+
     def health(self, endpoint: str, name: str) -> dict[str, Any]:
         """What `deployment show` says of a deployment on this replica, as Azure ML does:
         `provisioning_state` (Succeeded: loaded and routed to; Failed: it could not load
         here, `error` says why) and the instances ready to serve."""
         key = (endpoint, name)
+        running = self._schedulers.get(key)
+        if key in self._provisioning:  # an update under way (no_wait), or its failure
+            _, state, error = self._provisioning[key]
+            under_way = {
+                "provisioning_state": state,
+                "instances_ready": running[1].instances if running else 0,
+            }
+            return {**under_way, "error": error} if error else under_way
         if key in self._failed:
             return {
                 "provisioning_state": "Failed",
                 "instances_ready": 0,
                 "error": self._failed[key],
             }
-        entry = self._schedulers.get(key)
-        if entry is None:
+        if running is None:
             return {"provisioning_state": "Creating", "instances_ready": 0}
-        scheduler = entry[1]
+        scheduler = running[1]
         problem = getattr(scheduler.host, "problem", None)
         view: dict[str, Any] = {
             "provisioning_state": "Succeeded",

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deploy.control import check_mode
-from deploy.errors import Conflict, SpecError
+from deploy.errors import Conflict, NotFound, SpecError
 from deploy.masking import mask_secrets
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, SpecT, parse_spec
@@ -447,11 +447,22 @@ async def regenerate_keys(request: Request, state: GatewayState) -> Response:
     body=OnlineDeploymentSpec,
     response=Deployment,
     ok_status=201,
+    accepted_status=202,
     errors=(409, 424),
-    query=(Query("all_traffic", {"type": "boolean"}, "send it 100% of live traffic"), STRICT, MODE),
+    query=(
+        Query("all_traffic", {"type": "boolean"}, "send it 100% of live traffic"),
+        STRICT,
+        MODE,
+        Query(
+            "no_wait",
+            {"type": "boolean"},
+            "answer 202 at once (provisioning_state Creating or Updating) and load in the "
+            "background; `GET` the deployment for its outcome",
+        ),
+    ),
 )
 async def create_deployment(request: Request, state: GatewayState) -> Response:
-    """POST /management/endpoints/{endpoint}/deployments[?all_traffic=true]
+    """POST /management/endpoints/{endpoint}/deployments[?all_traffic=&mode=&no_wait=]
 
     Creates or updates: the model is loaded and warmed before the deployment
     is stored, so one that cannot load is never stored or routed to.
@@ -459,14 +470,29 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     endpoint = request.path_params["endpoint"]
     spec = await _spec_from_body(OnlineDeploymentSpec, request, {"endpoint_name": endpoint})
     actor, all_traffic = _actor(request), _flag(request, "all_traffic")
-    async with state.hosts.lock:
-        check_mode(
-            _mode(request),
-            await run_in_threadpool(state.control.store.get_deployment, endpoint, spec.name)
-            is not None,
-            f"deployment '{spec.name}' of endpoint '{endpoint}'",
-            "servegate deployment update",
+    exists = await run_in_threadpool(state.control.store.get_deployment, endpoint, spec.name)
+    check_mode(
+        _mode(request),
+        exists is not None,
+        f"deployment '{spec.name}' of endpoint '{endpoint}'",
+        "servegate deployment update",
+    )
+    if _flag(request, "no_wait"):
+        await run_in_threadpool(state.control.get_endpoint, endpoint)
+        provisioning = state.hosts.provisioning(
+            spec, "Updating" if exists else "Creating", _put(state, spec, actor, all_traffic)
         )
+        return _json(_warned({**spec.to_dict(), **provisioning}, spec.warnings()), 202)
+    resolved, warnings = await _put(state, spec, actor, all_traffic)
+    shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
+    return _json(_warned(shown, warnings), 201)
+
+
+async def _put(
+    state: GatewayState, spec: OnlineDeploymentSpec, actor: str, all_traffic: bool
+) -> tuple[OnlineDeploymentSpec, list[str]]:
+    """Resolve, load and warm, store, route: a deployment created or updated."""
+    async with state.hosts.lock:
         resolved = await run_in_threadpool(state.control.resolve_deployment, spec, actor)
         scheduler = await state.hosts.load(resolved)
         try:
@@ -478,9 +504,8 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
         await state.hosts.sync()
     warnings = spec.warnings() + await run_in_threadpool(state.control.model_warnings, resolved)
     for warning in warnings:
-        log.warning("deployment %s/%s: %s", endpoint, resolved.name, warning)
-    shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
-    return _json(_warned(shown, warnings), 201)
+        log.warning("deployment %s/%s: %s", spec.endpoint_name, resolved.name, warning)
+    return resolved, warnings
 
 
 @operation(
@@ -510,7 +535,14 @@ async def list_deployments(request: Request, state: GatewayState) -> Response:
 async def show_deployment(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints/{endpoint}/deployments/{deployment}"""
     endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
-    spec = await run_in_threadpool(state.control.get_deployment, endpoint, name)
+    try:
+        spec = await run_in_threadpool(state.control.get_deployment, endpoint, name)
+    except NotFound:
+        # Being created with no_wait, or failed to be: what this replica knows of it.
+        pending = state.hosts.pending(endpoint, name)
+        if pending is None:
+            raise
+        return _json(pending)
     return _json({**spec.to_dict(), **state.hosts.health(endpoint, name)})
 
 

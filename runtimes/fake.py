@@ -2,7 +2,8 @@
 
 Not a mock: it implements the seam, validates like a real runtime and can be
 served by the gateway. Options: `delay_s` (sleep per call), `fail` (raise
-InferenceFailed). It doubles its single FP32 input `x` into output `y`.
+InferenceFailed), `load_s` (sleep while loading), `fail_load` (refuse to load). It
+doubles its single FP32 input `x` into output `y`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.base import RuntimeConfig
-from runtimes.errors import InferenceFailed
+from runtimes.errors import InferenceFailed, ModelLoadError
 from runtimes.types import Signature, TensorSpec
 
 SIGNATURE = Signature((TensorSpec("x", "FP32", (-1, -1)),), (TensorSpec("y", "FP32", (-1, -1)),))
@@ -28,6 +29,9 @@ class FakeRuntime:
     def __init__(self, config: RuntimeConfig) -> None:
         self._delay_s = float(config.options.get("delay_s", 0.0))
         self._fail = bool(config.options.get("fail", False))
+        time.sleep(float(config.options.get("load_s", 0.0)))
+        if config.options.get("fail_load"):
+            raise ModelLoadError("fake runtime configured not to load")
 
     @property
     def signature(self) -> Signature:

@@ -408,6 +408,12 @@ def _percentages(text: str, option: str) -> dict[str, int]:
     return result
 
 
+_NO_WAIT_HELP = (
+    "Answer at once (provisioning_state Creating or Updating) and load in the background; "
+    "`deployment show` tells the outcome. Default: wait until it is Succeeded or Failed."
+)
+
+
 # -- files -----------------------------------------------------------------------
 def _file_options(command: Any) -> Any:
     """-f (the YAML file), --set path=value (repeatable) and --strict, as az takes them."""
@@ -651,6 +657,7 @@ def deployment() -> None:
     "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
 )
 @click.option("--all-traffic", is_flag=True, help="Send 100% of live traffic to it.")
+@click.option("--no-wait", is_flag=True, help=_NO_WAIT_HELP)
 @pass_ctx
 def deployment_create(
     ctx: Ctx,
@@ -660,13 +667,16 @@ def deployment_create(
     name: str | None,
     endpoint_name: str | None,
     all_traffic: bool,
+    no_wait: bool,
 ) -> None:
     """Create a deployment from deployment.yml (an existing one: use update); the model
     loads and warms before it counts."""
     overrides = {"name": name, "endpoint_name": endpoint_name}
     _, body = _prepared(ctx, OnlineDeploymentSpec, file, assignments, overrides, strict)
     _print_warned(
-        ctx.client.create_deployment(body["endpoint_name"], body, all_traffic, mode="create")
+        ctx.client.create_deployment(
+            body["endpoint_name"], body, all_traffic, mode="create", no_wait=no_wait
+        )
     )
 
 
@@ -676,6 +686,7 @@ def deployment_create(
 @click.option(
     "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
 )
+@click.option("--no-wait", is_flag=True, help=_NO_WAIT_HELP)
 @pass_ctx
 def deployment_update(
     ctx: Ctx,
@@ -684,12 +695,17 @@ def deployment_update(
     strict: bool,
     name: str | None,
     endpoint_name: str | None,
+    no_wait: bool,
 ) -> None:
     """Update a deployment in place (model version, instances, batching...): new instances
     load and warm up, traffic switches, the old ones drain. No request fails."""
     overrides = {"name": name, "endpoint_name": endpoint_name}
     _, body = _prepared(ctx, OnlineDeploymentSpec, file, assignments, overrides, strict)
-    _print_warned(ctx.client.create_deployment(body["endpoint_name"], body, False, mode="update"))
+    _print_warned(
+        ctx.client.create_deployment(
+            body["endpoint_name"], body, False, mode="update", no_wait=no_wait
+        )
+    )
 
 
 @deployment.command("list")

@@ -212,10 +212,16 @@ class AdminClient:
 
     # deployments
     def create_deployment(
-        self, endpoint: str, spec: dict[str, Any], all_traffic: bool, mode: str | None = None
+        self,
+        endpoint: str,
+        spec: dict[str, Any],
+        all_traffic: bool,
+        mode: str | None = None,
+        no_wait: bool = False,
     ) -> Any:
-        """`mode`: "create" refuses an existing deployment, "update" a missing one."""
-        params = {"all_traffic": str(all_traffic).lower()}
+        """`mode`: "create" refuses an existing deployment, "update" a missing one;
+        `no_wait`: answered at once, loaded in the background."""
+        params = {"all_traffic": str(all_traffic).lower(), "no_wait": str(no_wait).lower()}
         if mode:
             params["mode"] = mode
         return self.request(

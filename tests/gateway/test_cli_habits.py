@@ -303,3 +303,70 @@ def test_a_worker_that_stops_answering_its_liveness_probe_is_replaced(
     assert second.json()["pid"] != first.json()["pid"]
     _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
     assert "liveness probe failed (2/2" in out and "exited or hung" in out, out
+
+
+def test_no_wait_answers_at_once_and_show_tells_the_outcome(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
+    fake = tmp_path / "slow.bin"
+    fake.write_bytes(b"fake runtime: no weights")
+    spec = write_yaml(
+        tmp_path / "slow.yml",
+        f"name: blue\nendpoint_name: {unique_name}\nmodel: {{path: slow.bin}}\n"
+        "runtime: fake\nruntime_options: {load_s: 2.0}\n",
+    )
+    started = time.monotonic()
+    _, out = gateway.cli(
+        "deployment",
+        "create",
+        "-f",
+        str(spec),
+        "--no-wait",
+        "--all-traffic",
+        "-o",
+        "tsv",
+        "--query",
+        "provisioning_state",
+    )
+    assert out.strip() == "Creating" and time.monotonic() - started < 1.5
+
+    def state() -> str:
+        _, shown = gateway.cli(
+            "deployment",
+            "show",
+            "-e",
+            unique_name,
+            "-n",
+            "blue",
+            "-o",
+            "tsv",
+            "--query",
+            "provisioning_state",
+        )
+        return shown.strip()
+
+    assert state() == "Creating"
+    deadline = time.monotonic() + 30
+    while state() == "Creating" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state() == "Succeeded"
+    # One that cannot load: Failed, with the reason, and nothing stored or routed.
+    bad = write_yaml(
+        tmp_path / "bad.yml",
+        f"name: green\nendpoint_name: {unique_name}\nmodel: {{path: slow.bin}}\n"
+        "runtime: fake\nruntime_options: {fail_load: true}\n",
+    )
+    gateway.cli("deployment", "create", "-f", str(bad), "--no-wait")
+    deadline = time.monotonic() + 30
+    shown: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        shown = json.loads(gateway.cli("deployment", "show", "-e", unique_name, "-n", "green")[1])
+        if shown["provisioning_state"] != "Creating":
+            break
+        time.sleep(0.2)
+    assert shown["provisioning_state"] == "Failed" and shown["error"], shown
+    _, listed = gateway.cli(
+        "deployment", "list", "-e", unique_name, "-o", "tsv", "--query", "[].name"
+    )
+    assert listed.split() == ["blue"]
