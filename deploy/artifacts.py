@@ -45,6 +45,8 @@ _CODE = _Limits(
     "code archive", MAX_CODE_BYTES, MAX_CODE_FILES, " (register large files as a model instead)"
 )
 _MODEL_FOLDER = _Limits("model folder archive", MAX_MODEL_FOLDER_BYTES, MAX_MODEL_FOLDER_FILES)
+#: batch inputs uploaded by the CLI for a gateway on another host
+_DATA = _Limits("data archive", MAX_MODEL_FOLDER_BYTES, 1_000_000)
 
 
 def _check_unpacked_size(members: list[tarfile.TarInfo], limits: _Limits = _CODE) -> None:
@@ -171,6 +173,11 @@ class ArtifactStore:
         return local
 
     # -- model folders -----------------------------------------------------------------
+    def put_data(self, archive: Path) -> Path:
+        """Unpack a tar.gz of batch inputs into `data/<sha256>/` on this replica; return
+        that folder."""
+        return self._unpack(archive, _sha256(archive), "data", _DATA)
+
     def folder_of(self, relative_path: str) -> Path:
         """A model folder stored as a tar.gz artifact, unpacked once on this replica
         (downloaded from the object store first if need be)."""

@@ -216,6 +216,13 @@ class ControlPlane:
         except ValueError as exc:
             raise SpecError(f"code_configuration.code: {exc}") from None
 
+    def store_data(self, archive: Path) -> Path:
+        """Unpack batch inputs (tar.gz) uploaded for a job into a content-addressed folder."""
+        try:
+            return self.artifacts.put_data(archive)
+        except ValueError as exc:
+            raise SpecError(f"input: {exc}") from None
+
     # -- endpoints ---------------------------------------------------------
     def get_endpoint(self, name: str) -> EndpointSpec:
         spec = self.store.get_endpoint(name)

@@ -91,6 +91,11 @@ class ModelVersion(Answer):
     created_at: str
 
 
+class DataUpload(BaseModel):
+    #: the folder on the gateway's host holding the uploaded files
+    path: str
+
+
 class CodeUpload(BaseModel):
     #: the folder to give as code_configuration.code
     code: str

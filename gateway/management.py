@@ -27,6 +27,7 @@ from gateway.api_models import (
     AuditRecord,
     ClusterStatus,
     CodeUpload,
+    DataUpload,
     Deployment,
     EndpointUpdate,
     EndpointView,
@@ -289,6 +290,28 @@ async def upload_code(request: Request, state: GatewayState) -> Response:
     finally:
         upload.unlink(missing_ok=True)
     return _json({"code": str(folder)}, 201)
+
+
+@operation(
+    "POST",
+    "/data",
+    "Upload batch inputs (a tar.gz of files) for a job on this gateway's host",
+    tag="batch",
+    permission=Permission.OPERATE,
+    body="binary",
+    response=DataUpload,
+    ok_status=201,
+    errors=(400,),
+)
+async def upload_data(request: Request, state: GatewayState) -> Response:
+    """POST /management/data: a tar.gz of input files -> {"path": <folder>}, what a
+    `batch invoke --input` from another host names"""
+    upload = await _upload(request, state)
+    try:
+        folder = await run_in_threadpool(state.control.store_data, upload)
+    finally:
+        upload.unlink(missing_ok=True)
+    return _json({"path": str(folder)}, 201)
 
 
 # -- endpoints ------------------------------------------------------------------

@@ -1050,12 +1050,44 @@ _WAIT_HELP = (
 )
 
 
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
 def _here(uri: str) -> str:
     """A local path (or glob) made absolute against the caller's working directory, so
     the gateway reads what the caller means; URIs (s3://...) as they are."""
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
+    if _URI.match(uri):
         return uri
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def _is_local(url: str) -> bool:
+    """Whether the gateway runs on this host (it can read the caller's files)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _uploaded(ctx: Ctx, local: str) -> str:
+    """Upload local inputs, with a progress bar on stderr; the gateway's path for them."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "uploading",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("upload", total=None)
+        path = ctx.client.upload_data(
+            os.path.expanduser(local),
+            lambda sent, total: bar.update(task, completed=sent, total=total),
+        )
+    click.echo(f"uploaded {local} to the gateway: {path}", err=True)
+    return path
 
 
 def _finish_waiting(ctx: Ctx, job_id: str) -> None:
@@ -1100,6 +1132,12 @@ def _finish_waiting(ctx: Ctx, job_id: str) -> None:
 @click.option("--error-threshold", type=click.IntRange(min=-1), default=None)
 @click.option("--output-file-name", default=None)
 @click.option("--wait", is_flag=True, help=_WAIT_HELP)
+@click.option(
+    "--upload/--no-upload",
+    default=None,
+    help="Upload a local --input to the gateway first [default: when the gateway is on "
+    "another host].",
+)
 @pass_ctx
 def batch_invoke(
     ctx: Ctx,
@@ -1113,8 +1151,12 @@ def batch_invoke(
     error_threshold: int | None,
     output_file_name: str | None,
     wait: bool,
+    upload: bool | None,
 ) -> None:
     """Start a batch job."""
+    local = not _URI.match(input_uri)
+    if local and (upload or (upload is None and not _is_local(ctx.url))):
+        input_uri = _uploaded(ctx, input_uri)
     job = ctx.client.invoke_batch(
         {
             "endpoint": endpoint,

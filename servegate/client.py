@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import getpass
+import glob
 import os
 import socket
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from gateway.api_models import (
     BatchEndpoint,
     ClusterStatus,
     CodeUpload,
+    DataUpload,
     Deployment,
     EndpointView,
     Job,
@@ -167,6 +170,38 @@ class AdminClient:
                     params=params,
                     content=f,
                 )
+
+    def upload_data(self, local: str, progress: Callable[[int, int], None] | None = None) -> str:
+        """Upload local batch inputs (a file, a folder or a glob) for a gateway on another
+        host; the path the gateway reads them from. `progress(sent, total)` per chunk."""
+        matches = [Path(p) for p in sorted(glob.glob(local))] if glob.has_magic(local) else []
+        source = Path(local)
+        if not matches and not source.exists():
+            raise ClientError(0, f"--input: no file or folder at {local}")
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "data.tar.gz"
+            if source.is_dir():
+                tar_folder(source, archive)
+            else:
+                with tarfile.open(archive, "w:gz") as tar:
+                    for path in matches or [source]:
+                        tar.add(path, arcname=path.name)
+            total = archive.stat().st_size
+
+            def chunks() -> Iterator[bytes]:
+                sent = 0
+                with archive.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        sent += len(chunk)
+                        if progress is not None:
+                            progress(sent, total)
+                        yield chunk
+
+            folder = str(
+                self.request("POST", "/management/data", DataUpload, content=chunks())["path"]
+            )
+        # A single file is read from its folder by name; a folder or glob, as the folder.
+        return f"{folder}/{source.name}" if source.is_file() else folder
 
     def upload_code(self, folder: Path) -> str:
         """Pack a scoring-script folder as tar.gz and upload it; the gateway's folder."""

@@ -255,6 +255,24 @@ def test_batch_files_create_unchanged_and_run_azure_style(
         "--wait",
     )
     assert len((tmp_path / "heart" / "predictions.csv").read_text().splitlines()) == 1 + 150
+    # For a gateway on another host the CLI uploads local inputs first (forced here: this
+    # gateway is local), with the same result read from the gateway's copy.
+    _, out = gateway.cli(
+        "batch",
+        "invoke",
+        "-n",
+        "digits-batch",
+        "--deployment-name",
+        "classifier-mlflow",
+        "--input",
+        str(batch / "mlflow" / "heart-unlabeled"),
+        "--output-path",
+        str(tmp_path / "uploaded"),
+        "--upload",
+        "--wait",
+    )
+    assert f"to the gateway: {gateway.home}" in out
+    assert (tmp_path / "uploaded" / "predictions.csv").read_text().count("\n") == 1 + 150
 
 
 def test_the_azure_output_layout_has_no_header_and_only_what_run_returned(
