@@ -194,7 +194,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             _, route, _ = self._route(context, request.name, request.version)
         except Exception as exc:
-            if status_of(exc) and status_of(exc)[0] in (404, 503):  # type: ignore[index]
+            mapped = status_of(exc)
+            if mapped is not None and mapped[0] in (404, 503):  # as Triton: not ready
                 return service_pb2.ModelReadyResponse(ready=False)
             await self._fail(context, exc)
         problem = getattr(route.scheduler.host, "problem", None)
