@@ -11,7 +11,8 @@ the `azureml-model-deployment` metadata), admission and batching in the deployme
 scheduler, its deadline the shorter of the gRPC deadline and `request_timeout_ms`, and
 the same metrics (protocol `grpc`). Tensors arrive as typed `contents` or as
 `raw_input_contents`; outputs are sent as `raw_output_contents`, as Triton sends them.
-Mirroring and payload collection are HTTP-only for now.
+A mirror deployment gets copies of gRPC calls routed by weight, as of HTTP requests; the
+data collector logs HTTP payloads only.
 """
 
 from __future__ import annotations
@@ -251,7 +252,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
                 results = await _infer(route, inputs, names, parameters, timing, checked=True)
             status = 200
-            return encode_outputs(request, route, results)
+            response = encode_outputs(request, route, results)
+            self._mirror(endpoint, target, inputs, names, results)
+            return response
         except Exception as exc:
             mapped = status_of(exc)
             status = mapped[0] if mapped else 500
@@ -259,6 +262,29 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             elapsed = time.perf_counter() - started
             record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
+
+    def _mirror(
+        self,
+        endpoint: Any,
+        target: str | None,
+        inputs: dict[str, np.ndarray],
+        names: list[str] | None,
+        live: dict[str, np.ndarray],
+    ) -> None:
+        """A copy to the endpoint's mirror deployment, compared with the live answer, as
+        for HTTP: only requests routed by weight, after the answer is made."""
+        state = self._state
+        if endpoint.mirror is None or target:
+            return
+        name, percent = endpoint.mirror
+        candidate = endpoint.deployments.get(name)
+        if candidate is None or state.rng.random() * 100 >= percent:
+            return
+
+        async def run(route: DeploymentRoute, timing: Timing) -> tuple[int, bytes, Any]:
+            return 200, b"", await _infer(route, inputs, names, {}, timing)
+
+        state.mirror.copy(candidate, run, (live, b""))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         try:

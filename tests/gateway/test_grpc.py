@@ -4,6 +4,7 @@ raw contents, a traffic split, a gRPC deadline that expires, auth failures."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +171,21 @@ def test_a_traffic_split_holds_over_grpc(
     assert pinned.get_response().model_version == "green"
     text = httpx.get(f"{gw.url}/metrics").text
     assert f'deployment="blue",endpoint="{unique_name}",' in text and 'protocol="grpc"' in text
+    # A mirror gets copies of gRPC calls routed by weight, compared with the live answers.
+    gw.cli("endpoint", "update", "-n", unique_name, "--traffic", "blue=100,green=0")
+    gw.cli("endpoint", "update", "-n", unique_name, "--mirror-traffic", "green=50")
+    for _ in range(100):
+        client.infer(unique_name, [tensor], headers=headers)
+    compared = 0.0
+    deadline = time.monotonic() + 10
+    while compared < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        for line in httpx.get(f"{gw.url}/metrics").text.splitlines():
+            if line.startswith("servegate_mirror_compared_total") and (
+                f'deployment="green",endpoint="{unique_name}"' in line
+            ):
+                compared = float(line.split()[-1])
+    assert 20 <= compared <= 80, compared
 
 
 def test_stream_infer_answers_each_request_in_order(
