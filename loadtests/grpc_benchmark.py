@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per case")
     parser.add_argument("--slice", type=float, default=2.0)
     parser.add_argument("--report", type=Path, default=Path("reports/grpc_benchmark.json"))
+    parser.add_argument("--models", default="mlp,cnn", help="which of mlp,cnn to measure")
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -175,6 +176,8 @@ def main() -> None:
         key = deploy(gateway, mlp_path, cnn_path)
         time.sleep(1)
         for model, (name, x, path) in inputs.items():
+            if model not in args.models.split(","):
+                continue
             body_file = work / f"{model}.grpc"
             body_file.write_bytes(infer_request("bench", model, name, x))
             http_body, http_headers = v2_binary(name, x)

@@ -283,6 +283,16 @@ def unique_name() -> str:
     return f"ep{os.getpid() % 10000}-{next(_counter)}"
 
 
+def delete_endpoints(gw: Gateway, prefix: str) -> None:
+    """Delete the online and batch endpoints whose names start with `prefix`: a test whose
+    deployments run worker processes (or probe them) leaves the session's gateway as it
+    found it."""
+    for kind in (("endpoint",), ("batch", "endpoint")):
+        for endpoint in json.loads(gw.cli(*kind, "list")[1]):
+            if endpoint["name"].startswith(prefix):
+                gw.cli(*kind, "delete", "--name", endpoint["name"], "--yes", ok=False)
+
+
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

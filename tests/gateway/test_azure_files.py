@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,12 +20,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, delete_endpoints
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "azure-ml"
 ENVIRONMENT = "environment: ignored; the runtime comes from the model"
 INSTANCE_TYPE = "instance_type: ignored; instances run on the gateway's host"
 COMPUTE = "compute: ignored; an Azure ML cluster"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_no_workers(gateway: Gateway) -> Iterator[None]:
+    yield
+    for prefix in ("my-endpoint", "digits-batch", "azure-layout"):
+        delete_endpoints(gateway, prefix)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from deploy.specs import SPEC_KINDS, json_schema
-from tests.conftest import Gateway, write_yaml
+from tests.conftest import Gateway, delete_endpoints, write_yaml
 
 REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _leave_no_workers(gateway: Gateway, unique_name: str) -> Iterator[None]:
+    yield
+    delete_endpoints(gateway, unique_name)
 
 
 def deployment_yaml(tmp_path: Path, endpoint: str, model: Path, name: str = "blue") -> Path:
