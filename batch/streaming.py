@@ -16,7 +16,6 @@ keyed by output name. Any Kafka-compatible broker works.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 import uuid
@@ -28,6 +27,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Histogram
 
 from runtimes.errors import InferenceError, InvalidInput
 from runtimes.scheduler import Scheduler
@@ -75,6 +75,16 @@ def encode(results: Mapping[str, np.ndarray]) -> bytes:
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def _latency_histogram() -> Histogram:
+    # Not registered anywhere: `_StatsCollector` yields it with the other series.
+    return Histogram(
+        "servegate_stream_latency_seconds",
+        "End-to-end latency (record timestamp to result).",
+        buckets=LATENCY_BUCKETS_S,
+        registry=None,
+    )
+
+
 @dataclass
 class StreamStats:
     records_in: int = 0
@@ -83,23 +93,7 @@ class StreamStats:
     batches: int = 0
     batch_rows: int = 0
     lag: int = 0
-    #: end-to-end latency (record timestamp to result): counts per LATENCY_BUCKETS_S
-    #: bound (the last: above them all) and their sum, a Prometheus histogram
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    latency_sum_s: float = 0.0
-
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.latency_sum_s += seconds
-
-    def latency_buckets(self) -> list[tuple[str, float]]:
-        cumulative, out = 0, []
-        for bound, count in zip(
-            (*LATENCY_BUCKETS_S, float("inf")), self.latency_counts, strict=True
-        ):
-            cumulative += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
-        return out
+    latency: Histogram = field(default_factory=_latency_histogram)
 
 
 @dataclass(frozen=True)
@@ -280,7 +274,7 @@ class StreamScorer:
         self, record: Any, results: Mapping[str, np.ndarray], producer: AIOKafkaProducer
     ) -> Any:
         self.stats.records_out += 1
-        self.stats.observe_latency(time.time() - record.timestamp / 1000)
+        self.stats.latency.observe(time.time() - record.timestamp / 1000)
         return await producer.send(
             self.settings.output_topic,
             value=encode(results),
@@ -361,11 +355,7 @@ class _StatsCollector:
         self._scorer = scorer
 
     def collect(self) -> Any:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         stats = self._scorer.stats
         for name, value, doc in (
@@ -379,12 +369,7 @@ class _StatsCollector:
         yield GaugeMetricFamily(
             "servegate_stream_lag", "Records behind the end of the input topic.", value=stats.lag
         )
-        yield HistogramMetricFamily(
-            "servegate_stream_latency_seconds",
-            "End-to-end latency (record timestamp to result).",
-            buckets=stats.latency_buckets(),
-            sum_value=stats.latency_sum_s,
-        )
+        yield from stats.latency.collect()
 
 
 def run_stream(
@@ -432,8 +417,9 @@ def run_stream(
     )
     scorer = StreamScorer(scheduler, settings, name)
     if metrics_port:
-        from prometheus_client import REGISTRY, start_http_server
+        from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
 
+        disable_created_metrics()  # as the gateway's /metrics: no `_created` series
         REGISTRY.register(_StatsCollector(scorer))
         start_http_server(metrics_port, addr="127.0.0.1")
 

@@ -93,7 +93,8 @@ class DeploymentHosts:
         self.snapshot = RoutingSnapshot()
         self._schedulers: dict[tuple[str, str], tuple[bytes, Scheduler]] = {}
         self._failed: dict[tuple[str, str], str] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        #: tasks close() waits for: retired schedulers draining, no-wait creates and updates
+        self._background: set[asyncio.Task[None]] = set()
         self._replaced: list[Scheduler] = []
         self.collectors: dict[tuple[str, str], PayloadCollector] = {}
         #: creates and updates under way in the background (no_wait), or that failed:
@@ -316,8 +317,8 @@ class DeploymentHosts:
                 self._provisioning.pop(key, None)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return {"provisioning_state": state, "instances_ready": 0}
 
     def pending(self, endpoint: str, name: str) -> dict[str, Any] | None:
@@ -389,8 +390,8 @@ class DeploymentHosts:
             await scheduler.close()
 
         task = asyncio.get_running_loop().create_task(drain_and_close())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Drain and close everything (graceful shutdown)."""
@@ -400,8 +401,8 @@ class DeploymentHosts:
         for collector in self.collectors.values():
             await collector.close()
         self.collectors.clear()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
 
 def _liveness(resolved: OnlineDeploymentSpec) -> Liveness | None:

@@ -284,12 +284,16 @@ async def show_model(request: Request, state: GatewayState) -> Response:
 )
 async def upload_code(request: Request, state: GatewayState) -> Response:
     """POST /management/code: a tar.gz of a scoring-script folder -> {"code": <folder>}"""
+    return _json({"code": await _unpacked(request, state, state.control.store_code)}, 201)
+
+
+async def _unpacked(request: Request, state: GatewayState, store: Callable[[Path], Path]) -> str:
+    """The uploaded tar.gz, unpacked by `store` into a folder on this host: its path."""
     upload = await _upload(request, state)
     try:
-        folder = await run_in_threadpool(state.control.store_code, upload)
+        return str(await run_in_threadpool(store, upload))
     finally:
         upload.unlink(missing_ok=True)
-    return _json({"code": str(folder)}, 201)
 
 
 @operation(
@@ -306,12 +310,7 @@ async def upload_code(request: Request, state: GatewayState) -> Response:
 async def upload_data(request: Request, state: GatewayState) -> Response:
     """POST /management/data: a tar.gz of input files -> {"path": <folder>}, what a
     `batch invoke --input` from another host names"""
-    upload = await _upload(request, state)
-    try:
-        folder = await run_in_threadpool(state.control.store_data, upload)
-    finally:
-        upload.unlink(missing_ok=True)
-    return _json({"path": str(folder)}, 201)
+    return _json({"path": await _unpacked(request, state, state.control.store_data)}, 201)
 
 
 # -- endpoints ------------------------------------------------------------------

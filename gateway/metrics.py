@@ -11,6 +11,7 @@ are only touched from the event loop thread.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -136,6 +137,7 @@ class DeploymentMetrics:
     # SchedulerObserver: once per batch, not per request
     def batch(self, requests: int, rows: int, seconds: float) -> None:
         self.executions += 1
+        self.last_inference_ms = int(time.time() * 1000)
         self._batch_size.observe(rows)
         self._batch_requests.observe(requests)
 

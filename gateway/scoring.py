@@ -284,7 +284,6 @@ def record_request(
         metrics.inference_duration.observe(timing.inference_s)
     if status == 200:
         metrics.overhead_duration.observe(elapsed - timing.queue_s - timing.inference_s)
-        metrics.last_inference_ms = int(time.time() * 1000)
     else:
         metrics.failed_seconds += elapsed
 

@@ -415,6 +415,11 @@ _NO_WAIT_HELP = (
 
 
 # -- files -----------------------------------------------------------------------
+def _set_option(help_text: str) -> Any:
+    """`--set PATH=VALUE`, repeatable (az's): the values land in `assignments`."""
+    return click.option("--set", "assignments", multiple=True, metavar="PATH=VALUE", help=help_text)
+
+
 def _file_options(command: Any) -> Any:
     """-f (the YAML file), --set path=value (repeatable) and --strict, as az takes them."""
     command = click.option(
@@ -422,13 +427,9 @@ def _file_options(command: Any) -> Any:
         is_flag=True,
         help="Refuse Azure ML fields servegate does not use (default: a warning each).",
     )(command)
-    command = click.option(
-        "--set",
-        "assignments",
-        multiple=True,
-        metavar="PATH=VALUE",
-        help="Set a field of the file, e.g. --set instance_count=2 (repeatable).",
-    )(command)
+    command = _set_option("Set a field of the file, e.g. --set instance_count=2 (repeatable).")(
+        command
+    )
     return click.option(
         "--file",
         "-f",
@@ -879,13 +880,7 @@ def batch_endpoint_list(ctx: Ctx) -> None:
 
 @batch_endpoint.command("update")
 @click.option("--name", "-n", required=True)
-@click.option(
-    "--set",
-    "assignments",
-    multiple=True,
-    metavar="PATH=VALUE",
-    help="e.g. --set defaults.deployment_name=green, --set description=...",
-)
+@_set_option("e.g. --set defaults.deployment_name=green, --set description=...")
 @pass_ctx
 def batch_endpoint_update(ctx: Ctx, name: str, assignments: tuple[str, ...]) -> None:
     """Change the description, tags or default deployment."""
