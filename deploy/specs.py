@@ -530,12 +530,6 @@ _ENVIRONMENT = (
 )
 
 
-_READINESS = (
-    "an instance takes requests once its model has loaded and answered a warm-up call; "
-    "liveness_probe is honoured for worker processes"
-)
-
-
 class OnlineDeploymentSpec(Spec):
     """An online deployment (`deployment.yml`)."""
 
@@ -547,7 +541,6 @@ class OnlineDeploymentSpec(Spec):
         "egress_public_network_access": _NETWORK,
         "private_network_connection": _NETWORK,
         "model_mount_path": "a scoring script finds the model at AZUREML_MODEL_DIR",
-        "readiness_probe": _READINESS,
     }
 
     schema_url: str | None = Field(default=None, alias="$schema")
@@ -569,6 +562,9 @@ class OnlineDeploymentSpec(Spec):
     data_collector: DataCollectorSpec | None = None
     #: `host: process`: idle workers are probed; one that stops answering is replaced
     liveness_probe: Probe | None = None
+    #: `host: process`: a worker takes calls once it answered this probe, and none while
+    #: it fails it
+    readiness_probe: Probe | None = None
     instance_count: Annotated[int, Field(ge=1, le=64)] = 1
     scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
     device: Annotated[str, AfterValidator(_device)] = "cpu"
@@ -578,13 +574,15 @@ class OnlineDeploymentSpec(Spec):
 
     def ignored_fields(self, prefix: str = "") -> list[tuple[str, str]]:
         found = super().ignored_fields(prefix)
-        if self.liveness_probe is not None and self.host not in (None, "process"):
-            found.append(
+        if self.host not in (None, "process"):
+            found.extend(
                 (
-                    f"{prefix}liveness_probe",
+                    f"{prefix}{probe}",
                     f"host: {self.host} runs instances outside worker processes "
-                    "(probe the gateway's /v2/health/live)",
+                    "(probe the gateway's /v2/health/live and /v2/health/ready)",
                 )
+                for probe in ("liveness_probe", "readiness_probe")
+                if getattr(self, probe) is not None
             )
         return found
 

@@ -18,7 +18,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
-from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, RayActorOptions
+from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, Probe, RayActorOptions
 from gateway.autoscaler import ACTOR, Autoscaler, Record, ScalingChange
 from gateway.collector import PayloadCollector
 from gateway.deployment_logs import DeploymentLogs
@@ -31,7 +31,7 @@ from runtimes.host_registry import HOSTS, HostRequest
 from runtimes.ray_impl import RayAutoscaling, RayOptions
 from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
-from runtimes.workers import Liveness
+from runtimes.workers import WorkerProbe
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,8 @@ class DeploymentHosts:
                 fingerprint=_fingerprint(resolved),
                 log=write_log,
                 collect=self._collected_rows((resolved.endpoint_name, resolved.name)),
-                liveness=_liveness(resolved),
+                liveness=_worker_probe(resolved.liveness_probe),
+                readiness=_worker_probe(resolved.readiness_probe),
             )
         )
 
@@ -355,7 +356,7 @@ class DeploymentHosts:
         problem = getattr(scheduler.host, "problem", None)
         view: dict[str, Any] = {
             "provisioning_state": "Succeeded",
-            "instances_ready": 0 if problem else scheduler.instances,
+            "instances_ready": 0 if problem else scheduler.instances_ready,
         }
         if problem:
             view["error"] = problem
@@ -405,8 +406,13 @@ class DeploymentHosts:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _liveness(resolved: OnlineDeploymentSpec) -> Liveness | None:
-    probe = resolved.liveness_probe
+def _worker_probe(probe: Probe | None) -> WorkerProbe | None:
     if probe is None:
         return None
-    return Liveness(probe.initial_delay, probe.period, probe.timeout, probe.failure_threshold)
+    return WorkerProbe(
+        probe.initial_delay,
+        probe.period,
+        probe.timeout,
+        probe.failure_threshold,
+        probe.success_threshold,
+    )

@@ -16,7 +16,7 @@ from runtimes.hosts import ThreadHost
 from runtimes.ray_impl import RayOptions
 from runtimes.registry import load_runtime
 from runtimes.scheduler import InstanceHost
-from runtimes.workers import Liveness
+from runtimes.workers import WorkerProbe
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class HostRequest:
     log: Callable[[str], None] | None = None
     #: where rows that scoring scripts collect (Azure's Collector) go, from any thread
     collect: Sink | None = None
-    #: `liveness_probe` (worker processes)
-    liveness: Liveness | None = None
+    #: `liveness_probe` and `readiness_probe` (worker processes)
+    liveness: WorkerProbe | None = None
+    readiness: WorkerProbe | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ async def _start_processes(request: HostRequest) -> InstanceHost:
         log=request.log,
         collect=request.collect,
         liveness=request.liveness,
+        readiness=request.readiness,
     )
 
 

@@ -214,6 +214,11 @@ class Scheduler:
         #: surge, or a request while scaled to zero); the autoscaler sets both
         self.on_demand: Callable[[], None] | None = None
         self.demand_at: float = math.inf
+        #: hosts that take a slot out of rotation (probes, a worker being replaced) say
+        #: which slots may get a call, and when one comes back
+        self._routable: Callable[[int], bool] | None = getattr(host, "routable", None)
+        if self._routable is not None:
+            host.on_rotation = self._wake.set  # type: ignore[attr-defined]
         batching = settings.batching
         # The model must have a dynamic first dimension on every input to batch.
         self._can_batch = batching is not None and all(
@@ -236,6 +241,12 @@ class Scheduler:
             return len(self._instance_slots)
         count = getattr(self.host, "instance_count", None)
         return int(count) if count is not None else len(set(self.host.slots))
+
+    @property
+    def instances_ready(self) -> int:
+        """Instances that take calls now (a host with probes may hold some back)."""
+        count = getattr(self.host, "instances_ready", None)
+        return int(count()) if count is not None else self.instances
 
     @property
     def queued(self) -> int:
@@ -459,13 +470,26 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             while self._free and self._pending:
+                slot = self._free_slot()
+                if slot is None:
+                    break
                 batch = self._take_batch()
                 if batch is None:
+                    self._free.append(slot)
                     break
-                slot = self._free.pop()
                 task = asyncio.get_running_loop().create_task(self._run(slot, batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+
+    def _free_slot(self) -> int | None:
+        """A free slot the host routes to (the last freed first), or None."""
+        routable = self._routable
+        if routable is None:
+            return self._free.pop()
+        for index in range(len(self._free) - 1, -1, -1):
+            if routable(self._free[index]):
+                return self._free.pop(index)
+        return None
 
     def _take_batch(self) -> list[_Job] | None:
         """The next jobs to run together, or None to wait for the batch to fill."""

@@ -33,6 +33,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -199,7 +200,7 @@ def worker_main(
         except (EOFError, OSError):
             return
         try:
-            if message[0] == "ping":  # the deployment's liveness probe
+            if message[0] == "ping":  # the deployment's liveness or readiness probe
                 send(("pong",))
                 continue
             if message[0] == "raw":
@@ -222,16 +223,19 @@ def worker_main(
 
 
 @dataclass(frozen=True)
-class Liveness:
-    """Azure ML's `liveness_probe` for worker processes (seconds): after `initial_delay`,
-    every `period` an idle worker is asked to answer within `timeout`; one that has not
-    answered for `failure_threshold` probes in a row gets no calls meanwhile and is then
-    replaced."""
+class WorkerProbe:
+    """Azure ML's `liveness_probe` / `readiness_probe` for worker processes (seconds):
+    after `initial_delay`, every `period` an idle worker is asked to answer within
+    `timeout`. Liveness: one that has not answered for `failure_threshold` probes in a
+    row gets no calls meanwhile and is then replaced. Readiness: a worker takes calls
+    once it answered `success_threshold` probes in a row, and is taken out of rotation
+    (not replaced) after `failure_threshold` unanswered ones."""
 
     initial_delay: float = 10.0
     period: float = 10.0
     timeout: float = 2.0
     failure_threshold: int = 30
+    success_threshold: int = 1
 
 
 @dataclass
@@ -244,8 +248,16 @@ class _Worker:
     inputs: SharedMemory | None = None
     outputs: SharedMemory | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    #: one exchange on the pipe at a time: a call, or a liveness probe
+    #: one exchange on the pipe at a time: a call, or a probe
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the readiness probe let it in (always, without one): the scheduler routes to it
+    in_rotation: asyncio.Event = field(default_factory=asyncio.Event)
+    #: when its current process loaded the model (loop time; probes wait initial_delay)
+    loaded_at: float = 0.0
+    #: the readiness probe's count of answers (> 0) or misses (< 0) in a row
+    readiness_streak: int = 0
+    #: the answer to the probes' outstanding ping (it holds `lock` until it comes)
+    pong: asyncio.Future[Any] | None = None
     thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="sg-worker-io")
     )
@@ -264,11 +276,17 @@ class ProcessHost:
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
         collect: azure_monitoring.Sink | None = None,
-        liveness: Liveness | None = None,
+        liveness: WorkerProbe | None = None,
+        readiness: WorkerProbe | None = None,
     ) -> None:
         self.name = name
         self._liveness = liveness
-        self._watch: asyncio.Task[None] | None = None
+        self._readiness = readiness
+        self._watches: list[asyncio.Task[None]] = []
+        #: the probe checks under way: (worker index, probe kind) -> its task
+        self._checks: dict[tuple[int, str], asyncio.Task[None]] = {}
+        #: told when a worker comes (back) into rotation (the scheduler dispatches again)
+        self.on_rotation: Callable[[], None] | None = None
         #: the deployment's log: what workers print and log, their starts and exits
         self._log = log or (lambda line: None)
         #: rows scripts collect with Azure's Collector (called on worker I/O threads)
@@ -294,63 +312,184 @@ class ProcessHost:
         per_instance: int = 1,
         log: Callable[[str], None] | None = None,
         collect: azure_monitoring.Sink | None = None,
-        liveness: Liveness | None = None,
+        liveness: WorkerProbe | None = None,
+        readiness: WorkerProbe | None = None,
     ) -> ProcessHost:
         """Start `count` workers (`per_instance` to an instance) and wait until each has
-        loaded its runtime."""
+        loaded its runtime (and passed the readiness probe, if there is one)."""
         host = cls(
-            name, runtime_name, config, count, hang_timeout_s, per_instance, log, collect, liveness
+            name,
+            runtime_name,
+            config,
+            count,
+            hang_timeout_s,
+            per_instance,
+            log,
+            collect,
+            liveness,
+            readiness,
         )
         try:
             await asyncio.gather(*(host._spawn(w) for w in host._workers))
+            loop = asyncio.get_running_loop()
+            for kind, probe in (("liveness", liveness), ("readiness", readiness)):
+                if probe is not None:
+                    host._watches.append(loop.create_task(host._probe_workers(probe, kind)))
+            await host._until_in_rotation(host._workers)
         except BaseException:
             await host.close()
             raise
-        if liveness is not None:
-            host._watch = asyncio.get_running_loop().create_task(host._probe_workers(liveness))
         return host
 
-    # -- liveness ------------------------------------------------------------------
-    async def _probe_workers(self, probe: Liveness) -> None:
-        await asyncio.sleep(probe.initial_delay)
-        while not self._closed:
-            for worker in list(self._workers):
-                # A worker in a call is alive enough: its call has its own deadline.
-                if not worker.removed and worker.ready.is_set() and not worker.lock.locked():
-                    await self._probe(worker, probe)
-            await asyncio.sleep(probe.period)
+    # -- probes --------------------------------------------------------------------
+    def routable(self, slot: int) -> bool:
+        """Whether the scheduler may give this worker a call: it is loaded, answers its
+        liveness probe and passed its readiness probe."""
+        worker = self._workers[slot]
+        return worker.ready.is_set() and worker.in_rotation.is_set()
 
-    async def _probe(self, worker: _Worker, probe: Liveness) -> None:
-        async with worker.lock:
-            if worker.conn is None or not worker.ready.is_set():
-                return
+    def instances_ready(self) -> int:
+        return sum(any(self.routable(s) for s in slots) for slots in self.instance_slots())
+
+    def _rotation_changed(self) -> None:
+        if self.on_rotation is not None:
+            self.on_rotation()
+
+    async def _until_in_rotation(self, workers: Sequence[_Worker]) -> None:
+        """Wait until the readiness probe let each of these workers in: creating a
+        deployment, or adding an instance, ends when they take calls."""
+        probe = self._readiness
+        if probe is None:
+            return
+        bound = (
+            probe.initial_delay
+            + probe.timeout
+            + (probe.failure_threshold + probe.success_threshold) * probe.period
+        )
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.in_rotation.wait() for w in workers)), bound)
+        except TimeoutError:
+            raise InstanceFailed(
+                f"deployment '{self.name}': the workers did not pass the readiness probe "
+                f"within {bound:g} s (initial_delay + timeout + (failure_threshold + "
+                "success_threshold) x period); see the deployment's logs"
+            ) from None
+
+    async def _probe_workers(self, probe: WorkerProbe, kind: str) -> None:
+        check = self._check_liveness if kind == "liveness" else self._check_readiness
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            now = loop.time()
+            for worker in list(self._workers):
+                key = (worker.index, kind)
+                if (
+                    worker.removed
+                    or not worker.ready.is_set()
+                    or now < worker.loaded_at + probe.initial_delay
+                    or key in self._checks  # its last probe is still waiting for an answer
+                ):
+                    continue
+                task = loop.create_task(check(worker, probe))
+                self._checks[key] = task
+                task.add_done_callback(partial(self._checks.pop, key))
+            # Every period, and when a (new) worker's initial delay ends.
+            starts = [
+                w.loaded_at + probe.initial_delay - now
+                for w in self._workers
+                if w.ready.is_set() and w.loaded_at + probe.initial_delay > now
+            ]
+            await asyncio.sleep(min([probe.period, *starts]))
+
+    async def _ping(
+        self, worker: _Worker, probe: WorkerProbe, missed: Callable[[int, float], bool]
+    ) -> bool | None:
+        """Ask an idle worker to answer (or wait for the answer to a ping already sent,
+        which both probes share). Each `timeout` (then each `period`) without an answer is
+        told to `missed(count, waited_s)`, which returns True to give up (it had the
+        worker replaced). True: it answered; False: it died; None: it is in a call (alive
+        enough: the call has its own deadline), or the probe gave up."""
+        if worker.pong is None:
+            if worker.lock.locked() or worker.conn is None:
+                return None
+            await worker.lock.acquire()
             try:
                 worker.conn.send(("ping",))
             except OSError:
-                return  # gone: its next call replaces it
-            loop = asyncio.get_running_loop()
-            answer = loop.run_in_executor(worker.thread, self._reply, worker)
-            failures = 0
-            while True:
-                wait_s = probe.timeout if failures == 0 else probe.period
-                done, _ = await asyncio.wait({answer}, timeout=wait_s)
-                if done:
-                    if answer.exception() is not None:  # it died while probed
-                        self._replace(worker)
-                    elif failures:
-                        self._log(f"worker {worker.index}: answered the liveness probe again")
-                        worker.ready.set()
-                    return
-                failures += 1
-                worker.ready.clear()  # no calls while it does not answer
-                self._log(
-                    f"worker {worker.index}: liveness probe failed ({failures}/"
-                    f"{probe.failure_threshold}: no answer within {wait_s:g} s)"
-                )
-                if failures >= probe.failure_threshold:
-                    self._replace(worker)  # kills it: the pending read ends
-                    await asyncio.wait({answer})
-                    return
+                worker.lock.release()
+                return False
+            pong = asyncio.get_running_loop().run_in_executor(worker.thread, self._reply, worker)
+
+            def answered(_: object) -> None:
+                worker.pong = None
+                worker.lock.release()
+
+            pong.add_done_callback(answered)
+            worker.pong = pong
+        pong = worker.pong
+        misses = 0
+        while True:
+            wait_s = probe.timeout if misses == 0 else probe.period
+            done, _ = await asyncio.wait({pong}, timeout=wait_s)
+            if done:
+                return pong.exception() is None
+            misses += 1
+            if missed(misses, wait_s):
+                await asyncio.wait({pong})
+                return None
+
+    async def _check_liveness(self, worker: _Worker, probe: WorkerProbe) -> None:
+        def missed(count: int, waited_s: float) -> bool:
+            worker.ready.clear()  # no calls while it does not answer
+            self._log(
+                f"worker {worker.index}: liveness probe failed ({count}/"
+                f"{probe.failure_threshold}: no answer within {waited_s:g} s)"
+            )
+            if count < probe.failure_threshold:
+                return False
+            self._replace(worker)  # kills it: the pending read ends
+            return True
+
+        answered = await self._ping(worker, probe, missed)
+        if answered is False:
+            self._replace(worker)  # it died
+        elif answered and not worker.ready.is_set():
+            self._log(f"worker {worker.index}: answered the liveness probe again")
+            worker.ready.set()
+            self._rotation_changed()
+
+    async def _check_readiness(self, worker: _Worker, probe: WorkerProbe) -> None:
+        def missed(count: int, waited_s: float) -> bool:
+            self._readiness_result(worker, probe, answered=False)
+            self._log(
+                f"worker {worker.index}: readiness probe failed (no answer within "
+                f"{waited_s:g} s; {-worker.readiness_streak} in a row)"
+            )
+            return False
+
+        answered = await self._ping(worker, probe, missed)
+        if answered:
+            self._readiness_result(worker, probe, answered=True)
+        elif answered is False:
+            self._replace(worker)  # it died
+
+    def _readiness_result(self, worker: _Worker, probe: WorkerProbe, answered: bool) -> None:
+        streak = worker.readiness_streak
+        streak = max(streak, 0) + 1 if answered else min(streak, 0) - 1
+        worker.readiness_streak = streak
+        rotating = worker.in_rotation.is_set()
+        if answered and not rotating and streak >= probe.success_threshold:
+            worker.in_rotation.set()
+            self._log(
+                f"worker {worker.index}: passed the readiness probe ({streak} in a row); "
+                "taking calls"
+            )
+            self._rotation_changed()
+        elif not answered and rotating and -streak >= probe.failure_threshold:
+            worker.in_rotation.clear()
+            self._log(
+                f"worker {worker.index}: failed the readiness probe {-streak} times in a row; "
+                "no calls until it passes again"
+            )
 
     @property
     def signature(self) -> Signature:
@@ -377,6 +516,7 @@ class ProcessHost:
             worker.removed = False
         try:
             await asyncio.gather(*(self._spawn(w) for w in spare))
+            await self._until_in_rotation(spare)
         except BaseException:
             await self.remove_instance([w.index for w in spare])
             raise
@@ -392,6 +532,8 @@ class ProcessHost:
     async def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         worker.ready.clear()
+        worker.in_rotation.clear()
+        worker.readiness_streak = 0
         worker.inputs = _allocate(SEGMENT_BYTES)
         worker.outputs = _allocate(SEGMENT_BYTES)
         if worker.inputs is None or worker.outputs is None:
@@ -419,7 +561,11 @@ class ProcessHost:
             raise _exception(reply, self.name)
         self._signature = Signature.from_dict(reply[1])
         self._log(f"worker {worker.index}: started (pid {worker.process.pid}), model loaded")
+        worker.loaded_at = loop.time()
         worker.ready.set()
+        if self._readiness is None:  # else the readiness probe lets it in
+            worker.in_rotation.set()
+            self._rotation_changed()
 
     def _reply(self, worker: _Worker) -> Any:
         """The worker's next reply; the lines it logged before it go to the deployment's
@@ -561,9 +707,7 @@ class ProcessHost:
 
     async def close(self) -> None:
         self._closed = True
-        if self._watch is not None:
-            self._watch.cancel()
-        for task in list(self._restarts):
+        for task in [*self._watches, *self._checks.values(), *self._restarts]:
             task.cancel()
         loop = asyncio.get_running_loop()
         for worker in self._workers:

@@ -96,14 +96,13 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
     assert [w.split(":")[0] for w in warnings_of(out)] == [
         "environment",
         "instance_type",
-        "readiness_probe",
         "app_insights_enabled",
     ]
     _, shown = gateway.cli("deployment", "show", "-e", "my-endpoint", "-n", "green")
     green = json.loads(shown)
     assert green["model"] == {"name": "sklearn-regression", "version": 1}
     assert green["provisioning_state"] == "Succeeded" and green["instances_ready"] == 1
-    assert not {"environment", "app_insights_enabled", "readiness_probe"} & set(green)
+    assert not {"environment", "app_insights_enabled"} & set(green)
     # Honoured for its worker processes, with Azure's defaults for what the file leaves out.
     assert green["liveness_probe"] == {
         "initial_delay": 10,
@@ -112,6 +111,9 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
         "success_threshold": 1,
         "failure_threshold": 30,
     }
+    assert green["readiness_probe"]["initial_delay"] == 1
+    _, logs = gateway.cli("deployment", "get-logs", "-e", "my-endpoint", "-n", "green")
+    assert "worker 0: passed the readiness probe (1 in a row); taking calls" in logs, logs
 
     # The older `local_path` spelling of model and code.
     _, out = gateway.cli("deployment", "create", "-f", str(online / "legacy-deployment.yml"))
@@ -166,7 +168,7 @@ def test_online_files_create_unchanged_with_a_warning_per_azure_field(
         ("online/blue-deployment.yml", ["environment", "instance_type"]),
         (
             "online/green-deployment.yml",
-            ["environment", "instance_type", "app_insights_enabled", "readiness_probe"],
+            ["environment", "instance_type", "app_insights_enabled"],
         ),
         ("batch/endpoint.yml", ["auth_mode"]),
         ("batch/torch/deployment.yml", ["environment", "compute"]),

@@ -6,6 +6,8 @@ deployments have show, list, update and delete; JSON Schemas for the YAML kinds.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,27 +228,38 @@ def test_published_schemas_are_current_and_validate_the_examples() -> None:
     assert checked >= 8
 
 
+def create_script_deployment(
+    gateway: Gateway, tmp_path: Path, endpoint: str, score_py: str, extra_yaml: str = ""
+) -> None:
+    """Deployment `blue` of a fresh endpoint (no auth): a scoring script in worker
+    processes, taking all traffic."""
+    gateway.create_endpoint(tmp_path, endpoint, "auth_mode: none\n")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(score_py)
+    spec = write_yaml(
+        tmp_path / "script.yml",
+        f"name: blue\nendpoint_name: {endpoint}\n"
+        f"code_configuration: {{code: code, scoring_script: score.py}}\n{extra_yaml}",
+    )
+    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+
+
 def test_get_logs_shows_what_a_scoring_script_prints(
     gateway: Gateway, tmp_path: Path, unique_name: str
 ) -> None:
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(
+    create_script_deployment(
+        gateway,
+        tmp_path,
+        unique_name,
         "import logging\n"
         "def init():\n"
         "    print('loading the model')\n"
         "def run(raw_data):\n"
         "    print('scoring', len(raw_data), 'bytes')\n"
         "    logging.getLogger('fraud').warning('a low balance')\n"
-        "    return {'ok': True}\n"
+        "    return {'ok': True}\n",
     )
-    spec = write_yaml(
-        tmp_path / "script.yml",
-        f"name: blue\nendpoint_name: {unique_name}\n"
-        "code_configuration: {code: code, scoring_script: score.py}\n",
-    )
-    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
     r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", content=b'{"x": 1}')
     assert r.status_code == 200, r.text
     _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
@@ -275,25 +288,19 @@ def test_get_logs_shows_what_a_scoring_script_prints(
 def test_a_worker_that_stops_answering_its_liveness_probe_is_replaced(
     gateway: Gateway, tmp_path: Path, unique_name: str
 ) -> None:
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(
+    create_script_deployment(
+        gateway,
+        tmp_path,
+        unique_name,
         "import os, signal, threading, time\n"
         "def init():\n"
         "    pass\n"
         "def run(raw_data):\n"
         "    if raw_data == 'freeze':  # stop this whole process once the answer is out\n"
         "        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGSTOP)).start()\n"
-        "    return {'pid': os.getpid()}\n"
-    )
-    spec = write_yaml(
-        tmp_path / "probed.yml",
-        f"name: blue\nendpoint_name: {unique_name}\n"
-        "code_configuration: {code: code, scoring_script: score.py}\n"
+        "    return {'pid': os.getpid()}\n",
         "liveness_probe: {initial_delay: 0, period: 1, timeout: 1, failure_threshold: 2}\n",
     )
-    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
     url = f"{gateway.url}/endpoints/{unique_name}/score"
     first = httpx.post(url, content=b"freeze")
     assert first.status_code == 200, first.text
@@ -311,6 +318,51 @@ def test_a_worker_that_stops_answering_its_liveness_probe_is_replaced(
     assert second.json()["pid"] != first.json()["pid"]
     _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
     assert "liveness probe failed (2/2" in out and "exited or hung" in out, out
+
+
+def test_a_worker_failing_its_readiness_probe_gets_no_calls_until_it_passes_again(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    started = time.monotonic()
+    create_script_deployment(
+        gateway,
+        tmp_path,
+        unique_name,
+        "import os\ndef init():\n    pass\ndef run(raw_data):\n    return {'pid': os.getpid()}\n",
+        "instance_count: 2\n"
+        "readiness_probe: {initial_delay: 1, period: 1, timeout: 1, success_threshold: 2,"
+        " failure_threshold: 2}\n",
+    )
+    # Created once both workers answered two probes in a row, a second apart.
+    assert time.monotonic() - started >= 2.0
+    show = ("deployment", "show", "-e", unique_name, "-n", "blue", "-o", "tsv", "--query")
+    assert gateway.cli(*show, "instances_ready")[1].strip() == "2"
+    _, logs = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
+    assert logs.count("passed the readiness probe (2 in a row); taking calls") == 2, logs
+    pids = [int(p.split(")")[0]) for p in logs.split("started (pid ")[1:]]
+    url = f"{gateway.url}/endpoints/{unique_name}/score"
+
+    def wait_for(line: str, times: int = 1) -> str:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
+            if out.count(line) >= times:
+                return out
+            time.sleep(0.3)
+        raise AssertionError(f"not in the deployment's log: {line}\n{out}")
+
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        wait_for("failed the readiness probe 2 times in a row; no calls until it passes again")
+        assert gateway.cli(*show, "instances_ready")[1].strip() == "1"
+        # Out of rotation, not replaced: every request goes to the other worker.
+        answers = {httpx.post(url, content=b"x", timeout=10).json()["pid"] for _ in range(6)}
+        assert answers == {pids[1]}
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    out = wait_for("passed the readiness probe (2 in a row); taking calls", times=3)
+    assert gateway.cli(*show, "instances_ready")[1].strip() == "2"
+    assert "exited or hung" not in out
 
 
 def test_no_wait_answers_at_once_and_show_tells_the_outcome(

@@ -40,7 +40,10 @@ def test_closed_and_open_loop(
         unique_name,
         "blue",
         model_dir / "classifier.onnx",
-        extra_yaml="batching: {max_batch_size: 16}\n",
+        # This tests the generator, not admission: room for a burst, so that a pause in
+        # the gateway the whole test session shares does not turn into 429s.
+        extra_yaml="batching: {max_batch_size: 16}\n"
+        "request_settings: {max_concurrent_requests_per_instance: 100, max_queue_wait_ms: 5000}\n",
     )
     url = f"{gateway.url}/endpoints/{unique_name}/score"
 
