@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -101,9 +102,10 @@ def grpc_load(target: str, body_file: Path, key: str, seconds: float) -> dict[st
             "--client",
             target,
             str(body_file),
-            key,
             str(seconds),
         ],
+        # in the environment: a key may start with "-", which argparse takes for an option
+        env={**os.environ, "SERVEGATE_BENCH_KEY": key},
         capture_output=True,
         text=True,
         check=True,
@@ -142,11 +144,12 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=2.0)
     parser.add_argument("--report", type=Path, default=Path("reports/grpc_benchmark.json"))
     parser.add_argument("--models", default="mlp,cnn", help="which of mlp,cnn to measure")
-    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        target, body_file, key, seconds = args.client
+        target, body_file, seconds = args.client
+        key = os.environ.get("SERVEGATE_BENCH_KEY", "")
         result = asyncio.run(
             _load(target, Path(body_file).read_bytes(), key, 32, 4, float(seconds))
         )
