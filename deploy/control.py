@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +29,10 @@ from deploy.credentials import (
     key_generation,
     read_or_create_secret,
 )
-from deploy.errors import Conflict, NotFound, SpecError
+from deploy.errors import Conflict, NotFound, SpecError, StoreUnavailable
 from deploy.jobs import JobLedger
-from deploy.records import RolloutRecord
+from deploy.records import AdminTokenRecord, RolloutRecord
+from deploy.roles import SYSTEM, check_endpoint_pattern, check_role, check_token_name
 from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
@@ -40,6 +43,7 @@ from deploy.specs import (
     parse_spec,
 )
 from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
+from deploy.vault import SecretBox, check_secret_name, references, resolve
 from runtimes.base import RuntimeConfig
 from runtimes.convert import to_onnx
 from runtimes.registry import (
@@ -198,6 +202,16 @@ class ControlPlane:
             environment, url = spec.settings.environment_variables, None
         else:
             environment, url = spec.environment_variables, spec.url
+        # Secrets are resolved here, where the runtime gets them, and nowhere else.
+        environment = {
+            name: self._with_secrets(value, f"environment_variables.{name}")
+            for name, value in environment.items()
+        }
+        if isinstance(options.get("headers"), dict):
+            options["headers"] = {
+                name: self._with_secrets(str(value), f"runtime_options.headers.{name}")
+                for name, value in options["headers"].items()
+            }
         return RuntimeConfig(
             model_path=model_path,
             device=spec.device,
@@ -206,7 +220,7 @@ class ControlPlane:
             code_dir=self.artifacts.code_dir(code.code) if code else None,
             scoring_script=code.scoring_script if code else None,
             url=url,
-            environment=dict(environment),
+            environment=environment,
         )
 
     def store_code(self, archive: Path) -> Path:
@@ -416,6 +430,7 @@ class ControlPlane:
     def resolve_deployment(self, spec: OnlineDeploymentSpec, actor: str) -> OnlineDeploymentSpec:
         """The deployment as it is stored: its scoring script checked, its model pinned."""
         self.get_endpoint(spec.endpoint_name)
+        self.check_secret_references(spec)
         if spec.code_configuration is not None:
             code = Path(spec.code_configuration.code)
             script = code / spec.code_configuration.scoring_script
@@ -631,6 +646,7 @@ class ControlPlane:
         "update" a missing one); `set_default` makes it the endpoint's default."""
         if self.store.get_batch_endpoint(spec.endpoint_name) is None:
             raise NotFound(f"batch endpoint '{spec.endpoint_name}' does not exist")
+        self.check_secret_references(spec)
         check_mode(
             mode,
             self.store.get_batch_deployment(spec.endpoint_name, spec.name) is not None,
@@ -722,21 +738,146 @@ class ControlPlane:
         written there (0600). The store keeps only its hash, so every replica accepts it.
         Replicas starting later find it and create nothing."""
         with self.store.transaction():
-            if self.store.admin_token_hashes():
+            if self.store.list_admin_tokens():
                 return
             token = read_or_create_secret(token_path)
+            record = AdminTokenRecord(name="owner", role="owner", created_by=SYSTEM)
             self.store.put_admin_token(
-                "owner",
+                record,
                 hash_key(token),
-                "owner",
                 AuditEntry(
-                    "system",
-                    "admin_token.create",
-                    "admin-tokens/owner",
-                    None,
-                    {"name": "owner", "role": "owner"},
+                    SYSTEM, "admin_token.create", "admin-tokens/owner", None, _shown(record)
                 ),
             )
+
+    def create_admin_token(
+        self, name: str, role: str, endpoints: str, expires_in_s: float | None, actor: str
+    ) -> tuple[AdminTokenRecord, str]:
+        """A new admin token (its record, and the token, which is not kept)."""
+        record = AdminTokenRecord(
+            name=check_token_name(name),
+            role=check_role(role),
+            endpoints=check_endpoint_pattern(endpoints),
+            expires_at=time.time() + expires_in_s if expires_in_s else None,
+            created_by=actor,
+            created_at=utc_now(),
+        )
+        token = secrets.token_urlsafe(32)
+        with self.store.transaction():
+            if any(t.name == name for t in self.store.list_admin_tokens()):
+                raise Conflict(f"admin token '{name}' already exists; revoke it first")
+            self.store.put_admin_token(
+                record,
+                hash_key(token),
+                AuditEntry(
+                    actor, "admin_token.create", f"admin-tokens/{name}", None, _shown(record)
+                ),
+            )
+        return record, token
+
+    def revoke_admin_token(self, name: str, actor: str) -> None:
+        """Delete a token: every replica refuses it from the next request on (they look
+        tokens up in the store on each management request). The last owner token stays."""
+        with self.store.transaction():
+            tokens = self.store.list_admin_tokens()
+            found = next((t for t in tokens if t.name == name), None)
+            if found is None:
+                raise NotFound(f"admin token '{name}' does not exist")
+            if found.role == "owner" and not found.endpoints:
+                owners = [t for t in tokens if t.role == "owner" and not t.endpoints]
+                if len(owners) == 1:
+                    raise Conflict(
+                        f"admin token '{name}' is the last owner token; create another owner "
+                        "token first, so access can still be managed"
+                    )
+            self.store.delete_admin_token(
+                name,
+                AuditEntry(
+                    actor, "admin_token.revoke", f"admin-tokens/{name}", _shown(found), None
+                ),
+            )
+
+    def admin_token(self, token: str) -> AdminTokenRecord | None:
+        """The record of a presented token (by its hash), expired or not; None if unknown."""
+        return self.store.admin_token(hash_key(token))
+
+    # -- secrets -----------------------------------------------------------------------
+    @functools.cached_property
+    def vault(self) -> SecretBox:
+        if self.settings is None:
+            raise StoreUnavailable("secrets need the control plane's home (its key)")
+        return SecretBox.load(self.settings.home)
+
+    def set_secret(self, name: str, value: str, actor: str) -> None:
+        """Store a secret, encrypted; the audit log records that it changed, not its value."""
+        check_secret_name(name)
+        if not value:
+            raise SpecError("value: a secret cannot be empty")
+        exists = self.store.get_secret(name) is not None
+        self.store.put_secret(
+            name,
+            self.vault.encrypt(value),
+            AuditEntry(
+                actor, "secret.update" if exists else "secret.create", f"secrets/{name}", None, None
+            ),
+        )
+
+    def delete_secret(self, name: str, actor: str) -> None:
+        audit = AuditEntry(actor, "secret.delete", f"secrets/{name}", None, None)
+        if not self.store.delete_secret(name, audit):
+            raise NotFound(f"secret '{name}' does not exist")
+
+    def list_secrets(self) -> list[dict[str, str]]:
+        return self.store.list_secrets()
+
+    def rotate_secrets(self, actor: str) -> int:
+        """Re-encrypt every secret with the newest key; how many."""
+        names = [s["name"] for s in self.store.list_secrets()]
+        with self.store.transaction():
+            for name in names:
+                ciphertext = self.store.get_secret(name)
+                if ciphertext is not None:
+                    self.store.put_secret(
+                        name,
+                        self.vault.rotate(ciphertext),
+                        AuditEntry(actor, "secret.rotate", f"secrets/{name}", None, None),
+                    )
+        return len(names)
+
+    def _with_secrets(self, value: str, field: str) -> str:
+        def lookup(name: str) -> str:
+            ciphertext = self.store.get_secret(name)
+            if ciphertext is None:
+                raise SpecError(
+                    f"{field}: secret '{name}' does not exist; set it with "
+                    f"`servegate secret set {name}`"
+                )
+            return self.vault.decrypt(ciphertext, name)
+
+        return resolve(value, lookup)
+
+    def check_secret_references(self, spec: OnlineDeploymentSpec | BatchDeploymentSpec) -> None:
+        """Every `${secret:NAME}` the spec holds names a stored secret."""
+        if isinstance(spec, BatchDeploymentSpec):
+            environment = spec.settings.environment_variables
+        else:
+            environment = spec.environment_variables
+        headers = spec.runtime_options.get("headers")
+        places = [(f"environment_variables.{k}", v) for k, v in environment.items()]
+        if isinstance(headers, dict):
+            places += [(f"runtime_options.headers.{k}", str(v)) for k, v in headers.items()]
+        known = {s["name"] for s in self.store.list_secrets()} if places else set()
+        for field, value in places:
+            for name in references(value):
+                if name not in known:
+                    raise SpecError(
+                        f"{field}: secret '{name}' does not exist; set it with "
+                        f"`servegate secret set {name}`"
+                    )
+
+
+def _shown(record: AdminTokenRecord) -> dict[str, Any]:
+    return record.model_dump(exclude={"created_at"})
 
 
 def check_mode(mode: str | None, exists: bool, what: str, update_command: str) -> None:

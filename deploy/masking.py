@@ -5,7 +5,8 @@ rendered: every value of a remote runtime's `headers` (they carry credentials
 such as `Authorization`), and `environment_variables` whose names look like
 secrets (`*KEY*`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*PASSWD*`, `*CREDENTIAL*`,
 `*AUTH*`). The
-store keeps the real values: the runtimes need them.
+store keeps the real values: the runtimes need them. A value that is a reference to a
+secret (`${secret:NAME}`) is shown: it holds nothing secret.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from deploy.vault import is_reference
+
 MASK = "***"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
+def looks_secret(name: str) -> bool:
+    """An environment variable's name that says it holds a credential."""
+    return _SECRET_NAME.search(name) is not None
+
+
 def _mask_headers(headers: dict[str, Any]) -> dict[str, Any]:
-    return {name: MASK for name in headers}
+    return {name: value if is_reference(value) else MASK for name, value in headers.items()}
 
 
 def _mask_environment(variables: dict[str, Any]) -> dict[str, Any]:
     return {
-        name: MASK if _SECRET_NAME.search(str(name)) else value for name, value in variables.items()
+        name: MASK if looks_secret(str(name)) and not is_reference(value) else value
+        for name, value in variables.items()
     }
 
 

@@ -201,3 +201,19 @@ class LeaseRecord(BaseModel):
     holder: str
     acquired_at: str
     expires_in_s: float
+
+
+class AdminTokenRecord(BaseModel):
+    """A management API token, as stored and listed: never the token itself (the store
+    keeps its hash; the token is shown once, when created)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    role: str
+    #: the endpoints it may act on (a name pattern, `fraud-*`); empty: all
+    endpoints: str = ""
+    #: epoch seconds; None: does not expire
+    expires_at: float | None = None
+    created_by: str = ""
+    created_at: str = ""

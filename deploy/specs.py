@@ -31,6 +31,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from deploy.errors import SpecError
+from deploy.masking import looks_secret
+from deploy.vault import references
 from runtimes.registry import RUNTIME_KINDS, runtime_for_path
 
 # fullmatch everywhere: `$` in re.match also matches before a trailing newline.
@@ -146,8 +148,31 @@ class Spec(BaseModel):
         return found
 
     def warnings(self) -> list[str]:
-        """One warning per Azure-only field given ("environment: ignored; ...")."""
-        return [f"{field}: ignored; {why}" for field, why in self.ignored_fields()]
+        """One warning per Azure-only field given ("environment: ignored; ..."), and per
+        credential written out where a secret reference belongs."""
+        return [f"{field}: ignored; {why}" for field, why in self.ignored_fields()] + [
+            f"{field}: a literal value where a credential goes; store it with `servegate "
+            f"secret set NAME` and write '${{secret:NAME}}' here, so no answer, file or "
+            "log holds it"
+            for field in self.literal_credentials()
+        ]
+
+    def literal_credentials(self) -> list[str]:
+        """Fields that hold a credential as it is instead of a `${secret:NAME}`."""
+        found = []
+        environment = getattr(self, "environment_variables", None)
+        settings = getattr(self, "settings", None)
+        if environment is None and settings is not None:
+            environment = getattr(settings, "environment_variables", None)
+        for name, value in (environment or {}).items():
+            if looks_secret(name) and value and not references(str(value)):
+                found.append(f"environment_variables.{name}")
+        headers = (getattr(self, "runtime_options", None) or {}).get("headers")
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                if looks_secret(str(name)) and value and not references(str(value)):
+                    found.append(f"runtime_options.headers.{name}")
+        return found
 
     def check_strict(self, source: str) -> None:
         """Strict mode: refuse the Azure-only fields, all at once."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
@@ -22,23 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth import authenticate_admin
+from deploy.roles import Permission
+from gateway.access import authorize, authorize_endpoint, principal_of
 from gateway.state import GatewayState
 
 PREFIX = "/management"
 
 Handler = Callable[[Request, GatewayState], Awaitable[Response]]
-
-
-class Permission(StrEnum):
-    """What a route needs (roles map to these in the access-control issue)."""
-
-    #: read the control plane: endpoints, deployments, models, rollouts, jobs, audit
-    READ = "read"
-    #: change it: models, endpoints, deployments, traffic, rollouts, batch jobs
-    OPERATE = "operate"
-    #: read endpoint keys and tokens (get-credentials)
-    READ_KEYS = "read_keys"
 
 
 @dataclass(frozen=True)
@@ -80,9 +69,10 @@ class Operation:
 
     def error_statuses(self) -> list[int]:
         """Every error status this operation can answer. Its shape implies some: a
-        wrong admin token (401), an unusable store (503), a named thing missing (404),
-        a malformed body (400) or one too large (413), a bad query value (400)."""
-        statuses = {401, 503, *self.errors}
+        wrong admin token (401), one whose roles do not allow it (403), an unusable
+        store (503), a named thing missing (404), a malformed body (400) or one too
+        large (413), a bad query value (400)."""
+        statuses = {401, 403, 503, *self.errors}
         if self.path_parameters:
             statuses.add(404)
         if self.body is not None:
@@ -137,9 +127,15 @@ def operation(
 
 
 def _authenticated(op: Operation) -> Callable[[Request], Awaitable[Response]]:
+    what = op.summary[0].lower() + op.summary[1:]
+
     async def endpoint(request: Request) -> Response:
         state: GatewayState = request.app.state.gateway
-        authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
+        principal = await principal_of(request, state)
+        authorize(principal, op.permission, what)
+        if "endpoint" in request.path_params:
+            authorize_endpoint(principal, request.path_params["endpoint"])
+        request.state.principal = principal
         return await op.handler(request, state)
 
     endpoint.__name__ = op.handler.__name__

@@ -209,3 +209,50 @@ class ClusterStatus(BaseModel):
     latest_change: int
     replicas: list[Replica]
     leases: list[Lease]
+
+
+class PrincipalView(BaseModel):
+    """Who a request acts as (`access whoami`)."""
+
+    name: str
+    kind: Literal["user", "service", "system"]
+    actor: str
+    roles: list[str]
+    endpoints: str
+    permissions: list[str]
+
+
+class AdminTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: Literal["owner", "operator", "scorer-key-reader", "reader"]
+    #: a name pattern (`fraud-*`); empty: every endpoint
+    endpoints: str = ""
+    #: a duration: 30d, 12h, 90m, 3600s; none: it does not expire
+    expires: str | None = None
+
+
+class AdminTokenView(BaseModel):
+    name: str
+    role: str
+    endpoints: str
+    expires_at: float | None
+    created_by: str
+    created_at: str
+
+
+class AdminTokenCreated(AdminTokenView):
+    #: shown this once; the store keeps only its hash
+    token: str
+
+
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str
+
+
+class SecretView(BaseModel):
+    name: str
+    updated_at: str

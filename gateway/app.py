@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import uvicorn
@@ -20,7 +22,15 @@ from starlette.routing import Route
 from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
 from deploy.home import ControlPlaneSettings, open_control_plane
-from gateway import api, batch_api, demo, management, metadata, scoring  # noqa: F401 - they declare routes
+from gateway import (  # noqa: F401 - they declare routes
+    access_api,
+    api,
+    batch_api,
+    demo,
+    management,
+    metadata,
+    scoring,
+)
 from gateway.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from gateway.errors import GatewayError, error_response
 from gateway.openapi import openapi_document
@@ -168,4 +178,20 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         # of a scoring request in the profile.
         proxy_headers=False,
         http=guarded_protocol(limits),
+        **tls_options(settings),
     )
+
+
+def tls_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's TLS settings: a certificate and key, and with CA certificates, mutual
+    TLS (a client without a certificate they signed is refused in the handshake)."""
+    if settings.ssl_certfile is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.ssl_certfile),
+        "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+    }
+    if settings.ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options

@@ -9,7 +9,6 @@ remembered (so each request need not hash its key again).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 
 from deploy.credentials import Credentials, hash_key, key_generation
 from gateway.errors import Unauthorized
@@ -62,15 +61,3 @@ def authenticate(route: EndpointRoute, authorization: str | None, credentials: C
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
         _verified[key] = digest
-
-
-def authenticate_admin(authorization: str | None, token_hashes: Mapping[str, str]) -> str:
-    """Check an admin token against the hashes in the store; the token's name."""
-    digest = hash_key(bearer(authorization, "admin token"))
-    name = None
-    for known, token_name in token_hashes.items():  # no early exit
-        if hmac.compare_digest(known, digest):
-            name = token_name
-    if name is None:
-        raise Unauthorized("header 'Authorization': invalid admin token")
-    return name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,8 +14,10 @@ from starlette.responses import Response
 from batch.jobs import BatchJobs
 from deploy.errors import NotFound, SpecError
 from deploy.jobs import JobOrder
+from deploy.roles import Permission
 from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec
-from gateway.api import Permission, Query, operation
+from gateway.access import authorize_endpoint, in_scope, principal
+from gateway.api import Query, operation
 from gateway.api_models import (
     BatchDeployment,
     BatchEndpoint,
@@ -83,6 +86,7 @@ async def supervise_jobs(state: GatewayState) -> None:
 async def create_batch_endpoint(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/endpoints[?strict=true]"""
     spec = await _spec_from_body(BatchEndpointSpec, request)
+    authorize_endpoint(principal(request), spec.name)
     created = await run_in_threadpool(state.control.create_batch_endpoint, spec, _actor(request))
     return _json(_warned(created, spec.warnings()), 201)
 
@@ -97,7 +101,8 @@ async def create_batch_endpoint(request: Request, state: GatewayState) -> Respon
 )
 async def list_batch_endpoints(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/endpoints"""
-    return _json(await run_in_threadpool(state.control.store.list_batch_endpoints))
+    found = await run_in_threadpool(state.control.store.list_batch_endpoints)
+    return _json(in_scope(request, found, _name))
 
 
 @operation(
@@ -276,6 +281,7 @@ async def invoke(request: Request, state: GatewayState) -> Response:
             "max_concurrency_per_instance",
         )
     }
+    authorize_endpoint(principal(request), str(body.get("endpoint", "")))
     order = JobOrder(
         str(body.get("endpoint", "")),
         body.get("deployment"),
@@ -299,9 +305,8 @@ async def invoke(request: Request, state: GatewayState) -> Response:
 )
 async def list_jobs(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs[?endpoint=]"""
-    return _json(
-        await run_in_threadpool(state.control.jobs.recent, request.query_params.get("endpoint"))
-    )
+    found = await run_in_threadpool(state.control.jobs.recent, request.query_params.get("endpoint"))
+    return _json(in_scope(request, found, _endpoint))
 
 
 @operation(
@@ -314,6 +319,7 @@ async def list_jobs(request: Request, state: GatewayState) -> Response:
 )
 async def show_job(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs/{job}"""
+    await _job_in_scope(request, state)
     return _json(await run_in_threadpool(_jobs(state).get, request.path_params["job"]))
 
 
@@ -328,6 +334,7 @@ async def show_job(request: Request, state: GatewayState) -> Response:
 )
 async def job_action(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/jobs/{job}/{action}: cancel, resume or retry (failed only)"""
+    await _job_in_scope(request, state)
     jobs, job, action = _jobs(state), request.path_params["job"], request.path_params["action"]
     handlers = {"cancel": jobs.cancel, "resume": jobs.resume, "retry": jobs.retry}
     if action not in handlers:
@@ -354,5 +361,22 @@ async def job_action(request: Request, state: GatewayState) -> Response:
 )
 async def job_logs(request: Request, state: GatewayState) -> Response:
     """GET /management/batch/jobs/{job}/logs"""
+    await _job_in_scope(request, state)
     text = await run_in_threadpool(_jobs(state).logs, request.path_params["job"])
     return Response(text, media_type="text/plain")
+
+
+def _name(spec: Any) -> str:
+    return str(spec.name)
+
+
+def _endpoint(job: Any) -> str:
+    return str(job.endpoint)
+
+
+async def _job_in_scope(request: Request, state: GatewayState) -> None:
+    """Refuse a principal scoped to other endpoints than the job's."""
+    if principal(request).endpoints:
+        job = await run_in_threadpool(state.control.store.get_job, request.path_params["job"])
+        if job is not None:
+            authorize_endpoint(principal(request), job.endpoint)

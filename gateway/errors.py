@@ -53,6 +53,13 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class Forbidden(GatewayError):
+    """Authenticated, but the principal's roles do not allow this."""
+
+    status = 403
+    code = "forbidden"
+
+
 class EndpointNotFound(GatewayError):
     status = 404
     code = "not_found"

@@ -316,6 +316,17 @@ async def start(state: GatewayState, host: str, port: int) -> grpc.aio.Server:
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
-    server.add_insecure_port(f"{host}:{port}")
+    settings = state.settings
+    if settings.ssl_certfile is None:
+        server.add_insecure_port(f"{host}:{port}")
+    else:  # the HTTP port's certificate, and its mutual TLS
+        key = (settings.ssl_keyfile or settings.ssl_certfile).read_bytes()
+        ca = settings.ssl_ca_certs.read_bytes() if settings.ssl_ca_certs else None
+        credentials = grpc.ssl_server_credentials(
+            [(key, settings.ssl_certfile.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     return server

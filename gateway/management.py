@@ -20,9 +20,11 @@ from starlette.responses import Response
 from deploy.control import check_mode
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.masking import mask_secrets
+from deploy.roles import Permission
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, SpecT, parse_spec
-from gateway.api import Permission, Query, operation
+from gateway.access import authorize_endpoint, in_scope, principal
+from gateway.api import Query, operation
 from gateway.api_models import (
     AuditRecord,
     ClusterStatus,
@@ -42,8 +44,6 @@ from gateway.api_models import (
 from gateway.cluster import REPLICA_TIMEOUT_S
 from gateway.errors import MalformedRequest, PayloadTooLarge
 from gateway.state import GatewayState
-
-ACTOR_HEADER = "x-servegate-actor"
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,13 @@ def _json(doc: Any, status: int = 200) -> Response:
     )
 
 
+def _name(spec: Any) -> str:
+    return str(spec.name)
+
+
 def _actor(request: Request) -> str:
-    return request.headers.get(ACTOR_HEADER) or "admin"
+    """The audit log's actor: the request's principal, never a header."""
+    return principal(request).actor
 
 
 #: Management documents (specs, traffic, plans) are small; model files are uploads.
@@ -327,8 +332,9 @@ def _endpoint_view(state: GatewayState, spec: EndpointSpec) -> dict[str, Any]:
     settings = state.settings
     return {
         **spec.to_dict(),
-        "scoring_uri": f"http://{settings.host}:{settings.port}/endpoints/{spec.name}/score",
-        "openapi_uri": f"http://{settings.host}:{settings.port}/openapi.json",
+        "scoring_uri": f"{settings.scheme}://{settings.host}:{settings.port}/endpoints/"
+        f"{spec.name}/score",
+        "openapi_uri": f"{settings.scheme}://{settings.host}:{settings.port}/openapi.json",
         "deployments": sorted(route.deployments) if route else [],
         "unavailable_deployments": dict(route.unavailable) if route else {},
         # Azure ML's state of an endpoint: Succeeded once it exists here (its
@@ -352,6 +358,7 @@ def _endpoint_view(state: GatewayState, spec: EndpointSpec) -> dict[str, Any]:
 async def create_endpoint(request: Request, state: GatewayState) -> Response:
     """POST /management/endpoints[?strict=true]"""
     spec = await _spec_from_body(EndpointSpec, request)
+    authorize_endpoint(principal(request), spec.name)
     data = await _apply(state, lambda: state.control.create_endpoint(spec, _actor(request)))
     return _json(_warned(_endpoint_view(state, data), spec.warnings()), 201)
 
@@ -367,7 +374,7 @@ async def create_endpoint(request: Request, state: GatewayState) -> Response:
 async def list_endpoints(request: Request, state: GatewayState) -> Response:
     """GET /management/endpoints"""
     specs = await run_in_threadpool(state.control.store.list_endpoints)
-    return _json([_endpoint_view(state, s) for s in specs])
+    return _json([_endpoint_view(state, s) for s in in_scope(request, specs, _name)])
 
 
 @operation(
@@ -709,7 +716,17 @@ async def list_audit(request: Request, state: GatewayState) -> Response:
     entries = await run_in_threadpool(
         state.control.store.list_audit, request.query_params.get("target"), limit
     )
+    # A principal scoped to endpoints sees what happened to those only.
+    entries = in_scope(request, entries, lambda e: _audited_endpoint(e.target))
     return _json([e.to_dict() for e in entries])
+
+
+def _audited_endpoint(target: str) -> str:
+    """The endpoint an audit target is about ("" for models, tokens, secrets)."""
+    kind, _, rest = target.partition("/")
+    if kind == "batch-endpoints" or kind == "endpoints":
+        return rest.partition("/")[0]
+    return ""
 
 
 # -- the cluster ----------------------------------------------------------------------

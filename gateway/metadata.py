@@ -11,7 +11,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deploy.errors import StoreUnavailable
-from gateway.auth import authenticate, authenticate_admin
+from deploy.roles import Permission
+from gateway.access import authorize, principal_of
+from gateway.auth import authenticate
 from gateway.errors import DeploymentUnavailable
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
@@ -181,10 +183,12 @@ async def model_stats(request: Request) -> Response:
 async def all_model_stats(request: Request) -> Response:
     """GET /v2/models/stats (admin token): every deployment's statistics."""
     state = _state(request)
-    authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
+    caller = await principal_of(request, state)
+    authorize(caller, Permission.READ, "read model statistics")
     stats = [
         _model_stats(name, endpoint.deployment(deployment))
         for name, endpoint in sorted(state.hosts.snapshot.endpoints.items())
+        if caller.may_act_on(name)
         for deployment in sorted(endpoint.deployments)
     ]
     return _json({"model_stats": stats})
@@ -194,9 +198,12 @@ async def repository_index(request: Request) -> Response:
     """POST /v2/repository/index (admin token): every endpoint and deployment as
     Triton's model repository index lists models and versions."""
     state = _state(request)
-    authenticate_admin(request.headers.get("authorization"), state.admin_token_hashes)
+    caller = await principal_of(request, state)
+    authorize(caller, Permission.READ, "list the repository")
     index = []
     for name, endpoint in sorted(state.hosts.snapshot.endpoints.items()):
+        if not caller.may_act_on(name):
+            continue
         for deployment in sorted(endpoint.deployments):
             index.append({"name": name, "version": deployment, "state": "READY", "reason": ""})
         for deployment, why in sorted(endpoint.unavailable.items()):

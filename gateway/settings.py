@@ -37,6 +37,15 @@ class GatewaySettings:
     max_connections: int = 0
     #: The Open Inference Protocol over gRPC on this port (on `host`); 0 = off.
     grpc_port: int = 0
+    #: TLS for HTTP and gRPC: the server's certificate chain and key (PEM)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: mutual TLS: clients must present a certificate signed by these CAs
+    ssl_ca_certs: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
 
     @property
     def store_path(self) -> Path:

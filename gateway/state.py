@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 from dataclasses import dataclass, field
@@ -26,14 +25,15 @@ class GatewayState:
     control: ControlPlane
     hosts: DeploymentHosts
     identity: ReplicaIdentity
-    #: SHA-256 of each admin token -> its name; reloaded with every change.
-    admin_token_hashes: dict[str, str]
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     mirror: Mirror = field(default_factory=Mirror)
     rollouts: Any = None  # gateway.rollouts.RolloutController, set by the app at startup
     batch_supervisor: Any = None  # gateway.batch_api.JobSupervisor, set at startup
     rng: random.Random = field(default_factory=random.Random)
     ready: bool = False
+    #: an identity provider whose tokens the management API (and `auth_mode: aad_token`
+    #: endpoints) accept; gateway.oidc.OidcVerifier, set at startup when configured
+    oidc: Any = None
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayState:
@@ -53,7 +53,6 @@ class GatewayState:
             control=control,
             hosts=hosts,
             identity=identity,
-            admin_token_hashes=control.store.admin_token_hashes(),
             metrics=metrics,
             mirror=mirror,
         )
@@ -72,12 +71,11 @@ class GatewayState:
 
     async def apply_changes(self, change_id: int) -> None:
         """The change feed's subscriber: rebuild the routing snapshot (loading and warming
-        new deployments first) and reload the admin tokens."""
+        new deployments first)."""
         async with self.hosts.lock:
             if self.hosts.snapshot.change_id == change_id:
                 return  # this replica made the change and already swapped
             await self.hosts.sync()
-            self.admin_token_hashes = await asyncio.to_thread(self.control.store.admin_token_hashes)
 
     def change_feed(self) -> ChangeFeed:
         return ChangeFeed(self.control.store)

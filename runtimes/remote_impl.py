@@ -12,6 +12,8 @@ InferenceFailed (424, as Azure ML answers for a failing model container).
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,8 +111,14 @@ class RemoteRuntime:
         headers = {str(k): str(v) for k, v in dict(options.get("headers") or {}).items()}
         timeout = httpx.Timeout(float(options.get("timeout_s", 60.0)))
         limits = httpx.Limits(max_keepalive_connections=64, max_connections=256)
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
-        self._sync = httpx.Client(headers=headers, timeout=timeout)
+        # An https:// remote is verified against SERVEGATE_CA_BUNDLE when set (a private
+        # CA), else the system's CAs.
+        bundle = os.environ.get("SERVEGATE_CA_BUNDLE")
+        verify: Any = ssl.create_default_context(cafile=bundle) if bundle else True
+        self._client = httpx.AsyncClient(
+            headers=headers, timeout=timeout, limits=limits, verify=verify
+        )
+        self._sync = httpx.Client(headers=headers, timeout=timeout, verify=verify)
         try:
             response = self._sync.get(self._url)
         except httpx.HTTPError as exc:

@@ -29,7 +29,7 @@ from deploy.specs import (
     json_schema,
     parse_spec,
 )
-from servegate.client import DEFAULT_URL, AdminClient, ClientError, find_admin_token
+from servegate.client import DEFAULT_URL, AdminClient, ClientError, TlsClient, find_admin_token
 from servegate.output import FORMATS, render, select
 
 
@@ -141,8 +141,11 @@ def store_options(command: Any) -> Any:
 class Ctx:
     """Connection options shared by the subcommands, resolved lazily."""
 
-    def __init__(self, url: str, token: str | None, home: Path) -> None:
+    def __init__(
+        self, url: str, token: str | None, home: Path, tls: TlsClient | None = None
+    ) -> None:
         self.url, self.token, self.home = url, token, home
+        self.tls = tls or TlsClient()
         self._client: AdminClient | None = None
 
     @property
@@ -153,7 +156,11 @@ class Ctx:
                 (lambda line: click.echo(line, err=True)) if debug or _setting("verbose") else None
             )
             self._client = AdminClient(
-                self.url, find_admin_token(self.token, self.home), trace=trace, debug=debug
+                self.url,
+                find_admin_token(self.token, self.home),
+                trace=trace,
+                debug=debug,
+                tls=self.tls,
             )
         return self._client
 
@@ -202,13 +209,42 @@ class ServegateGroup(click.Group):
     default=None,
     help="servegate's home folder (default ~/.servegate).",
 )
+@click.option(
+    "--ca-bundle",
+    envvar="SERVEGATE_CA_BUNDLE",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Verify an https:// gateway against these CA certificates (PEM) instead of the system's.",
+)
+@click.option(
+    "--client-cert",
+    envvar="SERVEGATE_CLIENT_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Mutual TLS: this client's certificate (PEM; its key too, or --client-key).",
+)
+@click.option(
+    "--client-key",
+    envvar="SERVEGATE_CLIENT_KEY",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str | None, home: Path | None) -> None:
+def main(
+    ctx: click.Context,
+    url: str,
+    token: str | None,
+    home: Path | None,
+    ca_bundle: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+) -> None:
     """servegate: model serving gateway for real-time and batch inference.
 
     Every command takes -o/--output json|yaml|table|tsv, --query (JMESPath), --verbose
     and --debug, before or after its name."""
-    ctx.obj = Ctx(url, token, home or _default_home())
+    tls = TlsClient(ca_bundle, client_cert, client_key)
+    ctx.obj = Ctx(url, token, home or _default_home(), tls)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -293,6 +329,27 @@ def schema(kind: str, folder: Path | None) -> None:
     "grpc extra].",
 )
 @click.option(
+    "--ssl-certfile",
+    envvar="SERVEGATE_SSL_CERTFILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS (and gRPC over TLS) with this certificate chain (PEM).",
+)
+@click.option(
+    "--ssl-keyfile",
+    envvar="SERVEGATE_SSL_KEYFILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The certificate's private key (PEM), if not in --ssl-certfile.",
+)
+@click.option(
+    "--ssl-ca-certs",
+    envvar="SERVEGATE_SSL_CA_CERTS",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Mutual TLS: clients must present a certificate signed by these CAs (PEM).",
+)
+@click.option(
     "--cpus",
     envvar="SERVEGATE_CPUS",
     type=click.IntRange(min=1),
@@ -320,6 +377,9 @@ def serve(
     header_timeout_s: float,
     max_connections: int,
     grpc_port: int,
+    ssl_certfile: Path | None,
+    ssl_keyfile: Path | None,
+    ssl_ca_certs: Path | None,
     cpus: int | None,
     log_level: str,
 ) -> None:
@@ -344,6 +404,9 @@ def serve(
             header_timeout_s=header_timeout_s,
             max_connections=max_connections,
             grpc_port=grpc_port,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_ca_certs=ssl_ca_certs,
         ),
         log_level,
     )
@@ -1435,6 +1498,97 @@ def audit() -> None:
 def audit_list(ctx: Ctx, target: str | None, limit: int) -> None:
     """Who changed what, when, with the spec before and after; newest first."""
     _print(ctx.client.audit(target, limit))
+
+
+# -- access -----------------------------------------------------------------------
+@main.group()
+def access() -> None:
+    """Who may do what: admin tokens with roles, and who you are signed in as."""
+
+
+@access.command("whoami")
+@pass_ctx
+def access_whoami(ctx: Ctx) -> None:
+    """The principal your token signs in as: its roles, permissions and endpoints."""
+    _print(ctx.client.whoami())
+
+
+@access.group("token")
+def access_token() -> None:
+    """Admin tokens: owner, operator, scorer-key-reader, reader."""
+
+
+@access_token.command("create")
+@click.option("-n", "--name", required=True, help="e.g. ci-pipeline")
+@click.option(
+    "--role",
+    type=click.Choice(["owner", "operator", "scorer-key-reader", "reader"]),
+    required=True,
+)
+@click.option("--endpoints", default="", help="Only endpoints matching this pattern (fraud-*).")
+@click.option("--expires", default=None, help="e.g. 30d, 12h, 90m (default: never).")
+@pass_ctx
+def access_token_create(
+    ctx: Ctx, name: str, role: str, endpoints: str, expires: str | None
+) -> None:
+    """Create a token and print it, once: the gateway keeps only its hash
+    (`-o tsv --query token` prints the bare token)."""
+    _print(ctx.client.create_token(name, role, endpoints, expires))
+
+
+@access_token.command("list")
+@pass_ctx
+def access_token_list(ctx: Ctx) -> None:
+    """The tokens: names, roles, endpoints, expiry (never the tokens)."""
+    _print(ctx.client.list_tokens())
+
+
+@access_token.command("revoke")
+@click.option("-n", "--name", required=True)
+@pass_ctx
+def access_token_revoke(ctx: Ctx, name: str) -> None:
+    """Revoke a token: every gateway replica refuses it from its next request."""
+    ctx.client.revoke_token(name)
+    click.echo(f"revoked admin token '{name}'", err=True)
+
+
+@main.group()
+def secret() -> None:
+    """Secrets that deployments refer to as ${secret:NAME}: stored encrypted, never shown."""
+
+
+@secret.command("set")
+@click.option("-n", "--name", required=True)
+@pass_ctx
+def secret_set(ctx: Ctx, name: str) -> None:
+    """Set a secret from stdin (`printf %s "$TOKEN" | servegate secret set -n api-token`);
+    one trailing newline is dropped."""
+    value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    ctx.client.set_secret(name, value)
+    click.echo(f"secret '{name}' set", err=True)
+
+
+@secret.command("list")
+@pass_ctx
+def secret_list(ctx: Ctx) -> None:
+    """Secret names and when each changed (never the values)."""
+    _print(ctx.client.list_secrets())
+
+
+@secret.command("delete")
+@click.option("-n", "--name", required=True)
+@pass_ctx
+def secret_delete(ctx: Ctx, name: str) -> None:
+    ctx.client.delete_secret(name)
+    click.echo(f"secret '{name}' deleted", err=True)
+
+
+@secret.command("rotate")
+@pass_ctx
+def secret_rotate(ctx: Ctx) -> None:
+    """Re-encrypt every secret with the newest key of SERVEGATE_SECRETS_KEY."""
+    _print(ctx.client.rotate_secrets())
 
 
 # -- status -----------------------------------------------------------------------

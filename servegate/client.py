@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-import getpass
 import glob
 import os
-import socket
+import ssl
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from deploy.artifacts import tar_folder
 from gateway.api_models import (
+    AdminTokenCreated,
+    AdminTokenView,
     AuditRecord,
     BatchDeployment,
     BatchEndpoint,
@@ -33,8 +35,10 @@ from gateway.api_models import (
     Keys,
     LogLine,
     ModelVersion,
+    PrincipalView,
     Rollout,
     RolloutStatus,
+    SecretView,
     Token,
 )
 
@@ -69,11 +73,23 @@ def find_admin_token(explicit: str | None, home: Path) -> str:
     return path.read_text().strip()
 
 
-def _actor() -> str:
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:  # getuser fails without a passwd entry (some containers)
-        return "unknown"
+@dataclass(frozen=True)
+class TlsClient:
+    """How the CLI checks an https:// gateway (CA bundle; default: the system's CAs) and
+    the certificate it presents for mutual TLS."""
+
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def httpx_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.ca_bundle or self.client_cert:
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+            if self.client_cert:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            options["verify"] = context
+        return options
 
 
 class AdminClient:
@@ -84,15 +100,18 @@ class AdminClient:
         timeout_s: float = 300.0,
         trace: Callable[[str], None] | None = None,
         debug: bool = False,
+        tls: TlsClient | None = None,
     ) -> None:
         """`trace`, when given, gets a line per call: method, URL, status, request id and
         time taken (the CLI's --verbose); with `debug`, the answer's headers too."""
         self.url = url.rstrip("/")
         self._trace, self._debug = trace, debug
+        self._tls = (tls or TlsClient()).httpx_options()
         self._http = httpx.Client(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {token}", "x-servegate-actor": _actor()},
+            headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
+            **self._tls,
         )
 
     def close(self) -> None:
@@ -387,6 +406,32 @@ class AdminClient:
     def status(self) -> Any:
         return self.request("GET", "/management/status", ClusterStatus)
 
+    # access
+    def whoami(self) -> Any:
+        return self.request("GET", "/management/access/whoami", PrincipalView)
+
+    def create_token(self, name: str, role: str, endpoints: str, expires: str | None) -> Any:
+        body = {"name": name, "role": role, "endpoints": endpoints, "expires": expires}
+        return self.request("POST", "/management/access/tokens", AdminTokenCreated, json=body)
+
+    def list_tokens(self) -> Any:
+        return self.request("GET", "/management/access/tokens", list[AdminTokenView])
+
+    def revoke_token(self, name: str) -> None:
+        self.request("DELETE", f"/management/access/tokens/{name}")
+
+    def set_secret(self, name: str, value: str) -> None:
+        self.request("PUT", f"/management/secrets/{name}", json={"value": value})
+
+    def list_secrets(self) -> Any:
+        return self.request("GET", "/management/secrets", list[SecretView])
+
+    def delete_secret(self, name: str) -> None:
+        self.request("DELETE", f"/management/secrets/{name}")
+
+    def rotate_secrets(self) -> Any:
+        return self.request("POST", "/management/secrets/rotate")
+
     # data plane
     def invoke(
         self, endpoint: str, body: bytes, key: str | None, deployment: str | None, v2: bool
@@ -398,7 +443,9 @@ class AdminClient:
             headers["azureml-model-deployment"] = deployment
         path = f"/v2/models/{endpoint}/infer" if v2 else f"/endpoints/{endpoint}/score"
         try:
-            response = httpx.post(self.url + path, content=body, headers=headers, timeout=300)
+            response = httpx.post(
+                self.url + path, content=body, headers=headers, timeout=300, **self._tls
+            )
         except httpx.TransportError as exc:
             raise ClientError(0, f"cannot reach the gateway at {self.url}: {exc}") from None
         if response.status_code >= 400:

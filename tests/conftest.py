@@ -108,12 +108,15 @@ class Gateway:
     def admin_token(self) -> str:
         return (self.home / "admin_token").read_text().strip()
 
-    def cli(self, *args: str, ok: bool = True) -> tuple[int, str]:
+    def cli(self, *args: str, ok: bool = True, input: str | None = None) -> tuple[int, str]:
         """Run `servegate` in-process (click's runner) against this gateway."""
         from servegate.cli import main
 
         result = CliRunner().invoke(
-            main, ["--url", self.url, "--home", str(self.home), *args], catch_exceptions=False
+            main,
+            ["--url", self.url, "--home", str(self.home), *args],
+            input=input,
+            catch_exceptions=False,
         )
         output = result.output + (result.stderr if result.stderr_bytes else "")
         if ok:
@@ -202,9 +205,11 @@ def start_gateway(
     prefix: tuple[str, ...] = (),
     store: str | None = None,
     env_extra: dict[str, str] | None = None,
+    verify: Any = None,
 ) -> Gateway:
     """A `servegate serve` on a free port; `prefix` wraps the command (e.g. taskset).
-    `store`: the store URL (default: this run's backend, one store per home)."""
+    `store`: the store URL (default: this run's backend, one store per home). `verify`:
+    an SSL context that trusts the gateway's certificate (it serves https)."""
     port = free_port()
     log = home.parent / f"gateway-{port}.log"
     store = store or store_url_for(home)
@@ -229,13 +234,14 @@ def start_gateway(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if verify is not None else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify or True)
+            if ready.status_code == 200:
                 return Gateway(process, url, f"127.0.0.1:{port}", home, log, store)
         except httpx.TransportError:
             pass

@@ -88,6 +88,17 @@ MIGRATIONS: list[str] = [
         line TEXT NOT NULL);
     CREATE INDEX deployment_logs_by_deployment ON deployment_logs(endpoint, deployment, id);
     """,
+    # 6: access control (issue 14): admin tokens scoped to endpoints (a name pattern),
+    # with an expiry (epoch seconds on the gateway's clock) and who created them; secrets
+    # by reference, encrypted with a key the store does not hold.
+    """
+    ALTER TABLE admin_tokens ADD COLUMN endpoints TEXT NOT NULL DEFAULT '';
+    ALTER TABLE admin_tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE admin_tokens ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX admin_tokens_by_hash ON admin_tokens(token_hash);
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY, ciphertext TEXT NOT NULL, updated_at TEXT NOT NULL);
+    """,
 ]
 
 #: Version -> statements PostgreSQL runs after that migration. SQLite orders rollouts and

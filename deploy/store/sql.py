@@ -18,6 +18,7 @@ import orjson
 from deploy.masking import mask_secrets
 from deploy.records import (
     FINAL_JOB_STATES,
+    AdminTokenRecord,
     JobRecord,
     LeaseRecord,
     MiniBatchRecord,
@@ -517,16 +518,64 @@ class SqlStore(ABC):
             self._run("DELETE FROM leases WHERE holder = ?", (replica_id,))
 
     # -- admin tokens (hashed) ------------------------------------------------------------
-    def put_admin_token(self, name: str, token_hash: str, role: str, audit: AuditEntry) -> None:
+    def put_admin_token(self, token: AdminTokenRecord, token_hash: str, audit: AuditEntry) -> None:
         with self.transaction():
             self._run(
-                "INSERT INTO admin_tokens (name, token_hash, role, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "token_hash = excluded.token_hash, role = excluded.role",
-                (name, token_hash, role, utc_now()),
+                "INSERT INTO admin_tokens (name, token_hash, role, created_at, endpoints, "
+                "expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.name,
+                    token_hash,
+                    token.role,
+                    token.created_at or utc_now(),
+                    token.endpoints,
+                    token.expires_at,
+                    token.created_by,
+                ),
             )
             self._audit(audit)
 
-    def admin_token_hashes(self) -> dict[str, str]:
-        """token hash -> token name."""
-        return {r["token_hash"]: r["name"] for r in self._run("SELECT * FROM admin_tokens")}
+    def admin_token(self, token_hash: str) -> AdminTokenRecord | None:
+        rows = self._run("SELECT * FROM admin_tokens WHERE token_hash = ?", (token_hash,))
+        return _admin_token(rows[0]) if rows else None
+
+    def list_admin_tokens(self) -> list[AdminTokenRecord]:
+        return [_admin_token(r) for r in self._run("SELECT * FROM admin_tokens ORDER BY name")]
+
+    def delete_admin_token(self, name: str, audit: AuditEntry) -> bool:
+        return self._delete_named("admin_tokens", name, audit)
+
+    def _delete_named(self, table: str, name: str, audit: AuditEntry) -> bool:
+        """Delete a row by name, audited; False when there is none."""
+        with self.transaction():
+            if not self._run(f"SELECT name FROM {table} WHERE name = ?", (name,)):
+                return False
+            self._run(f"DELETE FROM {table} WHERE name = ?", (name,))
+            self._audit(audit)
+        return True
+
+    # -- secrets (encrypted by the caller) ----------------------------------------------
+    def put_secret(self, name: str, ciphertext: str, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO secrets (name, ciphertext, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET ciphertext = excluded.ciphertext, "
+                "updated_at = excluded.updated_at",
+                (name, ciphertext, utc_now()),
+            )
+            self._audit(audit)
+
+    def get_secret(self, name: str) -> str | None:
+        rows = self._run("SELECT ciphertext FROM secrets WHERE name = ?", (name,))
+        return str(rows[0]["ciphertext"]) if rows else None
+
+    def list_secrets(self) -> list[dict[str, str]]:
+        rows = self._run("SELECT name, updated_at FROM secrets ORDER BY name")
+        return [{"name": r["name"], "updated_at": r["updated_at"]} for r in rows]
+
+    def delete_secret(self, name: str, audit: AuditEntry) -> bool:
+        return self._delete_named("secrets", name, audit)
+
+
+def _admin_token(row: Row) -> AdminTokenRecord:
+    return AdminTokenRecord.model_validate({k: row[k] for k in AdminTokenRecord.model_fields})
