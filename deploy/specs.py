@@ -6,6 +6,7 @@ Every spec rejects unknown fields, wrong types and out-of-range values with a
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 import typing
@@ -469,6 +470,18 @@ _NETWORK = "servegate listens where it is started (--host, --port); no Azure net
 _IDENTITY = "servegate reaches storage with its own credentials (S3 settings)"
 
 
+class RateLimitSpec(Spec):
+    """Requests each caller (a key or token; a client address without auth) may send:
+    `requests_per_second` on average, in bursts of up to `burst`."""
+
+    requests_per_second: Annotated[float, Field(gt=0, le=1_000_000)]
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @property
+    def bucket(self) -> tuple[float, int]:
+        return self.requests_per_second, self.burst or max(1, math.ceil(self.requests_per_second))
+
+
 class EndpointSpec(Spec):
     """An online endpoint (`endpoint.yml`)."""
 
@@ -482,12 +495,19 @@ class EndpointSpec(Spec):
     schema_url: str | None = Field(default=None, alias="$schema")
     name: EndpointName
     description: str = ""
-    auth_mode: Literal["key", "token", "none"] = "key"
+    auth_mode: Literal["key", "token", "aad_token", "none"] = "key"
+    #: `auth_mode: aad_token`: the audiences a caller's identity-provider token may be
+    #: issued for (default: the gateway's --oidc-audience)
+    token_audiences: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=16
+    )
     traffic: dict[DeploymentName, Percent] = Field(default_factory=dict)
     mirror_traffic: dict[DeploymentName, Annotated[int, Field(ge=0, le=50)]] = Field(
         default_factory=dict
     )
     tags: dict[str, str] = Field(default_factory=dict)
+    #: per-caller scoring rate limit (not in Azure ML; off by default): 429 past it
+    rate_limit: RateLimitSpec | None = None
     #: Sticky routing (not in Azure ML): a request header (a user or session id) whose
     #: hash picks the deployment within the traffic weights, so one user sees one model.
     sticky_routing_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] | None = None
@@ -495,8 +515,9 @@ class EndpointSpec(Spec):
     @field_validator("auth_mode", mode="before")
     @classmethod
     def _azure_auth_names(cls, value: Any) -> Any:
-        # Azure ML spells token auth `aml_token`; accept it as ours.
-        return "token" if value == "aml_token" else value
+        # Azure ML spells token auth `aml_token`; identity-provider tokens `aad_token`
+        # (`oidc` is the name outside Azure).
+        return {"aml_token": "token", "oidc": "aad_token"}.get(value, value)
 
     @field_validator("traffic")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 
 from deploy.roles import Permission, Principal
-from gateway.auth import bearer
+from gateway.auth import MAX_CREDENTIAL_CHARS, MAX_JWT_CHARS, bearer
 from gateway.errors import Forbidden, Unauthorized
 from gateway.state import GatewayState
 
@@ -21,8 +21,9 @@ async def principal_of(request: Request, state: GatewayState) -> Principal:
     """Who sends this request: an admin token looked up in the store on every request
     (so a revoked one is refused at once on every replica), or an identity provider's
     token when the gateway trusts one."""
-    token = bearer(request.headers.get("authorization"), "admin token")
     oidc = state.oidc
+    limit = MAX_JWT_CHARS if oidc is not None else MAX_CREDENTIAL_CHARS
+    token = bearer(request.headers.get("authorization"), "admin token", limit)
     if oidc is not None and token.count(".") == 2:  # a JWT; our tokens have no dots
         return await oidc.principal(token)
     record = await asyncio.to_thread(state.control.admin_token, token)

@@ -69,10 +69,11 @@ class Operation:
 
     def error_statuses(self) -> list[int]:
         """Every error status this operation can answer. Its shape implies some: a
-        wrong admin token (401), one whose roles do not allow it (403), an unusable
+        wrong admin token (401), one whose roles do not allow it (403), past its rate
+        limit (429), an unusable
         store (503), a named thing missing (404), a malformed body (400) or one too
         large (413), a bad query value (400)."""
-        statuses = {401, 403, 503, *self.errors}
+        statuses = {401, 403, 429, 503, *self.errors}
         if self.path_parameters:
             statuses.add(404)
         if self.body is not None:
@@ -132,6 +133,8 @@ def _authenticated(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state: GatewayState = request.app.state.gateway
         principal = await principal_of(request, state)
+        if state.management_limiter is not None:
+            state.management_limiter.take(principal.actor)
         authorize(principal, op.permission, what)
         if "endpoint" in request.path_params:
             authorize_endpoint(principal, request.path_params["endpoint"])

@@ -37,13 +37,15 @@ from gateway.openapi import openapi_document
 from gateway.rollouts import RolloutController
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
-from runtimes.errors import InferenceError
+from runtimes.errors import InferenceError, Overloaded
 from runtimes.resources import cpu_reading
 
 log = logging.getLogger("servegate")
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, Overloaded):
+        return error_response(exc, {"Retry-After": str(exc.retry_after_s)})
     return error_response(exc)
 
 

@@ -9,6 +9,7 @@ remembered (so each request need not hash its key again).
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from deploy.credentials import Credentials, hash_key, key_generation
 from gateway.errors import Unauthorized
@@ -17,12 +18,14 @@ from gateway.routing import EndpointRoute
 #: Keys are 43 characters and tokens under 100 plus the endpoint name; anything far
 #: longer is no credential of ours.
 MAX_CREDENTIAL_CHARS = 512
+#: Identity providers' JWTs carry claims and a signature: Entra ID's reach a few KiB.
+MAX_JWT_CHARS = 8192
 #: Matched keys -> their SHA-256; bounded, and only ever holds valid keys.
 _VERIFIED_MAX = 4096
 _verified: dict[str, str] = {}
 
 
-def bearer(authorization: str | None, what: str) -> str:
+def bearer(authorization: str | None, what: str, max_chars: int = MAX_CREDENTIAL_CHARS) -> str:
     """The credential of an `Authorization: Bearer <value>` header."""
     if not authorization:
         raise Unauthorized(f"header 'Authorization' is missing; send 'Bearer <{what}>'")
@@ -30,16 +33,31 @@ def bearer(authorization: str | None, what: str) -> str:
     value = value.strip()
     if scheme.lower() != "bearer" or not value:
         raise Unauthorized(f"header 'Authorization' must be 'Bearer <{what}>'")
-    if len(value) > MAX_CREDENTIAL_CHARS or not (value.isascii() and value.isprintable()):
+    if len(value) > max_chars or not (value.isascii() and value.isprintable()):
         raise Unauthorized(
             f"header 'Authorization': not a valid {what} (printable ASCII, at most "
-            f"{MAX_CREDENTIAL_CHARS} characters)"
+            f"{max_chars} characters)"
         )
     return value
 
 
+async def authenticate_with_provider(
+    route: EndpointRoute, authorization: str | None, oidc: Any
+) -> None:
+    """`auth_mode: aad_token`: an identity provider's token for one of the endpoint's
+    audiences (gateway.oidc.OidcVerifier; None when the gateway trusts no provider)."""
+    token = bearer(authorization, "token", MAX_JWT_CHARS)
+    if oidc is None:
+        raise Unauthorized(
+            f"endpoint '{route.name}' takes identity-provider tokens (auth_mode: aad_token), "
+            "but this gateway trusts no provider (serve --oidc-issuer)"
+        )
+    await oidc.verify(token, route.token_audiences or (oidc.settings.audience,))
+
+
 def authenticate(route: EndpointRoute, authorization: str | None, credentials: Credentials) -> None:
-    """Check a scoring request's credential against the endpoint's auth_mode."""
+    """Check a scoring request's credential against the endpoint's auth_mode (all but
+    aad_token, which `authenticate_with_provider` checks)."""
     if route.auth_mode == "none":
         return
     if route.auth_mode == "token":

@@ -293,6 +293,8 @@ class DeploymentHosts:
                 unavailable,
                 spec.mirror_traffic,
                 spec.sticky_routing_header,
+                tuple(spec.token_audiences),
+                spec.rate_limit.bucket if spec.rate_limit else None,
             )
         return RoutingSnapshot(endpoints, change_id)
 

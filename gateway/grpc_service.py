@@ -26,9 +26,10 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.auth import authenticate
+from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
+from gateway.rate_limit import caller_of
 from gateway.routing import DeploymentRoute
 from gateway.scoring import DEPLOYMENT_HEADER, ScoringEndpoint, _infer, record_request
 from gateway.state import GatewayState
@@ -174,13 +175,18 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         status, message = (mapped[0], str(exc)) if mapped else (500, "internal server error")
         await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
 
-    def _route(
+    async def _route(
         self, context: Any, model: str, version: str
     ) -> tuple[Any, DeploymentRoute, str | None]:
         state = self._state
         metadata = dict(context.invocation_metadata() or ())
         endpoint = state.hosts.snapshot.endpoint(model)
-        authenticate(endpoint, metadata.get("authorization"), state.credentials)
+        if endpoint.auth_mode == "aad_token":
+            await authenticate_with_provider(endpoint, metadata.get("authorization"), state.oidc)
+        else:
+            authenticate(endpoint, metadata.get("authorization"), state.credentials)
+        if endpoint.rate_limit is not None:
+            state.limit_rate(endpoint, caller_of(metadata.get("authorization"), None))
         target = version or metadata.get(DEPLOYMENT_HEADER)
         return endpoint, ScoringEndpoint._pick(state, endpoint, target, metadata), target
 
@@ -193,7 +199,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
-            _, route, _ = self._route(context, request.name, request.version)
+            _, route, _ = await self._route(context, request.name, request.version)
         except Exception as exc:
             mapped = status_of(exc)
             if mapped is not None and mapped[0] in (404, 503):  # as Triton: not ready
@@ -209,7 +215,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
-            endpoint, route, target = self._route(context, request.name, request.version)
+            endpoint, route, target = await self._route(context, request.name, request.version)
         except Exception as exc:
             await self._fail(context, exc)
         signature = route.signature
@@ -233,7 +239,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         route: DeploymentRoute | None = None
         status = 499
         try:
-            endpoint, route, target = self._route(
+            endpoint, route, target = await self._route(
                 context, request.model_name, request.model_version
             )
             if route.kind.takes_raw_body:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from deploy.errors import StoreUnavailable
 from deploy.roles import Permission
 from gateway.access import authorize, principal_of
-from gateway.auth import authenticate
+from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import DeploymentUnavailable
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
@@ -66,10 +66,14 @@ async def ready(request: Request) -> Response:
     return _json({"ready": True})
 
 
-def _endpoint_and_route(request: Request) -> tuple[EndpointRoute, DeploymentRoute]:
+async def _endpoint_and_route(request: Request) -> tuple[EndpointRoute, DeploymentRoute]:
     state = _state(request)
     endpoint = state.hosts.snapshot.endpoint(request.path_params["endpoint"])
-    authenticate(endpoint, request.headers.get("authorization"), state.credentials)
+    authorization = request.headers.get("authorization")
+    if endpoint.auth_mode == "aad_token":
+        await authenticate_with_provider(endpoint, authorization, state.oidc)
+    else:
+        authenticate(endpoint, authorization, state.credentials)
     target = request.path_params.get("deployment")
     if target:
         return endpoint, endpoint.deployment(target)
@@ -81,7 +85,7 @@ def _endpoint_and_route(request: Request) -> tuple[EndpointRoute, DeploymentRout
 
 async def model_metadata(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]"""
-    endpoint, route = _endpoint_and_route(request)
+    endpoint, route = await _endpoint_and_route(request)
     versions = [route.name] if "deployment" in request.path_params else sorted(endpoint.deployments)
     signature = route.signature.to_dict()
     return _json(
@@ -97,7 +101,7 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]/ready"""
-    endpoint, route = _endpoint_and_route(request)
+    endpoint, route = await _endpoint_and_route(request)
     if "deployment" not in request.path_params and not endpoint.traffic_names:
         raise DeploymentUnavailable(
             f"endpoint '{endpoint.name}' doesn't have any valid deployment with positive weight"
@@ -121,7 +125,7 @@ def _triton_tensor(spec: dict[str, object], batched: bool) -> dict[str, object]:
 async def model_config(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]/config: the deployment as
     Triton's model configuration (what tritonclient's get_model_config reads)."""
-    endpoint, route = _endpoint_and_route(request)
+    endpoint, route = await _endpoint_and_route(request)
     batching = route.scheduler.settings.batching
     max_batch_size = batching.max_batch_size if batching else 0
     signature = route.signature.to_dict()
@@ -172,7 +176,7 @@ def _model_stats(endpoint: str, route: DeploymentRoute) -> dict[str, object]:
 async def model_stats(request: Request) -> Response:
     """GET /v2/models/{endpoint}[/versions/{deployment}]/stats: Triton's statistics
     extension, from the gateway's own counters (since this replica started)."""
-    endpoint, route = _endpoint_and_route(request)
+    endpoint, route = await _endpoint_and_route(request)
     if "deployment" in request.path_params:
         routes = [route]
     else:

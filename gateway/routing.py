@@ -60,6 +60,10 @@ class EndpointRoute:
     mirror: tuple[str, int] | None = None
     #: lower-cased request header whose hash picks the deployment (sticky routing)
     sticky_header: str | None = None
+    #: `auth_mode: aad_token`: the audiences accepted (empty: the gateway's own)
+    token_audiences: tuple[str, ...] = ()
+    #: per-caller rate limit: (requests per second, burst), or None
+    rate_limit: tuple[float, int] | None = None
 
     @classmethod
     def build(
@@ -72,6 +76,8 @@ class EndpointRoute:
         unavailable: Mapping[str, str],
         mirror_traffic: Mapping[str, int] | None = None,
         sticky_header: str | None = None,
+        token_audiences: tuple[str, ...] = (),
+        rate_limit: tuple[float, int] | None = None,
     ) -> EndpointRoute:
         names, cumulative, total = [], [], 0
         for deployment, percent in sorted(traffic.items()):
@@ -89,6 +95,8 @@ class EndpointRoute:
             tuple(cumulative),
             next(((d, p) for d, p in (mirror_traffic or {}).items() if p > 0), None),
             sticky_header.lower() if sticky_header else None,
+            token_audiences,
+            rate_limit,
         )
 
     def deployment(self, name: str) -> DeploymentRoute:

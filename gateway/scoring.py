@@ -21,8 +21,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import protocol
-from gateway.auth import authenticate
+from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import PayloadTooLarge, error_body
+from gateway.rate_limit import caller_of
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
 from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
@@ -185,7 +186,12 @@ class ScoringEndpoint:
         status = 499  # the client left before an answer (nginx's convention)
         try:
             endpoint = state.hosts.snapshot.endpoint(endpoint_name)
-            authenticate(endpoint, headers.get("authorization"), state.credentials)
+            if endpoint.auth_mode == "aad_token":
+                await authenticate_with_provider(endpoint, headers.get("authorization"), state.oidc)
+            else:
+                authenticate(endpoint, headers.get("authorization"), state.credentials)
+            if endpoint.rate_limit is not None:
+                state.limit_rate(endpoint, caller_of(headers.get("authorization"), scope["client"]))
             target = params.get("deployment") or headers.get(DEPLOYMENT_HEADER)
             route = self._pick(state, endpoint, target, headers)
             body = await read_body(receive, headers, state.settings.max_request_body_bytes)

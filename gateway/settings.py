@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 8000
 
@@ -42,6 +43,10 @@ class GatewaySettings:
     ssl_keyfile: Path | None = None
     #: mutual TLS: clients must present a certificate signed by these CAs
     ssl_ca_certs: Path | None = None
+    #: an identity provider whose tokens are accepted (gateway.oidc.OidcSettings)
+    oidc: Any = None
+    #: per-principal management rate limit: (requests per second, burst); None: off
+    management_rate_limit: tuple[float, int] | None = None
 
     @property
     def scheme(self) -> str:

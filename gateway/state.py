@@ -16,6 +16,8 @@ from gateway.cluster import Heartbeat, published_counters, replica_here
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics
 from gateway.mirror import Mirror
+from gateway.rate_limit import RateLimiter
+from gateway.routing import EndpointRoute
 from gateway.settings import GatewaySettings
 
 
@@ -34,6 +36,19 @@ class GatewayState:
     #: an identity provider whose tokens the management API (and `auth_mode: aad_token`
     #: endpoints) accept; gateway.oidc.OidcVerifier, set at startup when configured
     oidc: Any = None
+    #: endpoint -> its callers' buckets (kept across routing snapshots)
+    rate_limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    #: the management API's, per principal (`--management-rate-limit`)
+    management_limiter: RateLimiter | None = None
+
+    def limit_rate(self, endpoint: EndpointRoute, caller: str) -> None:
+        """Count a scoring request against its caller's bucket (429 when empty)."""
+        assert endpoint.rate_limit is not None
+        limiter = self.rate_limiters.get(endpoint.name)
+        if limiter is None or (limiter.rate, limiter.burst) != endpoint.rate_limit:
+            limiter = RateLimiter(*endpoint.rate_limit, f"endpoint '{endpoint.name}'")
+            self.rate_limiters[endpoint.name] = limiter
+        limiter.take(caller)
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayState:
@@ -48,6 +63,11 @@ class GatewayState:
         hosts = DeploymentHosts(control, metrics, identity.id)
         mirror = Mirror()
         metrics.watch(lambda: hosts.schedulers, lambda: mirror.stats, lambda: hosts.collectors)
+        oidc = None
+        if settings.oidc is not None:
+            from gateway.oidc import OidcVerifier
+
+            oidc = OidcVerifier(settings.oidc)
         return cls(
             settings=settings,
             control=control,
@@ -55,6 +75,12 @@ class GatewayState:
             identity=identity,
             metrics=metrics,
             mirror=mirror,
+            oidc=oidc,
+            management_limiter=(
+                RateLimiter(*settings.management_rate_limit, "the management API")
+                if settings.management_rate_limit
+                else None
+            ),
         )
 
     @property

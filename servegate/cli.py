@@ -5,6 +5,7 @@ management API (`--url` / SERVEGATE_URL, `--token` / SERVEGATE_TOKEN), except
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -350,6 +351,49 @@ def schema(kind: str, folder: Path | None) -> None:
     help="Mutual TLS: clients must present a certificate signed by these CAs (PEM).",
 )
 @click.option(
+    "--oidc-issuer",
+    envvar="SERVEGATE_OIDC_ISSUER",
+    default=None,
+    help="Accept this identity provider's tokens (OpenID Connect; keys from its discovery "
+    "document) on the management API and on aad_token endpoints.",
+)
+@click.option(
+    "--oidc-audience",
+    envvar="SERVEGATE_OIDC_AUDIENCE",
+    default=None,
+    help="The audience management tokens must be issued for (and aad_token endpoints' default).",
+)
+@click.option(
+    "--oidc-jwks",
+    envvar="SERVEGATE_OIDC_JWKS",
+    default=None,
+    help="The provider's keys from this JWKS file or URL instead of discovery.",
+)
+@click.option(
+    "--oidc-roles-claim",
+    envvar="SERVEGATE_OIDC_ROLES_CLAIM",
+    default="roles",
+    show_default=True,
+    help="The token claim whose values grant roles (roles, groups).",
+)
+@click.option(
+    "--oidc-role",
+    "oidc_roles",
+    envvar="SERVEGATE_OIDC_ROLE",
+    multiple=True,
+    metavar="VALUE=ROLE",
+    help="A claim value granting a role, e.g. ml-platform-admins=owner (repeatable; a value "
+    "named like a role grants it).",
+)
+@click.option(
+    "--management-rate-limit",
+    envvar="SERVEGATE_MANAGEMENT_RATE_LIMIT",
+    default=None,
+    metavar="RPS[:BURST]",
+    help="Per-principal limit on management requests, e.g. 10:20 (429 with Retry-After past "
+    "it) [default: off].",
+)
+@click.option(
     "--cpus",
     envvar="SERVEGATE_CPUS",
     type=click.IntRange(min=1),
@@ -380,6 +424,12 @@ def serve(
     ssl_certfile: Path | None,
     ssl_keyfile: Path | None,
     ssl_ca_certs: Path | None,
+    oidc_issuer: str | None,
+    oidc_audience: str | None,
+    oidc_jwks: str | None,
+    oidc_roles_claim: str,
+    oidc_roles: tuple[str, ...],
+    management_rate_limit: str | None,
     cpus: int | None,
     log_level: str,
 ) -> None:
@@ -407,9 +457,57 @@ def serve(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             ssl_ca_certs=ssl_ca_certs,
+            oidc=_oidc_settings(
+                oidc_issuer, oidc_audience, oidc_jwks, oidc_roles_claim, oidc_roles
+            ),
+            management_rate_limit=_rate_limit(management_rate_limit),
         ),
         log_level,
     )
+
+
+def _rate_limit(raw: str | None) -> tuple[float, int] | None:
+    if not raw:
+        return None
+    rate, _, burst = raw.partition(":")
+    try:
+        parsed = float(rate), int(burst) if burst else max(1, math.ceil(float(rate)))
+    except ValueError:
+        parsed = (0.0, 0)
+    if not (parsed[0] > 0 and parsed[1] >= 1):
+        raise click.UsageError(
+            f"--management-rate-limit '{raw}': expected RPS[:BURST], e.g. 10 or 10:20"
+        )
+    return parsed
+
+
+def _oidc_settings(
+    issuer: str | None,
+    audience: str | None,
+    jwks: str | None,
+    roles_claim: str,
+    roles: tuple[str, ...],
+) -> Any:
+    if issuer is None:
+        if audience or jwks or roles:
+            raise click.UsageError(
+                "--oidc-audience, --oidc-jwks and --oidc-role need --oidc-issuer"
+            )
+        return None
+    if not audience:
+        raise click.UsageError("--oidc-issuer needs --oidc-audience (what its tokens are for)")
+    from deploy.roles import ROLES
+    from gateway.oidc import OidcSettings
+
+    role_map = {}
+    for item in roles:
+        value, _, role = item.rpartition("=")
+        if not value or role not in ROLES:
+            raise click.UsageError(
+                f"--oidc-role '{item}': expected VALUE=ROLE with a role of {', '.join(ROLES)}"
+            )
+        role_map[value] = role
+    return OidcSettings(issuer, audience, jwks, roles_claim, role_map)
 
 
 # -- models -----------------------------------------------------------------------

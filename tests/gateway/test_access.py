@@ -255,3 +255,53 @@ def test_secrets_are_resolved_where_used_and_never_shown(
     assert [e["action"] for e in audit][:2] == ["secret.delete", "secret.rotate"]
     code_, out = gateway.cli("secret", "set", "-n", "bad name!", input="x", ok=False)
     assert code_ != 0 and re.search(r"not a secret name", out)
+
+
+def test_scoring_rate_limit_per_key(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    gateway.create_endpoint(
+        tmp_path, unique_name, "rate_limit: {requests_per_second: 2, burst: 3}\n"
+    )
+    gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
+    keys = json.loads(gateway.cli("endpoint", "get-credentials", "-n", unique_name)[1])
+    url = f"{gateway.url}/endpoints/{unique_name}/score"
+    body = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}
+
+    def score(key: str) -> httpx.Response:
+        return httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+
+    assert [score(keys["primaryKey"]).status_code for _ in range(3)] == [200, 200, 200]
+    limited = score(keys["primaryKey"])
+    assert limited.status_code == 429, limited.text
+    assert int(limited.headers["retry-after"]) >= 1
+    assert "rate limit of endpoint" in limited.json()["error"]
+    # Each key has its own bucket; a bucket refills at the rate.
+    assert score(keys["secondaryKey"]).status_code == 200
+    time.sleep(0.6)
+    assert score(keys["primaryKey"]).status_code == 200
+    # Off by default: an endpoint without rate_limit takes a burst.
+    other = f"{unique_name}-free"
+    gateway.create_endpoint(tmp_path, other, "auth_mode: none\n")
+    gateway.deploy(tmp_path, other, "blue", model_dir / "classifier.onnx")
+    free = [
+        httpx.post(f"{gateway.url}/endpoints/{other}/score", json=body).status_code
+        for _ in range(20)
+    ]
+    assert free == [200] * 20
+
+
+def test_management_rate_limit_per_principal(tmp_path: Path) -> None:
+    from tests.conftest import start_gateway
+
+    gw = start_gateway(tmp_path / "home", "--management-rate-limit", "0.1:2")
+    try:
+        other = new_token(gw, "second", "reader")  # the owner's first request
+        r = call(gw, gw.admin_token, "GET", "/management/endpoints")  # its second
+        assert r.status_code == 200
+        r = call(gw, gw.admin_token, "GET", "/management/endpoints")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 5, r.text
+        assert "rate limit of the management API" in r.json()["error"]
+        assert call(gw, other, "GET", "/management/endpoints").status_code == 200
+    finally:
+        gw.stop()

@@ -5,7 +5,6 @@ mutual TLS refuses a client without a certificate."""
 from __future__ import annotations
 
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.conftest import Gateway, free_port, start_gateway
+from tests.conftest import free_port, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,6 @@ def _context(ca_file: Path, client: Path | None = None) -> ssl.SSLContext:
     if client is not None:
         context.load_cert_chain(str(client))
     return context
-
-
-def _stop(gw: Gateway) -> None:
-    gw.process.terminate()
-    try:
-        gw.process.wait(20)
-    except subprocess.TimeoutExpired:
-        gw.process.kill()
 
 
 def test_https_and_grpc_over_tls(
@@ -77,7 +68,7 @@ def test_https_and_grpc_over_tls(
         )
         assert client.is_server_live()
     finally:
-        _stop(gw)
+        gw.stop()
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(
@@ -106,4 +97,4 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
         )
         assert out.strip().startswith("[")
     finally:
-        _stop(gw)
+        gw.stop()

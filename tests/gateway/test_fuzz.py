@@ -1,0 +1,258 @@
+"""Fuzzing, bounded to fit CI: schemathesis over the gateway's own OpenAPI document
+(the management API with an owner and with a reader token, the data plane with an
+endpoint key) and a hypothesis property over scoring bodies (JSON and binary framing).
+Never a 5xx, every status documented for its route, every error JSON with `error`; and
+while the data plane is fuzzed the event loop never stalls: a health probe running
+beside the fuzz answers within 100 ms."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Gateway, start_gateway
+
+#: examples per operation: enough to reach every route's validation, small enough for CI
+EXAMPLES = 12
+ENDPOINT = "fuzzed"
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Gateway]:
+    """A gateway of its own: the fuzz may create, change and delete anything."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    gw = start_gateway(tmp / "home")
+    gw.create_endpoint(tmp, ENDPOINT)
+    gw.deploy(tmp, ENDPOINT, "blue", model_dir / "classifier.onnx")
+    yield gw
+    gw.stop()
+
+
+class StallWatch:
+    """Probes /v2/health/live every 20 ms on a thread; the slowest answer it saw."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.slowest, self._stop = url, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            client.get(self.url)  # connect first: the probe measures answers, not connects
+            while not self._stop.wait(0.02):
+                started = time.perf_counter()
+                client.get(self.url)
+                self.slowest = max(self.slowest, time.perf_counter() - started)
+
+    def __enter__(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _check(label: str, documented: dict[str, Any], response: httpx.Response) -> list[str]:
+    problems = []
+    status = response.status_code
+    if status >= 500:
+        problems.append(f"{label}: {status} {response.text[:200]}")
+    if str(status) not in documented and "default" not in documented:
+        problems.append(f"{label}: status {status} not documented ({sorted(documented)})")
+    if status >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and isinstance(body.get("error"), str)):
+            problems.append(f"{label}: error body without 'error': {response.text[:200]}")
+    return problems
+
+
+def _fuzz(
+    gw: Gateway, token: str, wanted: Callable[[str], bool], path_parameters: dict[str, str]
+) -> tuple[int, list[str]]:
+    doc = httpx.get(f"{gw.url}/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(doc)
+    problems: list[str] = []
+    calls = 0
+    with httpx.Client(base_url=gw.url, timeout=60) as client:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if wanted(operation.path):
+                calls += _fuzz_operation(client, operation, token, path_parameters, problems)
+    return calls, problems
+
+
+def _fuzz_operation(
+    client: httpx.Client,
+    operation: Any,
+    token: str,
+    path_parameters: dict[str, str],
+    problems: list[str],
+) -> int:
+    """Call one operation with EXAMPLES generated requests; how many were sent."""
+    fixed = {k: v for k, v in path_parameters.items() if "{" + k + "}" in operation.path}
+    documented = operation.definition.raw["responses"]
+    sent = 0
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(path_parameters=fixed or None))
+    def run(case: Any) -> None:
+        nonlocal sent
+        kwargs = case.as_transport_kwargs(base_url=str(client.base_url))
+        headers = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
+        body = kwargs.get("data")
+        response = client.request(
+            kwargs["method"],
+            kwargs["url"],
+            headers=headers,
+            params=kwargs.get("params"),
+            content=body if isinstance(body, (bytes, str)) else None,
+            json=kwargs.get("json"),
+        )
+        sent += 1
+        problems.extend(_check(operation.label, documented, response))
+
+    run()
+    return sent
+
+
+def _management(path: str) -> bool:
+    # Rotation re-encrypts every secret: harmless, but it would be fuzzed with no body.
+    return path.startswith("/management/") and path != "/management/secrets/rotate"
+
+
+def test_data_plane_fuzzed_with_an_endpoint_key(fuzz_gateway: Gateway) -> None:
+    gw = fuzz_gateway
+    _, out = gw.cli("endpoint", "get-credentials", "-n", ENDPOINT)
+    key = json.loads(out)["primaryKey"]
+    with StallWatch(f"{gw.url}/v2/health/live") as watch:
+        calls, problems = _fuzz(
+            gw,
+            key,
+            lambda path: not path.startswith("/management/"),
+            {"endpoint": ENDPOINT, "deployment": "blue"},
+        )
+    assert calls >= 50, calls
+    assert not problems, "\n".join(problems[:20])
+    assert watch.slowest < 0.1, watch.slowest
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=10), children, max_size=6)
+    ),
+    max_leaves=40,
+)
+_INPUTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["input", "x", ""]) | st.text(max_size=8),
+        "shape": st.lists(st.integers(-2, 2**40), max_size=4),
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BYTES", "BOOL", "fp32", "X"]),
+        "data": _JSON,
+        "parameters": st.dictionaries(st.text(max_size=20), _JSON, max_size=3),
+    },
+)
+_ROWS = st.lists(
+    st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=4, max_size=4),
+    min_size=1,
+    max_size=4,
+)
+_BODIES = st.one_of(
+    # well-formed requests with any values (NaN and infinities too)
+    _ROWS.map(lambda rows: ("json", json.dumps({"input_data": rows}).encode(), None)),
+    _ROWS.map(
+        lambda rows: (
+            "json",
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}
+                    ]
+                }
+            ).encode(),
+            None,
+        )
+    ),
+    st.binary(max_size=512).map(lambda b: ("raw", b, None)),
+    _JSON.map(lambda doc: ("json", json.dumps(doc).encode(), None)),
+    st.fixed_dictionaries({"input_data": _JSON}).map(
+        lambda d: ("json", json.dumps(d).encode(), None)
+    ),
+    st.fixed_dictionaries({"inputs": st.lists(_INPUTS, max_size=3)}).map(
+        lambda d: ("json", json.dumps(d).encode(), None)
+    ),
+    # the binary tensor extension: a JSON header of the given length, then raw bytes
+    st.tuples(
+        st.fixed_dictionaries(
+            {"inputs": st.lists(_INPUTS, max_size=2)},
+            optional={"outputs": st.lists(st.fixed_dictionaries({"name": st.text(max_size=8)}))},
+        ),
+        st.binary(max_size=256),
+        st.integers(-5, 1024),
+    ).map(lambda t: ("binary", json.dumps(t[0]).encode() + t[1], len(json.dumps(t[0])) + t[2] % 7)),
+)
+
+
+def test_scoring_bodies_never_fail_the_server(fuzz_gateway: Gateway) -> None:
+    gw = fuzz_gateway
+    _, out = gw.cli("endpoint", "get-credentials", "-n", ENDPOINT)
+    auth = {"Authorization": f"Bearer {json.loads(out)['primaryKey']}"}
+    seen: dict[int, int] = {}
+    with (
+        httpx.Client(base_url=gw.url, timeout=30) as client,
+        StallWatch(f"{gw.url}/v2/health/live") as watch,
+    ):
+
+        @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+        @given(body=_BODIES, v2=st.booleans())
+        def score(body: tuple[str, bytes, int | None], v2: bool) -> None:
+            kind, content, header_length = body
+            headers = {**auth, "Content-Type": "application/json"}
+            if kind == "binary":
+                headers["Content-Type"] = "application/octet-stream"
+                headers["Inference-Header-Content-Length"] = str(header_length)
+            path = f"/v2/models/{ENDPOINT}/infer" if v2 else f"/endpoints/{ENDPOINT}/score"
+            response = client.post(path, content=content, headers=headers)
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+            assert response.status_code < 500, response.text
+            if response.status_code >= 400:
+                assert isinstance(response.json()["error"], str)
+
+        score()
+    assert watch.slowest < 0.1, watch.slowest
+    assert 400 in seen and 200 in seen, seen  # it reached both validation and the model
+
+
+@pytest.mark.parametrize("role", ["owner", "reader"])
+def test_management_api_fuzzed(fuzz_gateway: Gateway, role: str) -> None:
+    """Last in this module: it may create, change and delete anything in its gateway."""
+    gw = fuzz_gateway
+    token = gw.admin_token
+    if role != "owner":
+        _, out = gw.cli(
+            "access", "token", "create", "-n", f"fuzz-{role}", "--role", role, "-o", "json"
+        )
+        token = json.loads(out)["token"]
+    calls, problems = _fuzz(gw, token, _management, {})
+    assert calls >= 200, calls
+    assert not problems, "\n".join(problems[:20])
