@@ -35,6 +35,8 @@ class Location:
 
 def locate(uri: str) -> Location:
     """`s3://bucket/key`, `file:///path` or a local path."""
+    if "\x00" in uri:  # no filesystem takes one (pyarrow raises ArrowInvalid)
+        raise BatchInputError(f"path {uri!r}: holds a NUL character")
     if uri.startswith("s3://"):
         return Location(uri, s3_filesystem(), uri[len("s3://") :].rstrip("/"))
     path = uri[len("file://") :] if uri.startswith("file://") else uri
@@ -53,7 +55,7 @@ def list_inputs(uri: str, input_type: str | None = None) -> tuple[Location, list
         pattern, location = location.path, Location(uri, fs, folder)
     try:
         info = fs.get_file_info(location.path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid
         raise BatchInputError(f"input '{uri}': cannot read it: {exc}") from None
     if info.type == pafs.FileType.NotFound:
         raise BatchInputError(f"input '{uri}': no such file or folder")

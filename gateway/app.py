@@ -27,6 +27,7 @@ from gateway import (  # noqa: F401 - they declare routes
     api,
     batch_api,
     demo,
+    logs,
     management,
     metadata,
     scoring,
@@ -94,6 +95,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             asyncio.create_task(state.rollouts.supervise(), name="rollout-leases"),
             asyncio.create_task(batch_api.supervise_jobs(state), name="job-supervisor"),
             asyncio.create_task(state.hosts.logs.run(), name="deployment-logs"),
+            asyncio.create_task(logs.ACCESS_LOG.flush_every(), name="access-log"),
         ]
         grpc_server = None
         if settings.grpc_port:
@@ -147,15 +149,13 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
         },
         lifespan=lifespan,
     )
-    return scoring.FastScoring(app, score, infer)
+    return scoring.FastScoring(app, score, infer, settings.access_log)
 
 
 def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests.
     Raises StoreUnavailable (before anything starts) when the store cannot be opened."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level, settings.log_format)
     # A store that cannot be opened (corrupt, unreachable, no secret): one clear error
     # before anything starts, no traceback.
     open_control_plane(ControlPlaneSettings.resolve(settings.home)).store.close()
@@ -174,6 +174,7 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers go through ours (format, request ids)
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         access_log=False,
         # The gateway never uses client addresses; X-Forwarded-* parsing cost 1.5%

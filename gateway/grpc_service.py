@@ -30,6 +30,7 @@ from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
 from gateway.rate_limit import caller_of
+from gateway.request_ids import current, request_id_of
 from gateway.routing import DeploymentRoute
 from gateway.scoring import DEPLOYMENT_HEADER, ScoringEndpoint, _infer, record_request
 from gateway.state import GatewayState
@@ -238,6 +239,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         timing = Timing()
         route: DeploymentRoute | None = None
         status = 499
+        # The request id, as over HTTP: the client's (metadata x-request-id), else ours;
+        # answered in the trailing metadata, and in the log lines about this call.
+        given = next(
+            (v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None
+        )
+        request_id = request_id_of(given if isinstance(given, str) else None)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        id_token = current.set(request_id)
         try:
             endpoint, route, target = await self._route(
                 context, request.model_name, request.model_version
@@ -268,6 +277,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             elapsed = time.perf_counter() - started
             record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
+            current.reset(id_token)
 
     def _mirror(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import protocol
 from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import PayloadTooLarge, error_body
+from gateway.logs import access
 from gateway.rate_limit import caller_of
+from gateway.request_ids import RequestIds, current, id_headers, request_id_of
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
 from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
@@ -177,11 +178,15 @@ class ScoringEndpoint:
         params = scope["path_params"]
         endpoint_name = params["endpoint"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = request_id_of(
+            headers.get("x-request-id") or headers.get("x-ms-client-request-id")
+        )
+        id_token = current.set(request_id)
         timing = Timing()
         route: DeploymentRoute | None = None
         mirror: DeploymentRoute | None = None
         outputs: dict[str, np.ndarray] | None = None
-        extra: list[tuple[bytes, bytes]] = []
+        extra = id_headers(request_id)
         body = b""
         status = 499  # the client left before an answer (nginx's convention)
         try:
@@ -231,12 +236,24 @@ class ScoringEndpoint:
         finally:
             elapsed = time.perf_counter() - started
             record_request(state, self.protocol_name, endpoint_name, route, status, elapsed, timing)
+            current.reset(id_token)
+            sample = state.settings.access_log
+            if sample and (sample >= 1.0 or state.rng.random() < sample):
+                access(
+                    request_id,
+                    "POST",
+                    scope["path"],
+                    status,
+                    elapsed,
+                    endpoint_name,
+                    route.name if route is not None else None,
+                )
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
         if route is not None and route.collector is not None:
             route.collector.offer(
-                headers.get("x-request-id") or uuid.uuid4().hex,
+                request_id,
                 status,
                 time.perf_counter() - started,
                 body,
@@ -298,8 +315,15 @@ class FastScoring:
     """Sends POSTs to the scoring paths straight to their handlers; everything
     else goes to the starlette app."""
 
-    def __init__(self, app: ASGIApp, score: ScoringEndpoint, infer: ScoringEndpoint) -> None:
-        self.app = app
+    def __init__(
+        self,
+        app: ASGIApp,
+        score: ScoringEndpoint,
+        infer: ScoringEndpoint,
+        access_log: float = 0.0,
+    ) -> None:
+        # Every other route gets its request id from the middleware; scoring does it inline.
+        self.app = RequestIds(app, access_log)
         self._score = score
         self._infer = infer
 

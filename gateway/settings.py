@@ -47,6 +47,10 @@ class GatewaySettings:
     oidc: Any = None
     #: per-principal management rate limit: (requests per second, burst); None: off
     management_rate_limit: tuple[float, int] | None = None
+    #: the log's lines: "text" or "json" (one object per line)
+    log_format: str = "text"
+    #: the fraction of requests the access log records (0: off; 1: all)
+    access_log: float = 0.0
 
     @property
     def scheme(self) -> str:

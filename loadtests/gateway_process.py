@@ -35,9 +35,11 @@ class GatewayProcess:
     """Start on enter (optionally under `taskset -c CORE`), admin client, stop on exit."""
 
     def __init__(
-        self, home: Path, *extra: str, core: str | None = None, actor: str = "loadtests"
+        self, home: Path, *extra: str, core: str | None = None, source: Path | None = None
     ) -> None:
+        """`source`: run the gateway from this checkout instead (a baseline to compare)."""
         self.home = home
+        self._source = source
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
@@ -54,7 +56,6 @@ class GatewayProcess:
             *extra,
         ]
         self._command = ["taskset", "-c", core, *command] if core else command
-        self._actor = actor
         self.admin: httpx.Client | None = None
 
     def __enter__(self) -> GatewayProcess:
@@ -64,14 +65,19 @@ class GatewayProcess:
             self._command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                **({"PYTHONPATH": str(self._source)} if self._source else {}),
+            },
+            cwd=self._source,
         )
         wait_ready(f"{self.url}/v2/health/ready")
         token = (self.home / "admin_token").read_text().strip()
         self.admin = httpx.Client(
             base_url=self.url,
             timeout=120,
-            headers={"Authorization": f"Bearer {token}", "x-servegate-actor": self._actor},
+            headers={"Authorization": f"Bearer {token}"},
         )
         return self
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from runtimes import context
 from runtimes.errors import InferenceFailed, InferenceTimeout, Overloaded, Retired
 from runtimes.types import Signature
 
@@ -133,6 +134,8 @@ class _Job:
     timing: Timing
     limit: str  # names the deadline in messages
     started: bool = False
+    #: the request's id (for the log lines its call causes)
+    request_id: str = "-"
     #: What the expiry heap holds instead of the job: emptied when the caller is done, so
     #: a finished job's tensors are not kept alive until its deadline.
     ticket: list[_Job] = field(default_factory=list)
@@ -354,6 +357,7 @@ class Scheduler:
             loop.create_future(),
             timing,
             limit,
+            request_id=context.request_id.get(),
         )
         job.ticket.append(job)
         # Its queue limit now; its deadline once it runs (see `_watch`). With no instance
@@ -543,6 +547,10 @@ class Scheduler:
         self._wake.set()
 
     async def _run(self, slot: int, jobs: list[_Job]) -> None:
+        # This task's log lines (a worker's, a script's) name the requests it runs.
+        context.request_id.set(
+            jobs[0].request_id if len(jobs) == 1 else ",".join(j.request_id for j in jobs)
+        )
         started = time.perf_counter()
         for job in jobs:
             job.started = True

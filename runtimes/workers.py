@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes import azure_monitoring, errors
+from runtimes import azure_monitoring, context, errors
 from runtimes.base import RuntimeConfig
 from runtimes.errors import InstanceFailed, ModelLoadError
 from runtimes.resources import shm_bytes
@@ -258,6 +258,8 @@ class _Worker:
     readiness_streak: int = 0
     #: the answer to the probes' outstanding ping (it holds `lock` until it comes)
     pong: asyncio.Future[Any] | None = None
+    #: the id(s) of the request(s) its current call serves ("": none), for its log lines
+    request_id: str = ""
     thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="sg-worker-io")
     )
@@ -574,7 +576,8 @@ class ProcessHost:
         while True:
             message = worker.conn.recv()
             if message[0] == "log":
-                self._log(f"worker {worker.index}: {message[1]}")
+                serving = f" (request {worker.request_id})" if worker.request_id else ""
+                self._log(f"worker {worker.index}{serving}: {message[1]}")
             elif message[0] == "collect":
                 self._collect(*message[1:])
             else:
@@ -606,7 +609,12 @@ class ProcessHost:
         await worker.ready.wait()
         async with worker.lock:
             await worker.ready.wait()  # a liveness probe may have found it not answering
-            return await self._exchange(worker, message)
+            served = context.request_id.get()
+            worker.request_id = "" if served == "-" else served
+            try:
+                return await self._exchange(worker, message)
+            finally:
+                worker.request_id = ""
 
     async def _exchange(self, worker: _Worker, message: tuple[Any, ...]) -> Any:
         if self._closed:

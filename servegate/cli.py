@@ -408,6 +408,24 @@ def schema(kind: str, folder: Path | None) -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    envvar="SERVEGATE_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line (time, level, logger, request_id, message, and the "
+    "request's endpoint, deployment, status, latency_ms where known).",
+)
+@click.option(
+    "--access-log",
+    envvar="SERVEGATE_ACCESS_LOG",
+    default="off",
+    show_default=True,
+    metavar="off|full|FRACTION",
+    help="A line per request (logger servegate.access): all of them, or a sampled "
+    "fraction such as 0.01.",
+)
 @store_options
 @pass_ctx
 def serve(
@@ -432,6 +450,8 @@ def serve(
     management_rate_limit: str | None,
     cpus: int | None,
     log_level: str,
+    log_format: str,
+    access_log: str,
 ) -> None:
     """Run the gateway."""
     from gateway.app import serve as run
@@ -461,9 +481,23 @@ def serve(
                 oidc_issuer, oidc_audience, oidc_jwks, oidc_roles_claim, oidc_roles
             ),
             management_rate_limit=_rate_limit(management_rate_limit),
+            log_format=log_format,
+            access_log=_access_log(access_log),
         ),
         log_level,
     )
+
+
+def _access_log(raw: str) -> float:
+    if raw in ("off", "full"):
+        return 0.0 if raw == "off" else 1.0
+    try:
+        fraction = float(raw)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise click.UsageError(f"--access-log '{raw}': expected off, full or a fraction 0-1")
+    return fraction
 
 
 def _rate_limit(raw: str | None) -> tuple[float, int] | None:

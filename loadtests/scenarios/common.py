@@ -26,7 +26,7 @@ class Scenario(GatewayProcess):
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=f"sg-{name}-"))
-        super().__init__(self.work / "home", actor=f"scenario {name}")
+        super().__init__(self.work / "home")
         self.__enter__()
 
     def register(self, name: str, data: bytes, filename: str) -> None:

@@ -86,7 +86,7 @@ DEPLOYMENT = "name: blue\nendpoint_name: ep1\nmodel: fraud:1\n"
         (
             "endpoint",
             "name: good\nauth_mode: password\n",
-            ["field 'auth_mode'", "'key', 'token' or 'none'"],
+            ["field 'auth_mode'", "'key', 'token', 'aad_token' or 'none'"],
         ),
         (
             "endpoint",

@@ -260,14 +260,20 @@ def test_get_logs_shows_what_a_scoring_script_prints(
         "    logging.getLogger('fraud').warning('a low balance')\n"
         "    return {'ok': True}\n",
     )
-    r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", content=b'{"x": 1}')
+    r = httpx.post(
+        f"{gateway.url}/endpoints/{unique_name}/score",
+        content=b'{"x": 1}',
+        headers={"x-request-id": "req-42"},
+    )
     assert r.status_code == 200, r.text
     _, out = gateway.cli("deployment", "get-logs", "-e", unique_name, "-n", "blue")
     lines = out.splitlines()
     assert any(line.endswith("worker 0: loading the model") for line in lines), out
     assert any("started (pid" in line for line in lines), out
-    assert any(line.endswith("worker 0: scoring 8 bytes") for line in lines), out
-    assert any(line.endswith("worker 0: WARNING fraud: a low balance") for line in lines), out
+    # What the script logs while serving a request names the request.
+    served = "worker 0 (request req-42): "
+    assert any(line.endswith(served + "scoring 8 bytes") for line in lines), out
+    assert any(line.endswith(served + "WARNING fraud: a low balance") for line in lines), out
     _, out = gateway.cli(
         "deployment",
         "get-logs",
@@ -282,7 +288,7 @@ def test_get_logs_shows_what_a_scoring_script_prints(
         "--query",
         "[].line",
     )
-    assert out.strip() == "worker 0: WARNING fraud: a low balance"
+    assert out.strip() == "worker 0 (request req-42): WARNING fraud: a low balance"
 
 
 def test_a_worker_that_stops_answering_its_liveness_probe_is_replaced(

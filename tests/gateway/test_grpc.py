@@ -108,10 +108,14 @@ def test_int32_and_bytes_as_raw_and_typed_contents(
     request.inputs.add(name="text", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
         [b"fish", b"dog"]
     )
-    reply = stub.ModelInfer(request, metadata=tuple(headers.items()))
+    reply, call = stub.ModelInfer.with_call(
+        request, metadata=(*headers.items(), ("x-request-id", "grpc-req-9"))
+    )
     names = [o.name for o in reply.outputs]
     ids = np.frombuffer(reply.raw_output_contents[names.index("token_id")], dtype=np.int64)
     assert ids.tolist() == [3, 2]
+    # The request id comes back in the trailing metadata, as x-request-id over HTTP.
+    assert ("x-request-id", "grpc-req-9") in tuple(call.trailing_metadata())
 
 
 def test_errors_deadlines_and_auth(
