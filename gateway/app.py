@@ -96,6 +96,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             asyncio.create_task(batch_api.supervise_jobs(state), name="job-supervisor"),
             asyncio.create_task(state.hosts.logs.run(), name="deployment-logs"),
             asyncio.create_task(logs.ACCESS_LOG.flush_every(), name="access-log"),
+            asyncio.create_task(state.metrics.refresh_jobs(state.control.jobs), name="job-metrics"),
         ]
         grpc_server = None
         if settings.grpc_port:

@@ -10,10 +10,12 @@ are only touched from the event loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -270,6 +272,29 @@ class _CollectorSeries(Collector):
         yield dropped
 
 
+class _JobSeries(Collector):
+    """The newest batch jobs' mini-batches by state (progress bars, stuck jobs), from a
+    snapshot `refresh_jobs` takes off the event loop: a scrape never queries the store."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "servegate_batch_job_mini_batches",
+            "Mini-batches of the newest batch jobs by state (pending, running, done, failed).",
+            labels=["job", "endpoint", "state"],
+        )
+        for labels, count in dict(self._snapshot()).items():
+            family.add_metric(list(labels), count)
+        yield family
+
+
+#: how many of the newest jobs `servegate_batch_job_mini_batches` shows, and how often
+JOBS_SHOWN = 20
+JOBS_REFRESH_S = 5.0
+
+
 class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -300,7 +325,17 @@ class GatewayMetrics:
             [*labels, "reason"],
             registry=self.registry,
         )
+        self.rollouts_finished = Counter(
+            "servegate_rollouts_finished",
+            "Rollouts that ended, by outcome: succeeded, rolled_back (a gate breached, or "
+            "the controller failed) or aborted.",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        #: (job, endpoint, state) -> mini-batches, for the newest jobs
+        self.jobs: dict[tuple[str, str, str], int] = {}
         self.registry.register(_HotSeries(self))
+        self.registry.register(_JobSeries(lambda: self.jobs))
 
     def watch(
         self,
@@ -311,6 +346,23 @@ class GatewayMetrics:
         self.registry.register(_SchedulerGauges(schedulers))
         self.registry.register(_MirrorSeries(mirrors))
         self.registry.register(_CollectorSeries(collectors))
+
+    async def refresh_jobs(self, jobs: Any) -> None:
+        """Every JOBS_REFRESH_S, count the newest jobs' mini-batches by state (from
+        `deploy.jobs.JobLedger`, on a thread) for `servegate_batch_job_mini_batches`."""
+
+        def count() -> dict[tuple[str, str, str], int]:
+            counts: dict[tuple[str, str, str], int] = {}
+            for job in jobs.recent(limit=JOBS_SHOWN):
+                for batch in jobs.mini_batches(job.id):
+                    key = (job.id, job.endpoint, str(batch.state))
+                    counts[key] = counts.get(key, 0) + 1
+            return counts
+
+        while True:
+            with contextlib.suppress(Exception):  # a store that is down: keep the last
+                self.jobs = await asyncio.to_thread(count)
+            await asyncio.sleep(JOBS_REFRESH_S)
 
     def for_deployment(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         key = (endpoint, deployment)

@@ -407,4 +407,5 @@ class RolloutController:
             self.state.control.store.release_lease, lease_name(record.id), self.replica
         )
         log.info("rollout %s %s: %s", record.id, state, reason)
+        self.state.metrics.rollouts_finished.labels(record.endpoint, str(state)).inc()
         return record

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Gateway, Load, assert_clean_exit, start_gateway, wait_for, write_yaml
@@ -135,6 +136,12 @@ def test_a_failing_candidate_is_rolled_back_with_the_reason(
     (last,) = json.loads(out)
     assert last["reason"].startswith("rollback (rolled_back): step 10%: error rate")
     assert last["after"]["traffic"] == {"blue": 100, "green": 0}
+    # Counted for the rollback alert (deploy/grafana/alerts.yml).
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert (
+        f'servegate_rollouts_finished_total{{endpoint="{unique_name}",outcome="rolled_back"}} 1.0'
+        in metrics
+    )
 
 
 def test_abort_rolls_back_and_manual_changes_wait(
