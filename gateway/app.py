@@ -31,6 +31,7 @@ from gateway import (  # noqa: F401 - they declare routes
     management,
     metadata,
     scoring,
+    tracing,
 )
 from gateway.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from gateway.errors import GatewayError, error_response
@@ -125,6 +126,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             with contextlib.suppress(Exception):  # a store that is down: nothing to release
                 await heartbeat.leave()
             await state.mirror.close()
+            tracing.shutdown()
             await state.hosts.close()
             state.control.store.close()
 
@@ -157,6 +159,7 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests.
     Raises StoreUnavailable (before anything starts) when the store cannot be opened."""
     logs.configure(log_level, settings.log_format)
+    tracing.configure()
     # A store that cannot be opened (corrupt, unreachable, no secret): one clear error
     # before anything starts, no traceback.
     open_control_plane(ControlPlaneSettings.resolve(settings.home)).store.close()

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway import tracing
 from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
@@ -247,6 +248,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         request_id = request_id_of(given if isinstance(given, str) else None)
         context.set_trailing_metadata((("x-request-id", request_id),))
         id_token = current.set(request_id)
+        span = None
+        if tracing.TRACER is not None:
+            carrier = {k: v for k, v in context.invocation_metadata() or () if k == "traceparent"}
+            span = tracing.RequestSpan(
+                "inference.GRPCInferenceService/ModelInfer", carrier, request_id, started
+            )
         try:
             endpoint, route, target = await self._route(
                 context, request.model_name, request.model_version
@@ -278,6 +285,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             elapsed = time.perf_counter() - started
             record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
             current.reset(id_token)
+            if span is not None:
+                deployment = route.name if route is not None else None
+                span.finish(status, request.model_name, deployment, timing)
 
     def _mirror(
         self,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway import tracing
 from gateway.routing import DeploymentRoute
 from runtimes.errors import InferenceError
 from runtimes.scheduler import Timing
@@ -126,6 +127,7 @@ class Mirror:
         self, route: DeploymentRoute, run: Runner, live: Any, stats: MirrorStats
     ) -> None:
         started = time.perf_counter()
+        span = tracing.mirror_span(route.name)
         try:
             status, payload, outputs = await run(route, Timing())
         except Exception as exc:  # a mirror's failure is only counted
@@ -136,6 +138,8 @@ class Mirror:
         finally:
             stats.seconds.append(time.perf_counter() - started)
             del stats.seconds[:-1000]
+            if span is not None:
+                span.end()
         if status != 200:
             stats.failed += 1
             return

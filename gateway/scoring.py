@@ -19,7 +19,7 @@ import numpy as np
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import protocol
+from gateway import protocol, tracing
 from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import PayloadTooLarge, error_body
 from gateway.logs import access
@@ -31,6 +31,11 @@ from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
 from runtimes.scheduler import Timing
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+#: the server span's name per route (the route's template, as OpenTelemetry names them)
+_SPAN_NAMES = {
+    "score": "POST /endpoints/{endpoint}/score",
+    "v2": "POST /v2/models/{endpoint}/infer",
+}
 #: The `endpoint` metric label of requests to endpoints that do not exist.
 UNKNOWN_ENDPOINT = "(unknown)"
 _JSON = (b"content-type", b"application/json")
@@ -182,6 +187,11 @@ class ScoringEndpoint:
             headers.get("x-request-id") or headers.get("x-ms-client-request-id")
         )
         id_token = current.set(request_id)
+        span = (
+            tracing.RequestSpan(_SPAN_NAMES[self.protocol_name], headers, request_id, started)
+            if tracing.TRACER is not None
+            else None
+        )
         timing = Timing()
         route: DeploymentRoute | None = None
         mirror: DeploymentRoute | None = None
@@ -237,6 +247,9 @@ class ScoringEndpoint:
             elapsed = time.perf_counter() - started
             record_request(state, self.protocol_name, endpoint_name, route, status, elapsed, timing)
             current.reset(id_token)
+            if span is not None:
+                deployment = route.name if route is not None else None
+                span.finish(status, endpoint_name, deployment, timing)
             sample = state.settings.access_log
             if sample and (sample >= 1.0 or state.rng.random() < sample):
                 access(

@@ -7,3 +7,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 request_id: ContextVar[str] = ContextVar("servegate_request_id", default="-")
+
+#: the W3C `traceparent` of the span a call belongs to ("" without tracing): a remote
+#: runtime sends it on, so the remote's spans join the request's trace
+traceparent: ContextVar[str] = ContextVar("servegate_traceparent", default="")

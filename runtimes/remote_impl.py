@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import orjson
 
+from runtimes import context
 from runtimes.base import RuntimeConfig
 from runtimes.errors import InferenceFailed, InvalidInput, ModelLoadError
 from runtimes.tensor_codec import array_from_binary, array_from_json, reshape, tensor_bytes
@@ -141,11 +142,15 @@ class RemoteRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, Any]:
         body, split = _encode(inputs, output_names)
-        return {
-            "url": f"{self._url}/infer",
-            "content": body,
-            "headers": {HEADER_LENGTH: str(split)},
-        }
+        headers = {HEADER_LENGTH: str(split)}
+        # The remote's spans and logs join the request's (one request: its id too).
+        traceparent = context.traceparent.get()
+        if traceparent:
+            headers["traceparent"] = traceparent
+        request_id = context.request_id.get()
+        if request_id != "-" and "," not in request_id:
+            headers["x-request-id"] = request_id
+        return {"url": f"{self._url}/infer", "content": body, "headers": headers}
 
     @contextmanager
     def _transport_errors(self) -> Iterator[None]:

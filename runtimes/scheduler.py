@@ -117,6 +117,10 @@ class Timing:
     queue_s: float = 0.0
     inference_s: float = 0.0
     ran: bool = False
+    #: when it was queued (perf_counter), and the batch it ran in (for traces)
+    arrived_at: float = 0.0
+    batch_requests: int = 0
+    batch_rows: int = 0
 
 
 @dataclass(eq=False)
@@ -134,8 +138,9 @@ class _Job:
     timing: Timing
     limit: str  # names the deadline in messages
     started: bool = False
-    #: the request's id (for the log lines its call causes)
+    #: the request's id (for the log lines its call causes) and its trace's traceparent
     request_id: str = "-"
+    traceparent: str = ""
     #: What the expiry heap holds instead of the job: emptied when the caller is done, so
     #: a finished job's tensors are not kept alive until its deadline.
     ticket: list[_Job] = field(default_factory=list)
@@ -358,7 +363,9 @@ class Scheduler:
             timing,
             limit,
             request_id=context.request_id.get(),
+            traceparent=context.traceparent.get(),
         )
+        timing.arrived_at = job.arrived
         job.ticket.append(job)
         # Its queue limit now; its deadline once it runs (see `_watch`). With no instance
         # (scaled to zero) it waits for one to load, up to its deadline.
@@ -551,11 +558,15 @@ class Scheduler:
         context.request_id.set(
             jobs[0].request_id if len(jobs) == 1 else ",".join(j.request_id for j in jobs)
         )
+        context.traceparent.set(jobs[0].traceparent)  # a remote call joins one trace
         started = time.perf_counter()
+        rows = sum(j.rows for j in jobs)
         for job in jobs:
             job.started = True
             job.timing.ran = True
             job.timing.queue_s = started - job.arrived
+            job.timing.batch_requests = len(jobs)
+            job.timing.batch_rows = rows
             self._watch(job.deadline, job, _RUNNING)
         try:
             if len(jobs) == 1:
