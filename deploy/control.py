@@ -38,6 +38,7 @@ from deploy.specs import (
     BatchEndpointSpec,
     EndpointSpec,
     ModelRef,
+    MonitorSpec,
     OnlineDeploymentSpec,
     SpecT,
     parse_spec,
@@ -800,6 +801,77 @@ class ControlPlane:
     def admin_token(self, token: str) -> AdminTokenRecord | None:
         """The record of a presented token (by its hash), expired or not; None if unknown."""
         return self.store.admin_token(hash_key(token))
+
+    # -- model monitors ----------------------------------------------------------------
+    def put_monitor(self, spec: MonitorSpec, actor: str, mode: str | None = None) -> MonitorSpec:
+        """Create or update a monitor of a deployment whose data collector logs what the
+        monitor reads."""
+        deployment = self.get_deployment(spec.endpoint_name, spec.deployment_name)
+        collector = deployment.data_collector
+        collecting = collector is not None and any(
+            name == spec.collection and c.enabled for name, c in collector.collections.items()
+        )
+        if not collecting:
+            raise SpecError(
+                f"collection: deployment '{spec.deployment_name}' does not collect "
+                f"'{spec.collection}'; enable data_collector.collections.{spec.collection}"
+            )
+        assert collector is not None
+        if collector.destination is not None and collector.destination.path is None:
+            raise SpecError(
+                "collection: the deployment's data collector writes to Kafka; monitors read "
+                "its Parquet files (a destination path, or the default under the artifacts)"
+            )
+        if (
+            spec.predictions
+            and spec.collection == "request"
+            and not any(
+                name == "response" and c.enabled for name, c in collector.collections.items()
+            )
+        ):
+            raise SpecError("predictions: the deployment does not collect 'response'")
+        existing = self.store.get_monitor(spec.name)
+        check_mode(mode, existing is not None, f"monitor '{spec.name}'", "servegate monitor update")
+        action = "monitor.update" if existing else "monitor.create"
+        before = existing.to_dict() if existing else None
+        self.store.put_monitor(
+            spec, AuditEntry(actor, action, f"monitors/{spec.name}", before, spec.to_dict())
+        )
+        return spec
+
+    def get_monitor(self, name: str) -> MonitorSpec:
+        spec = self.store.get_monitor(name)
+        if spec is None:
+            raise NotFound(f"monitor '{name}' does not exist")
+        return spec
+
+    def delete_monitor(self, name: str, actor: str) -> None:
+        before = self.get_monitor(name).to_dict()
+        self.store.delete_monitor(
+            name, AuditEntry(actor, "monitor.delete", f"monitors/{name}", before, None)
+        )
+
+    def record_monitor_run(
+        self, name: str, start: float, end: float, state: str, result: dict[str, Any]
+    ) -> int:
+        """Keep a run's window, state and measures; its id."""
+        return self.store.add_monitor_run(name, start, end, state, result)
+
+    def record_monitor_breach(self, spec: MonitorSpec, event: dict[str, Any], reason: str) -> None:
+        """The audit log's entry for a breach (the actor is the monitor)."""
+        self.store.add_audit(
+            AuditEntry("monitor", "monitor.breach", f"monitors/{spec.name}", None, event, reason)
+        )
+
+    def collected_root(self, spec: MonitorSpec) -> str:
+        """Where the monitored deployment's data collector writes."""
+        deployment = self.get_deployment(spec.endpoint_name, spec.deployment_name)
+        collector = deployment.data_collector
+        if collector is not None and collector.destination is not None:
+            assert collector.destination.path is not None
+            return collector.destination.path
+        artifacts = self.settings.artifacts if self.settings else str(self.artifacts.home)
+        return f"{artifacts.rstrip('/')}/modelDataCollector"
 
     # -- secrets -----------------------------------------------------------------------
     @functools.cached_property

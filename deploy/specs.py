@@ -969,11 +969,86 @@ def _fields_at(kind: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 #: The YAML kinds, by the names `servegate schema` takes (and their files' names).
+class MonitorBaseline(Spec):
+    """What a monitor compares with: a reference dataset (Parquet or CSV, a column per
+    feature), or the first `first_rows` rows the data collector logged."""
+
+    path: str | None = None
+    first_rows: Annotated[int, Field(ge=10, le=10_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MonitorBaseline:
+        if (self.path is None) == (self.first_rows is None):
+            raise ValueError("give either 'path' (a Parquet or CSV file) or 'first_rows'")
+        return self
+
+
+class MonitorThresholds(Spec):
+    """A feature (or prediction) breaches when any of its measures passes its limit."""
+
+    #: population stability index (0.1: a moderate shift, 0.25: a large one)
+    psi: Annotated[float, Field(gt=0)] = 0.2
+    #: Jensen-Shannon distance (base 2, 0..1; about 0.09 between two samples of 500 rows
+    #: from one distribution, in 10 bins)
+    js_distance: Annotated[float, Field(gt=0, le=1)] = 0.2
+    #: share of rows with no value
+    null_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: share of values outside the baseline's range (numbers) or categories
+    out_of_range_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+class MonitorAlert(Spec):
+    """Where a breach is announced (besides the audit log and the metrics)."""
+
+    webhook: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    kafka: KafkaDestination | None = None
+
+
+class MonitorSpec(Spec):
+    """Model monitoring (Azure ML's data drift, prediction drift and data quality
+    signals) over a deployment's collected data (`monitor.yml`)."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    name: EndpointName
+    endpoint_name: EndpointName
+    deployment_name: DeploymentName
+    #: the data collector's collection to read: `request` (payloads: `input_data` rows
+    #: or V2 tensors, one column per feature in order) or a custom collection
+    collection: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "request"
+    baseline: MonitorBaseline
+    #: the features to watch (default: the baseline's columns); names for `request`
+    #: payloads' columns, in order
+    features: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    #: features compared by category (the others as numbers)
+    categorical: list[str] = Field(default_factory=list)
+    #: outputs to watch for prediction drift (from `response` payloads), e.g. [label]
+    predictions: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=100
+    )
+    #: run every this many minutes, over the rows logged since the last run
+    every_minutes: Annotated[int, Field(ge=1, le=10_080)] = 60
+    #: fewer rows than this in a window: reported as too few, not judged (small samples
+    #: of one distribution differ by chance)
+    min_rows: Annotated[int, Field(ge=1)] = 100
+    thresholds: MonitorThresholds = Field(default_factory=MonitorThresholds)
+    alert: MonitorAlert = Field(default_factory=MonitorAlert)
+
+    @model_validator(mode="after")
+    def _categorical_are_features(self) -> MonitorSpec:
+        unknown = sorted(set(self.categorical) - set(self.features)) if self.features else []
+        if unknown:
+            raise ValueError(f"categorical: {', '.join(unknown)} not in features")
+        return self
+
+
 SPEC_KINDS: dict[str, type[Spec]] = {
     "online-endpoint": EndpointSpec,
     "online-deployment": OnlineDeploymentSpec,
     "batch-endpoint": BatchEndpointSpec,
     "batch-deployment": BatchDeploymentSpec,
+    "monitor": MonitorSpec,
 }
 
 

@@ -256,3 +256,22 @@ class SecretValue(BaseModel):
 class SecretView(BaseModel):
     name: str
     updated_at: str
+
+
+class MonitorRunView(BaseModel):
+    id: int
+    monitor: str
+    at: str
+    window_start: float
+    window_end: float
+    #: ok, breach, no_data, too_few_rows, no_baseline, failed
+    state: str
+    #: per feature and prediction: psi, js_distance, null_rate, out_of_range_rate, breaches
+    result: dict[str, Any]
+
+
+class MonitorView(Answer):
+    name: str
+    endpoint_name: str
+    deployment_name: str
+    last_run: MonitorRunView | None = None

@@ -30,6 +30,7 @@ from gateway import (  # noqa: F401 - they declare routes
     logs,
     management,
     metadata,
+    monitors,
     scoring,
     tracing,
 )
@@ -98,6 +99,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             asyncio.create_task(state.hosts.logs.run(), name="deployment-logs"),
             asyncio.create_task(logs.ACCESS_LOG.flush_every(), name="access-log"),
             asyncio.create_task(state.metrics.refresh_jobs(state.control.jobs), name="job-metrics"),
+            asyncio.create_task(monitors.supervise(state), name="monitors"),
         ]
         grpc_server = None
         if settings.grpc_port:

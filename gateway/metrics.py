@@ -272,6 +272,27 @@ class _CollectorSeries(Collector):
         yield dropped
 
 
+class _MonitorSeries(Collector):
+    """Each monitor's last measures, per feature and prediction (from this replica's
+    runs)."""
+
+    def __init__(self, results: Callable[[], Mapping[str, dict[str, Any]]]) -> None:
+        self._results = results
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "servegate_monitor_drift",
+            "A monitor's last measures per feature: psi, js_distance, null_rate, "
+            "out_of_range_rate.",
+            labels=["monitor", "feature", "measure"],
+        )
+        for monitor, result in dict(self._results()).items():
+            for drift in [*result.get("features", ()), *result.get("predictions", ())]:
+                for measure in ("psi", "js_distance", "null_rate", "out_of_range_rate"):
+                    family.add_metric([monitor, drift["feature"], measure], drift[measure])
+        yield family
+
+
 class _JobSeries(Collector):
     """The newest batch jobs' mini-batches by state (progress bars, stuck jobs), from a
     snapshot `refresh_jobs` takes off the event loop: a scrape never queries the store."""
@@ -334,8 +355,17 @@ class GatewayMetrics:
         )
         #: (job, endpoint, state) -> mini-batches, for the newest jobs
         self.jobs: dict[tuple[str, str, str], int] = {}
+        #: monitor -> its last judged run's result
+        self.monitors: dict[str, dict[str, Any]] = {}
+        self.monitor_breaches = Counter(
+            "servegate_monitor_breaches",
+            "Monitor runs in which a feature or prediction passed a threshold.",
+            ["monitor"],
+            registry=self.registry,
+        )
         self.registry.register(_HotSeries(self))
         self.registry.register(_JobSeries(lambda: self.jobs))
+        self.registry.register(_MonitorSeries(lambda: self.monitors))
 
     def watch(
         self,
@@ -363,6 +393,13 @@ class GatewayMetrics:
             with contextlib.suppress(Exception):  # a store that is down: keep the last
                 self.jobs = await asyncio.to_thread(count)
             await asyncio.sleep(JOBS_REFRESH_S)
+
+    def monitored(self, monitor: str, result: dict[str, Any]) -> None:
+        """A monitor run's outcome: its measures (runs that were judged), a breach."""
+        if result.get("features") is not None:
+            self.monitors[monitor] = result
+        if result.get("state") == "breach":
+            self.monitor_breaches.labels(monitor).inc()
 
     def for_deployment(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         key = (endpoint, deployment)

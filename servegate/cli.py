@@ -25,6 +25,7 @@ from deploy.specs import (
     BatchEndpointSpec,
     EndpointSpec,
     ModelRef,
+    MonitorSpec,
     OnlineDeploymentSpec,
     SpecT,
     json_schema,
@@ -703,6 +704,12 @@ def _prepared(
             "code": ctx.client.upload_code(code),
             "scoring_script": code_configuration.scoring_script,
         }
+    baseline = getattr(spec, "baseline", None)
+    if baseline is not None and baseline.path is not None and "://" not in baseline.path:
+        local = (file.parent / baseline.path).resolve()
+        if not local.is_file():
+            raise SpecError(f"{file}: field 'baseline.path': no file at {local}")
+        raw["baseline"] = {"path": ctx.client.upload_data(str(local))}
     model = getattr(spec, "model", None)
     if model is not None and model.path is not None:
         model_path = (file.parent / model.path).resolve()
@@ -1630,6 +1637,75 @@ def audit() -> None:
 def audit_list(ctx: Ctx, target: str | None, limit: int) -> None:
     """Who changed what, when, with the spec before and after; newest first."""
     _print(ctx.client.audit(target, limit))
+
+
+# -- model monitors -------------------------------------------------------------------
+@main.group()
+def monitor() -> None:
+    """Model monitoring: data drift, prediction drift and data quality of a deployment's
+    collected data against a baseline, on a schedule."""
+
+
+def _put_monitor(
+    ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: bool, mode: str
+) -> None:
+    _, body = _prepared(ctx, MonitorSpec, file, assignments, strict=strict)
+    _print_warned(ctx.client.put_monitor(body, mode))
+
+
+@monitor.command("create")
+@_file_options
+@pass_ctx
+def monitor_create(ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: bool) -> None:
+    """Create a monitor from monitor.yml (its baseline file is uploaded)."""
+    _put_monitor(ctx, file, assignments, strict, "create")
+
+
+@monitor.command("update")
+@_file_options
+@pass_ctx
+def monitor_update(ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: bool) -> None:
+    """Change a monitor from monitor.yml."""
+    _put_monitor(ctx, file, assignments, strict, "update")
+
+
+@monitor.command("list")
+@pass_ctx
+def monitor_list(ctx: Ctx) -> None:
+    _print(ctx.client.list_monitors())
+
+
+@monitor.command("show")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def monitor_show(ctx: Ctx, name: str) -> None:
+    """The monitor and its last run."""
+    _print(ctx.client.show_monitor(name))
+
+
+@monitor.command("run")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def monitor_run(ctx: Ctx, name: str) -> None:
+    """Run it now, over the rows logged since its last run."""
+    _print(ctx.client.run_monitor(name))
+
+
+@monitor.command("runs")
+@click.option("--name", "-n", required=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@pass_ctx
+def monitor_runs(ctx: Ctx, name: str, limit: int) -> None:
+    """Its runs, newest first: state, window, measures per feature."""
+    _print(ctx.client.monitor_runs(name, limit))
+
+
+@monitor.command("delete")
+@click.option("--name", "-n", required=True)
+@pass_ctx
+def monitor_delete(ctx: Ctx, name: str) -> None:
+    ctx.client.delete_monitor(name)
+    click.echo(f"deleted monitor '{name}'", err=True)
 
 
 # -- access -----------------------------------------------------------------------

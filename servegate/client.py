@@ -35,6 +35,8 @@ from gateway.api_models import (
     Keys,
     LogLine,
     ModelVersion,
+    MonitorRunView,
+    MonitorView,
     PrincipalView,
     Rollout,
     RolloutStatus,
@@ -405,6 +407,32 @@ class AdminClient:
 
     def status(self) -> Any:
         return self.request("GET", "/management/status", ClusterStatus)
+
+    # model monitors
+    def put_monitor(self, spec: dict[str, Any], mode: str) -> Any:
+        return self.request(
+            "POST", "/management/monitors", MonitorView, json=spec, params={"mode": mode}
+        )
+
+    def list_monitors(self) -> Any:
+        return self.request("GET", "/management/monitors", list[MonitorView])
+
+    def show_monitor(self, name: str) -> Any:
+        return self.request("GET", f"/management/monitors/{name}", MonitorView)
+
+    def delete_monitor(self, name: str) -> None:
+        self.request("DELETE", f"/management/monitors/{name}")
+
+    def run_monitor(self, name: str) -> Any:
+        return self.request("POST", f"/management/monitors/{name}/run", MonitorRunView)
+
+    def monitor_runs(self, name: str, limit: int) -> Any:
+        return self.request(
+            "GET",
+            f"/management/monitors/{name}/runs",
+            list[MonitorRunView],
+            params={"limit": limit},
+        )
 
     # access
     def whoami(self) -> Any:

@@ -435,3 +435,16 @@ def ray_gateway(
     gw = start_gateway(home, env_extra=env)
     yield gw
     assert_clean_exit(gw)
+
+
+def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of series `name` on `url`/metrics: (labels, value) each."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics").text
+    return [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]

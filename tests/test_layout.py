@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("servegate", "gateway", "runtimes", "batch", "deploy", "loadtests")
+PACKAGES = ("servegate", "gateway", "runtimes", "batch", "deploy", "monitoring", "loadtests")
 
 # What each package may import. `runtimes` is the leaf; `servegate` is the top, and the
 # one place that may import `loadtests` (for the `servegate loadtest` command).
@@ -15,7 +15,9 @@ ALLOWED = {
     "runtimes": set(),
     "deploy": {"runtimes"},
     "batch": {"deploy", "runtimes"},
-    "gateway": {"deploy", "batch", "runtimes"},
+    # reads what the data collector wrote (batch's storage locations), judges it
+    "monitoring": {"deploy", "batch"},
+    "gateway": {"deploy", "batch", "runtimes", "monitoring"},
     "loadtests": {"gateway", "runtimes"},
     "servegate": {"gateway", "batch", "deploy", "runtimes", "loadtests"},
 }

@@ -99,6 +99,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE secrets (
         name TEXT PRIMARY KEY, ciphertext TEXT NOT NULL, updated_at TEXT NOT NULL);
     """,
+    # 7: model monitoring (issue 15): monitors, and each run's window and results.
+    """
+    CREATE TABLE monitors (
+        name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE monitor_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, monitor TEXT NOT NULL, at TEXT NOT NULL,
+        window_start REAL NOT NULL, window_end REAL NOT NULL, state TEXT NOT NULL,
+        result TEXT NOT NULL);
+    CREATE INDEX monitor_runs_by_monitor ON monitor_runs(monitor, id);
+    """,
 ]
 
 #: Version -> statements PostgreSQL runs after that migration. SQLite orders rollouts and

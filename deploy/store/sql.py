@@ -31,6 +31,7 @@ from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
     EndpointSpec,
+    MonitorSpec,
     OnlineDeploymentSpec,
     Spec,
 )
@@ -553,6 +554,45 @@ class SqlStore(ABC):
             self._run(f"DELETE FROM {table} WHERE name = ?", (name,))
             self._audit(audit)
         return True
+
+    # -- model monitors -----------------------------------------------------------------
+    def put_monitor(self, spec: MonitorSpec, audit: AuditEntry) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO monitors (name, spec, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec",
+                (spec.name, _dumps(spec.to_dict()), utc_now()),
+            )
+            self._audit(audit)
+
+    def get_monitor(self, name: str) -> MonitorSpec | None:
+        rows = self._run("SELECT spec FROM monitors WHERE name = ?", (name,))
+        return MonitorSpec.model_validate(_loads(rows[0]["spec"])) if rows else None
+
+    def list_monitors(self) -> list[MonitorSpec]:
+        rows = self._run("SELECT spec FROM monitors ORDER BY name")
+        return [MonitorSpec.model_validate(_loads(r["spec"])) for r in rows]
+
+    def delete_monitor(self, name: str, audit: AuditEntry) -> bool:
+        with self.transaction():
+            self._run("DELETE FROM monitor_runs WHERE monitor = ?", (name,))
+            return self._delete_named("monitors", name, audit)
+
+    def add_monitor_run(self, name: str, start: float, end: float, state: str, result: Any) -> int:
+        with self.transaction():
+            self._run(
+                "INSERT INTO monitor_runs (monitor, at, window_start, window_end, state, result) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, utc_now(), start, end, state, _dumps(result)),
+            )
+            rows = self._run("SELECT MAX(id) AS id FROM monitor_runs WHERE monitor = ?", (name,))
+        return int(rows[0]["id"])
+
+    def list_monitor_runs(self, name: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._run(
+            "SELECT * FROM monitor_runs WHERE monitor = ? ORDER BY id DESC LIMIT ?", (name, limit)
+        )
+        return [{**r, "result": _loads(r["result"])} for r in rows]
 
     # -- secrets (encrypted by the caller) ----------------------------------------------
     def put_secret(self, name: str, ciphertext: str, audit: AuditEntry) -> None:

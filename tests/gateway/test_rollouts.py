@@ -8,10 +8,17 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import Gateway, Load, assert_clean_exit, start_gateway, wait_for, write_yaml
+from tests.conftest import (
+    Gateway,
+    Load,
+    assert_clean_exit,
+    metric_samples,
+    start_gateway,
+    wait_for,
+    write_yaml,
+)
 
 BODY = {"input_data": [[5.1, 3.5, 1.4, 0.2]]}
 FAST = "batching: {max_batch_size: 32}\n"
@@ -137,11 +144,8 @@ def test_a_failing_candidate_is_rolled_back_with_the_reason(
     assert last["reason"].startswith("rollback (rolled_back): step 10%: error rate")
     assert last["after"]["traffic"] == {"blue": 100, "green": 0}
     # Counted for the rollback alert (deploy/grafana/alerts.yml).
-    metrics = httpx.get(f"{gateway.url}/metrics").text
-    assert (
-        f'servegate_rollouts_finished_total{{endpoint="{unique_name}",outcome="rolled_back"}} 1.0'
-        in metrics
-    )
+    ended = metric_samples(gateway.url, "servegate_rollouts_finished_total")
+    assert ({"endpoint": unique_name, "outcome": "rolled_back"}, 1.0) in ended
 
 
 def test_abort_rolls_back_and_manual_changes_wait(
