@@ -8,6 +8,7 @@ import gc
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from batch.errors import BatchError
 from deploy.errors import ControlPlaneError
@@ -44,6 +46,7 @@ from runtimes.errors import InferenceError, Overloaded
 from runtimes.resources import cpu_reading
 
 log = logging.getLogger("servegate")
+STUDIO = Path(__file__).parent / "studio"
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
@@ -143,6 +146,8 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             *metadata.ROUTES,
             *api.routes(),
             Route("/openapi.json", _openapi),
+            # The studio: static files; it reads and acts through the management API.
+            Mount("/studio", app=StaticFiles(directory=STUDIO, html=True), name="studio"),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -729,6 +729,31 @@ def _audited_endpoint(target: str) -> str:
     return ""
 
 
+# -- live counters ----------------------------------------------------------------------
+@operation(
+    "GET",
+    "/stats",
+    "Every deployment's counters as they stand on this replica (the studio's live view)",
+    tag="cluster",
+    permission=Permission.READ,
+    response={"type": "array", "items": {"type": "object"}},
+)
+async def live_stats(request: Request, state: GatewayState) -> Response:
+    """Requests and errors so far, in flight, queued, instances, latency buckets: a
+    client takes rates and quantiles from two of these a second or two apart."""
+
+    def in_flight(endpoint: str, deployment: str) -> tuple[int, int, int]:
+        route = state.hosts.snapshot.endpoints.get(endpoint)
+        found = route.deployments.get(deployment) if route else None
+        if found is None:
+            return 0, 0, 0
+        scheduler = found.scheduler
+        return scheduler.in_flight, scheduler.queued, scheduler.instances_ready
+
+    stats = state.metrics.snapshot(in_flight)
+    return _json(in_scope(request, stats, lambda s: s["endpoint"]))
+
+
 # -- the cluster ----------------------------------------------------------------------
 @operation(
     "GET",

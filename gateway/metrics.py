@@ -82,6 +82,22 @@ class FastHistogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated within its bucket (as Prometheus'
+        histogram_quantile does); None before any observation."""
+        total = sum(self.counts)
+        if not total:
+            return None
+        rank, below = q * total, 0
+        for index, count in enumerate(self.counts):
+            if below + count >= rank and count:
+                low = self.bounds[index - 1] if index else 0.0
+                if index == len(self.bounds):  # the +Inf bucket: its lower bound
+                    return low
+                return low + (self.bounds[index] - low) * (rank - below) / count
+            below += count
+        return self.bounds[-1]
+
     def buckets(self) -> list[tuple[str, float]]:
         cumulative = 0
         out: list[tuple[str, float]] = []
@@ -394,6 +410,41 @@ class GatewayMetrics:
                 self.jobs = await asyncio.to_thread(count)
             await asyncio.sleep(JOBS_REFRESH_S)
 
+    def snapshot(
+        self, in_flight: Callable[[str, str], tuple[int, int, int]]
+    ) -> list[dict[str, Any]]:
+        """Per deployment, its counters as they stand (the studio's live view: it takes
+        rates from two snapshots). `in_flight(endpoint, deployment)` gives in flight,
+        queued and instances."""
+        out = []
+        for (endpoint, deployment), d in sorted(self.deployments.items()):
+            requests = sum(d.requests.values())
+            errors = sum(
+                n
+                for (_, status), n in d.requests.items()
+                if status[0] == "5" or status in ("408", "424", "429")
+            )
+            flying, queued, instances = in_flight(endpoint, deployment)
+            latency = d.request_duration
+            out.append(
+                {
+                    "endpoint": endpoint,
+                    "deployment": deployment,
+                    "requests": requests,
+                    "errors": errors,
+                    "in_flight": flying,
+                    "queued": queued,
+                    "instances": instances,
+                    "p50_ms": _ms(latency.quantile(0.5)),
+                    "p99_ms": _ms(latency.quantile(0.99)),
+                    # for quantiles over any interval: the bucket counts, their bounds
+                    "latency_counts": list(latency.counts),
+                    "latency_bounds_ms": [b * 1000 for b in latency.bounds],
+                    "batches": d.executions,
+                }
+            )
+        return out
+
     def monitored(self, monitor: str, result: dict[str, Any]) -> None:
         """A monitor run's outcome: its measures (runs that were judged), a breach."""
         if result.get("features") is not None:
@@ -414,3 +465,7 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
