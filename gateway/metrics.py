@@ -144,6 +144,8 @@ class DeploymentMetrics:
         #: calls made, and when the last one ended (ms since the epoch)
         self.failed_seconds = 0.0
         self.executions = 0
+        #: rows in all its runtime calls (the studio's average batch size)
+        self.batch_rows = 0
         self.last_inference_ms = 0
         self._batch_size = metrics.batch_size.labels(endpoint, deployment)
         self._batch_requests = metrics.batch_requests.labels(endpoint, deployment)
@@ -155,6 +157,7 @@ class DeploymentMetrics:
     # SchedulerObserver: once per batch, not per request
     def batch(self, requests: int, rows: int, seconds: float) -> None:
         self.executions += 1
+        self.batch_rows += rows
         self.last_inference_ms = int(time.time() * 1000)
         self._batch_size.observe(rows)
         self._batch_requests.observe(requests)
@@ -441,6 +444,7 @@ class GatewayMetrics:
                     "latency_counts": list(latency.counts),
                     "latency_bounds_ms": [b * 1000 for b in latency.bounds],
                     "batches": d.executions,
+                    "batch_rows": d.batch_rows,
                 }
             )
         return out

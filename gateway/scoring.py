@@ -335,6 +335,8 @@ class FastScoring:
         infer: ScoringEndpoint,
         access_log: float = 0.0,
     ) -> None:
+        #: the starlette app behind (its routes)
+        self.starlette = app
         # Every other route gets its request id from the middleware; scoring does it inline.
         self.app = RequestIds(app, access_log)
         self._score = score

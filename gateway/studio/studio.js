@@ -133,10 +133,10 @@ function sparkline(values, label) {
 function liveRates(key, stat) {
   const now = performance.now() / 1000;
   const samples = history.get(key) || [];
-  samples.push({ t: now, requests: stat.requests, errors: stat.errors, counts: stat.latency_counts });
+  samples.push({ t: now, requests: stat.requests, errors: stat.errors, counts: stat.latency_counts, batches: stat.batches, rows: stat.batch_rows });
   while (samples.length > 61) samples.shift();
   history.set(key, samples);
-  const series = { rps: [], errors: [], p50: [], p99: [] };
+  const series = { rps: [], errors: [], p50: [], p99: [], batch: [] };
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1];
     const b = samples[i];
@@ -147,6 +147,8 @@ function liveRates(key, stat) {
     series.errors.push(requests ? (b.errors - a.errors) / requests : 0);
     series.p50.push(quantile(stat.latency_bounds_ms, delta, 0.5));
     series.p99.push(quantile(stat.latency_bounds_ms, delta, 0.99));
+    const batches = b.batches - a.batches;
+    series.batch.push(batches ? (b.rows - a.rows) / batches : null);
   }
   return series;
 }
@@ -160,7 +162,7 @@ async function endpointPage(page, name) {
   const cards = [];
   for (const d of deployments) {
     const stat = stats.find((s) => s.endpoint === name && s.deployment === d.name);
-    const series = stat ? liveRates(`${name}/${d.name}`, stat) : { rps: [], errors: [], p50: [], p99: [] };
+    const series = stat ? liveRates(`${name}/${d.name}`, stat) : { rps: [], errors: [], p50: [], p99: [], batch: [] };
     let logs = [];
     try {
       logs = await api("GET", `/endpoints/${name}/deployments/${d.name}/logs?lines=20`);
@@ -182,6 +184,7 @@ async function endpointPage(page, name) {
           sparkline(series.errors, "error rate"),
           sparkline(series.p50, "p50 ms"),
           sparkline(series.p99, "p99 ms"),
+          sparkline(series.batch, "rows per batch"),
         ),
         el("pre", { class: "logs" }, logs.length ? logs.map((l) => `${l.at} ${l.line}\n`).join("") : "(no log lines: a deployment in worker processes logs what its script prints)"),
       ),

@@ -75,7 +75,7 @@ def test_the_studio_as_an_owner(
         gw.cli("endpoint", "invoke", "-n", "shop", "--request-file", str(_request(tmp_path)))
     page.goto(f"{gw.url}/studio/#/endpoint/shop")
     page.wait_for_selector('div[data-deployment="blue"] canvas')
-    assert page.locator('div[data-deployment="blue"] canvas').count() == 4
+    assert page.locator('div[data-deployment="blue"] canvas').count() == 5
     page.screenshot(path=str(tmp_path / "deployment.png"), full_page=True)
 
     # A rollout started with the CLI shows its phase; Abort on the page ends it.
