@@ -1751,11 +1751,24 @@ def access_token_list(ctx: Ctx) -> None:
     _print(ctx.client.list_tokens())
 
 
+def _name_option(command: Any) -> Any:
+    """The name as -n/--name or as the argument (`servegate secret set db-password`)."""
+    command = click.argument("positional", metavar="[NAME]", required=False)(command)
+    return click.option("-n", "--name", default=None)(command)
+
+
+def _one_name(name: str | None, positional: str | None) -> str:
+    if (name is None) == (positional is None):
+        raise click.UsageError("give the name once: as NAME or as -n/--name")
+    return name or positional or ""
+
+
 @access_token.command("revoke")
-@click.option("-n", "--name", required=True)
+@_name_option
 @pass_ctx
-def access_token_revoke(ctx: Ctx, name: str) -> None:
+def access_token_revoke(ctx: Ctx, name: str | None, positional: str | None) -> None:
     """Revoke a token: every gateway replica refuses it from its next request."""
+    name = _one_name(name, positional)
     ctx.client.revoke_token(name)
     click.echo(f"revoked admin token '{name}'", err=True)
 
@@ -1766,11 +1779,12 @@ def secret() -> None:
 
 
 @secret.command("set")
-@click.option("-n", "--name", required=True)
+@_name_option
 @pass_ctx
-def secret_set(ctx: Ctx, name: str) -> None:
-    """Set a secret from stdin (`printf %s "$TOKEN" | servegate secret set -n api-token`);
+def secret_set(ctx: Ctx, name: str | None, positional: str | None) -> None:
+    """Set a secret from stdin (`printf %s "$TOKEN" | servegate secret set api-token`);
     one trailing newline is dropped."""
+    name = _one_name(name, positional)
     value = sys.stdin.read()
     value = value[:-1] if value.endswith("\n") else value
     ctx.client.set_secret(name, value)
@@ -1785,9 +1799,10 @@ def secret_list(ctx: Ctx) -> None:
 
 
 @secret.command("delete")
-@click.option("-n", "--name", required=True)
+@_name_option
 @pass_ctx
-def secret_delete(ctx: Ctx, name: str) -> None:
+def secret_delete(ctx: Ctx, name: str | None, positional: str | None) -> None:
+    name = _one_name(name, positional)
     ctx.client.delete_secret(name)
     click.echo(f"secret '{name}' deleted", err=True)
 

@@ -129,7 +129,7 @@ def test_token_lifecycle_and_the_audit_actor(
     assert r.status_code == 403
 
     # Revoked: refused from the next request on.
-    gateway.cli("access", "token", "revoke", "-n", name)
+    gateway.cli("access", "token", "revoke", name)
     r = call(gateway, token, "GET", "/management/endpoints")
     assert r.status_code == 401 and "invalid admin token" in r.json()["error"]
     _, out = gateway.cli("audit", "list", "--target", f"admin-tokens/{name}")
@@ -188,7 +188,7 @@ def test_secrets_are_resolved_where_used_and_never_shown(
 ) -> None:
     value = f"s3cr3t-{unique_name}-value"
     secret_name = f"{unique_name}-db-password"
-    gateway.cli("secret", "set", "-n", secret_name, input=value + "\n")
+    gateway.cli("secret", "set", secret_name, input=value + "\n")  # NAME as the argument
     _, out = gateway.cli("secret", "list")
     assert secret_name in out and value not in out
 
