@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from deploy.errors import NotFound, SpecError
 from deploy.roles import Permission
 from gateway.access import authorize, authorize_endpoint, principal_of
 from gateway.state import GatewayState
@@ -132,6 +133,7 @@ def _authenticated(op: Operation) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         state: GatewayState = request.app.state.gateway
+        _check_nul(request)
         principal = await principal_of(request, state)
         if state.management_limiter is not None:
             state.management_limiter.take(principal.actor)
@@ -144,6 +146,17 @@ def _authenticated(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     endpoint.__name__ = op.handler.__name__
     endpoint.__doc__ = op.handler.__doc__
     return endpoint
+
+
+def _check_nul(request: Request) -> None:
+    """No store keeps a NUL character in a text (PostgreSQL refuses one): a name or query
+    value holding one is refused here, before anything looks it up."""
+    for key, value in request.path_params.items():
+        if "\x00" in str(value):
+            raise NotFound(f"path parameter '{key}': no such name (it holds a NUL character)")
+    for key, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in key:
+            raise SpecError(f"query parameter '{key}': holds a NUL character")
 
 
 def routes() -> list[Route]:
