@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from deploy.roles import Permission, Principal
+from deploy.roles import ROLES, Permission, Principal
 from gateway.auth import MAX_CREDENTIAL_CHARS, MAX_JWT_CHARS, bearer
 from gateway.errors import Forbidden, Unauthorized
 from gateway.state import GatewayState
@@ -68,6 +68,4 @@ def principal(request: Request) -> Principal:
 
 
 def _granting(permission: Permission) -> list[str]:
-    from deploy.roles import ROLES
-
     return [role for role, granted in ROLES.items() if permission in granted]

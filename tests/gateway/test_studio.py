@@ -79,18 +79,7 @@ def test_the_studio_as_an_owner(
     page.screenshot(path=str(tmp_path / "deployment.png"), full_page=True)
 
     # A rollout started with the CLI shows its phase; Abort on the page ends it.
-    gw.cli(
-        "rollout",
-        "start",
-        "-e",
-        "shop",
-        "--to",
-        "green",
-        "--steps",
-        "40,100",
-        "--step-interval",
-        "120s",
-    )
+    start_slow_rollout(gw)
     page.goto(f"{gw.url}/studio/#/rollouts")
     page.wait_for_selector('tr[data-endpoint="shop"] td[data-state="stepping"]', timeout=5000)
     page.screenshot(path=str(tmp_path / "rollouts.png"), full_page=True)
@@ -138,18 +127,7 @@ def test_a_reader_sees_no_actions_and_is_refused(
         "access", "token", "create", "-n", "studio-reader", "--role", "reader", "-o", "json"
     )
     token = json.loads(out)["token"]
-    gw.cli(
-        "rollout",
-        "start",
-        "-e",
-        "shop",
-        "--to",
-        "green",
-        "--steps",
-        "40,100",
-        "--step-interval",
-        "120s",
-    )
+    start_slow_rollout(gw)
     try:
         page, errors = open_studio(browser, gw, token)
         page.goto(f"{gw.url}/studio/#/rollouts")
@@ -165,6 +143,22 @@ def test_a_reader_sees_no_actions_and_is_refused(
         page.close()
     finally:
         gw.cli("rollout", "abort", "-e", "shop")
+
+
+def start_slow_rollout(gw: Gateway) -> None:
+    """blue -> green, its first step held for two minutes (it stays active in the test)."""
+    gw.cli(
+        "rollout",
+        "start",
+        "-e",
+        "shop",
+        "--to",
+        "green",
+        "--steps",
+        "40,100",
+        "--step-interval",
+        "120s",
+    )
 
 
 def _request(folder: Path) -> Path:
