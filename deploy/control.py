@@ -36,6 +36,7 @@ from deploy.roles import SYSTEM, check_endpoint_pattern, check_role, check_token
 from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
+    CollectorDestination,
     EndpointSpec,
     ModelRef,
     MonitorSpec,
@@ -817,11 +818,6 @@ class ControlPlane:
                 f"'{spec.collection}'; enable data_collector.collections.{spec.collection}"
             )
         assert collector is not None
-        if collector.destination is not None and collector.destination.path is None:
-            raise SpecError(
-                "collection: the deployment's data collector writes to Kafka; monitors read "
-                "its Parquet files (a destination path, or the default under the artifacts)"
-            )
         if (
             spec.predictions
             and spec.collection == "request"
@@ -863,15 +859,15 @@ class ControlPlane:
             AuditEntry("monitor", "monitor.breach", f"monitors/{spec.name}", None, event, reason)
         )
 
-    def collected_root(self, spec: MonitorSpec) -> str:
-        """Where the monitored deployment's data collector writes."""
+    def collected_destination(self, spec: MonitorSpec) -> CollectorDestination:
+        """Where the monitored deployment's data collector writes: its Kafka topic, or
+        the folder of its Parquet files."""
         deployment = self.get_deployment(spec.endpoint_name, spec.deployment_name)
         collector = deployment.data_collector
         if collector is not None and collector.destination is not None:
-            assert collector.destination.path is not None
-            return collector.destination.path
+            return collector.destination
         artifacts = self.settings.artifacts if self.settings else str(self.artifacts.home)
-        return f"{artifacts.rstrip('/')}/modelDataCollector"
+        return CollectorDestination(path=f"{artifacts.rstrip('/')}/modelDataCollector")
 
     # -- secrets -----------------------------------------------------------------------
     @functools.cached_property

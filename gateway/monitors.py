@@ -42,8 +42,8 @@ async def execute(
     end = end or time.time()
     last = await run_in_threadpool(store.list_monitor_runs, spec.name, 1)
     start = float(last[0]["window_end"]) if last else end - spec.every_minutes * 60
-    root = await run_in_threadpool(state.control.collected_root, spec)
-    result = await asyncio.to_thread(runner.run, spec, root, start, end)
+    destination = await run_in_threadpool(state.control.collected_destination, spec)
+    result = await asyncio.to_thread(runner.run, spec, destination, start, end)
     run_id = await run_in_threadpool(
         state.control.record_monitor_run, spec.name, start, end, result["state"], result
     )

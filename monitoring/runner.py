@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from deploy.specs import MonitorSpec
+from deploy.specs import CollectorDestination, MonitorSpec
 from monitoring.drift import FeatureDrift, compare
 from monitoring.windows import (
     MonitorDataError,
@@ -28,30 +28,37 @@ def _names(spec: MonitorSpec, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in METADATA and c not in spec.predictions]
 
 
-def run(spec: MonitorSpec, root: str, start: float, end: float) -> dict[str, Any]:
+def run(
+    spec: MonitorSpec, destination: CollectorDestination, start: float, end: float
+) -> dict[str, Any]:
     """Judge the rows logged in (start, end]. States: ok, breach (`breached` names the
     features and predictions), no_data (nothing logged in the window), too_few_rows,
     no_baseline (first_rows not logged yet), failed (`error` says why)."""
     outcome: dict[str, Any] = {"window": {"start": start, "end": end}, "rows": 0}
     try:
-        logged = collected(spec, root)
+        # A baseline of the first rows logged needs the data from the start.
+        since = start if spec.baseline.path is not None else None
+        logged = collected(spec, destination, since)
         if spec.baseline.path is not None:
             reference = read_baseline(spec.baseline.path)
             names = _names(spec, reference.column_names)
         else:
-            assert spec.baseline.first_rows is not None
-            first = first_rows(logged, spec.baseline.first_rows)
-            if first.num_rows < spec.baseline.first_rows:
+            wanted = spec.baseline.first_rows
+            assert wanted is not None
+            # The first `wanted` records hold at least `wanted` rows (a request's
+            # payload may hold many).
+            first = first_rows(logged, wanted)
+            names = _names(spec, first.column_names)
+            reference = features_of(spec, first, names).slice(0, wanted)
+            if reference.num_rows < wanted:
                 return {
                     **outcome,
                     "state": "no_baseline",
                     "message": (
-                        f"{first.num_rows} of the baseline's first {spec.baseline.first_rows} "
-                        "rows are logged so far"
+                        f"{reference.num_rows} of the baseline's first {wanted} rows are "
+                        "logged so far"
                     ),
                 }
-            names = _names(spec, first.column_names)
-            reference = features_of(spec, first, names)
         missing = [n for n in [*names] if n not in reference.column_names]
         if missing:
             raise MonitorDataError(f"the baseline has no column {', '.join(missing)}")

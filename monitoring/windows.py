@@ -1,7 +1,8 @@
 """The rows a monitor judges: what the data collector logged for a deployment (its
 Parquet files, Azure's layout: `<endpoint>/<deployment>/<time>/` for request and
 response payloads, `<endpoint>/<deployment>/<collection>/<time>/` for a script's
-collections), as a table with a column per feature and prediction; and the baseline."""
+collections; or its Kafka topic's records), as a table with a column per feature and
+prediction; and the baseline."""
 
 from __future__ import annotations
 
@@ -16,16 +17,31 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batch.sources import locate
-from deploy.specs import MonitorSpec
+from deploy.specs import CollectorDestination, MonitorSpec
+from monitoring.topics import TopicUnreadable, of_deployment, read_topic
 
 
 class MonitorDataError(Exception):
     """The collected data or the baseline cannot be read as the monitor says."""
 
 
-def collected(spec: MonitorSpec, root: str) -> pa.Table:
-    """Every row the collector logged under `root` for the monitor's deployment and
-    collection, with its `time` (epoch seconds)."""
+def collected(
+    spec: MonitorSpec, destination: CollectorDestination, since: float | None
+) -> pa.Table:
+    """Every row the collector logged to `destination` for the monitor's deployment and
+    collection, with its `time` (epoch seconds). From a Kafka topic, only the records
+    sent from `since` on (None: all) are read."""
+    if destination.kafka is not None:
+        try:
+            records = read_topic(destination.kafka, since)
+        except TopicUnreadable as exc:
+            raise MonitorDataError(str(exc)) from None
+        return of_deployment(records, spec.endpoint_name, spec.deployment_name, spec.collection)
+    assert destination.path is not None
+    return _from_files(spec, destination.path)
+
+
+def _from_files(spec: MonitorSpec, root: str) -> pa.Table:
     location = locate(f"{root.rstrip('/')}/{spec.endpoint_name}/{spec.deployment_name}")
     fs = location.filesystem
     if fs.get_file_info(location.path).type != pafs.FileType.Directory:

@@ -2,14 +2,14 @@
 to Parquet, a monitor compares each window with a baseline file. Requests from the
 baseline's distribution: no breach. Requests with one feature shifted: a breach on that
 feature, an audit entry, a webhook event and the drift in /metrics. An empty window is
-reported as such."""
+reported as such. The same from a collector that sends to a Kafka topic."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Gateway, delete_endpoints, metric_samples, write_yaml
+from tests.batch.conftest import start_broker
+from tests.batch.test_streaming import consume_all, create_topics
+from tests.conftest import Gateway, delete_endpoints, free_port, metric_samples, write_yaml
 from tests.gateway.test_server import in_process
 
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -56,15 +58,40 @@ def logged_rows(folder: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in folder.rglob("*.parquet"))
 
 
-def score_all(gw: Gateway, endpoint: str, x: np.ndarray, collected: Path) -> None:
-    before = logged_rows(collected) if collected.exists() else 0
+def score_all(gw: Gateway, endpoint: str, x: np.ndarray, logged: Callable[[], int]) -> None:
+    """Score `x` in requests of 10 rows; wait until the collector logged a record each."""
+    before = logged()
     for chunk in np.split(x, len(x) // 10):
         r = httpx.post(f"{gw.url}/endpoints/{endpoint}/score", json={"input_data": chunk.tolist()})
         assert r.status_code == 200, r.text
     deadline = time.monotonic() + 20
-    while logged_rows(collected) < before + len(x) // 10:  # a record per request
-        assert time.monotonic() < deadline, "the collector did not write the requests"
+    while logged() < before + len(x) // 10:
+        assert time.monotonic() < deadline, "the collector did not log the requests"
         time.sleep(0.3)
+
+
+def deploy_collecting(
+    gw: Gateway, tmp_path: Path, model_dir: Path, endpoint: str, destination: str
+) -> None:
+    """An endpoint with a deployment `blue` that logs requests and answers to `destination`."""
+    gw.create_endpoint(tmp_path, endpoint, "auth_mode: none\n")
+    gw.deploy(
+        tmp_path,
+        endpoint,
+        "blue",
+        model_dir / "classifier.onnx",
+        extra_yaml=f"data_collector: {{destination: {destination}, rolling_rate: Minute,"
+        " collections: {request: {enabled: true}, response: {enabled: true}}}\n",
+    )
+
+
+def write_baseline(model_dir: Path, path: Path) -> None:
+    """5,000 rows of the features' distribution, with the model's labels for them."""
+    baseline = rows(5000, seed=0)
+    labels = in_process(model_dir / "classifier.onnx", {"input": baseline})["label"]
+    pq.write_table(
+        pa.table({**{f: baseline[:, i] for i, f in enumerate(FEATURES)}, "label": labels}), path
+    )
 
 
 def test_a_monitor_finds_the_shifted_feature(
@@ -76,21 +103,8 @@ def test_a_monitor_finds_the_shifted_feature(
 ) -> None:
     url, events = webhook
     collected = tmp_path / "collected"
-    gateway.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
-    gateway.deploy(
-        tmp_path,
-        unique_name,
-        "blue",
-        model_dir / "classifier.onnx",
-        extra_yaml=f"data_collector: {{destination: {{path: '{collected}'}}, rolling_rate: Minute,"
-        " collections: {request: {enabled: true}, response: {enabled: true}}}\n",
-    )
-    baseline = rows(5000, seed=0)
-    labels = in_process(model_dir / "classifier.onnx", {"input": baseline})["label"]
-    pq.write_table(
-        pa.table({**{f: baseline[:, i] for i, f in enumerate(FEATURES)}, "label": labels}),
-        tmp_path / "baseline.parquet",
-    )
+    deploy_collecting(gateway, tmp_path, model_dir, unique_name, f"{{path: '{collected}'}}")
+    write_baseline(model_dir, tmp_path / "baseline.parquet")
     monitor = write_yaml(
         tmp_path / "monitor.yml",
         f"""
@@ -104,12 +118,16 @@ every_minutes: 60
 alert: {{webhook: '{url}'}}
 """,
     )
+
+    def logged() -> int:
+        return logged_rows(collected) if collected.exists() else 0
+
     try:
         gateway.cli("monitor", "create", "-f", str(monitor))
         name = f"{unique_name}-drift"
 
         # Requests like the baseline: judged, no breach, no event.
-        score_all(gateway, unique_name, rows(500, seed=1), collected)
+        score_all(gateway, unique_name, rows(500, seed=1), logged)
         _, out = gateway.cli("monitor", "run", "-n", name)
         run = json.loads(out)
         assert run["state"] == "ok", run
@@ -120,7 +138,7 @@ alert: {{webhook: '{url}'}}
 
         # f2 shifted by two standard deviations: a breach on f2 (and the predictions it
         # moves), none on the other features.
-        score_all(gateway, unique_name, rows(500, seed=2, shift_f2=2.0), collected)
+        score_all(gateway, unique_name, rows(500, seed=2, shift_f2=2.0), logged)
         _, out = gateway.cli("monitor", "run", "-n", name)
         run = json.loads(out)
         assert run["state"] == "breach", run
@@ -172,3 +190,66 @@ def test_a_monitor_of_a_deployment_that_collects_nothing_is_refused(
     code, out = gateway.cli("monitor", "show", "-n", f"{unique_name}-m", ok=False)
     assert code != 0 and "does not exist" in out
     delete_endpoints(gateway, unique_name)
+
+
+def test_a_monitor_reads_a_collector_kafka_topic(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """Two partitions; one monitor against a baseline file (the topic read from the
+    window's start), one against the first 200 rows logged (read from the beginning)."""
+    address = f"127.0.0.1:{free_port()}"
+    broker = start_broker(address, tmp_path / "tansu.log")
+    try:
+        create_topics(address, ("collected", 2))
+        deploy_collecting(
+            gateway,
+            tmp_path,
+            model_dir,
+            unique_name,
+            f"{{kafka: {{bootstrap_servers: '{address}', topic: collected}}}}",
+        )
+        write_baseline(model_dir, tmp_path / "baseline.parquet")
+        for name, baseline in (
+            ("file", "{path: baseline.parquet}"),
+            ("first", "{first_rows: 200}"),
+        ):
+            monitor = write_yaml(
+                tmp_path / f"{name}.yml",
+                f"name: {unique_name}-{name}\nendpoint_name: {unique_name}\n"
+                f"deployment_name: blue\nbaseline: {baseline}\nfeatures: [f0, f1, f2, f3]\n"
+                "predictions: [label]\nmin_rows: 100\n",
+            )
+            gateway.cli("monitor", "create", "-f", str(monitor))
+
+        def logged() -> int:
+            return len(consume_all(address, "collected", 2))
+
+        score_all(gateway, unique_name, rows(500, seed=1), logged)
+        run = json.loads(gateway.cli("monitor", "run", "-n", f"{unique_name}-file")[1])
+        assert run["state"] == "ok" and run["result"]["rows"] == 500, run
+        run = json.loads(gateway.cli("monitor", "run", "-n", f"{unique_name}-first")[1])
+        assert run["state"] == "ok" and run["result"]["rows"] == 500, run
+
+        score_all(gateway, unique_name, rows(500, seed=2, shift_f2=2.0), logged)
+        for name in ("file", "first"):
+            run = json.loads(gateway.cli("monitor", "run", "-n", f"{unique_name}-{name}")[1])
+            assert run["state"] == "breach", run
+            # Only the new window's rows, though the topic holds both.
+            assert run["result"]["rows"] == 500
+            breached = set(run["result"]["breached"])
+            assert "f2" in breached and not breached & {"f0", "f1", "f3"}, (name, breached)
+
+        # The broker gone: the run fails and says why (nothing lost, no 5xx).
+        broker.terminate()
+        broker.wait(10)
+        _, out = gateway.cli("monitor", "run", "-n", f"{unique_name}-file")
+        run = json.loads(out)
+        assert (
+            run["state"] == "failed" and "cannot read topic 'collected'" in run["result"]["error"]
+        )
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        for name in ("file", "first"):
+            gateway.cli("monitor", "delete", "-n", f"{unique_name}-{name}", ok=False)
+        delete_endpoints(gateway, unique_name)
