@@ -71,6 +71,13 @@ async def _openapi(request: Request) -> Response:
     return Response(orjson.dumps(openapi_document()), media_type="application/json")
 
 
+async def _studio_sign_in(request: Request) -> Response:
+    """Public: what the studio's sign-in page offers (no secret in it)."""
+    state: GatewayState = request.app.state.gateway
+    oidc = await state.oidc.browser_sign_in() if state.oidc is not None else None
+    return Response(orjson.dumps({"oidc": oidc}), media_type="application/json")
+
+
 def create_app(settings: GatewaySettings) -> scoring.FastScoring:
     """The gateway as an ASGI app: the scoring fast path in front of starlette."""
 
@@ -146,6 +153,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             *metadata.ROUTES,
             *api.routes(),
             Route("/openapi.json", _openapi),
+            Route("/studio/sign-in", _studio_sign_in),
             # The studio: static files; it reads and acts through the management API.
             Mount("/studio", app=StaticFiles(directory=STUDIO, html=True), name="studio"),
         ],

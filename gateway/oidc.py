@@ -57,6 +57,11 @@ class OidcSettings:
     role_map: dict[str, str] = field(default_factory=dict)
     #: claims naming the user in the audit log, first present wins
     name_claims: tuple[str, ...] = ("preferred_username", "upn", "email", "sub")
+    #: the studio's client at the provider (a public client: authorization code with
+    #: PKCE, redirect URI `<gateway>/studio/`); None: the studio signs in with tokens only
+    client_id: str | None = None
+    #: what the studio asks for; the access token it gets must be for `audience`
+    scope: str = "openid profile"
 
 
 class OidcVerifier:
@@ -67,6 +72,7 @@ class OidcVerifier:
         self._lock = asyncio.Lock()
         #: token -> (its claims, its expiry): a token is verified once, then looked up
         self._verified: dict[str, tuple[dict[str, Any], float]] = {}
+        self._discovery: dict[str, Any] | None = None
 
     async def principal(self, token: str) -> Principal:
         """The management principal a token signs in as (kind user)."""
@@ -145,6 +151,36 @@ class OidcVerifier:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
+    async def discovery(self) -> dict[str, Any]:
+        """The issuer's discovery document (fetched once)."""
+        if self._discovery is None:
+            async with httpx.AsyncClient(timeout=10) as client:
+                found = await client.get(
+                    f"{self.settings.issuer.rstrip('/')}/.well-known/openid-configuration"
+                )
+                found.raise_for_status()
+                self._discovery = found.json()
+        return self._discovery
+
+    async def browser_sign_in(self) -> dict[str, Any] | None:
+        """What the studio needs to sign a user in at the provider (authorization code
+        with PKCE), or None when no client is configured or the provider's document
+        cannot be read now."""
+        settings = self.settings
+        if settings.client_id is None:
+            return None
+        try:
+            document = await self.discovery()
+            return {
+                "issuer": settings.issuer,
+                "client_id": settings.client_id,
+                "scope": settings.scope,
+                "authorization_endpoint": str(document["authorization_endpoint"]),
+                "token_endpoint": str(document["token_endpoint"]),
+            }
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
     async def _fetch(self) -> None:
         self._fetched_at = time.monotonic()
         source = self.settings.jwks
@@ -153,12 +189,7 @@ class OidcVerifier:
                 document = json.loads(Path(source).read_text())
             else:
                 async with httpx.AsyncClient(timeout=10) as client:
-                    uri = source
-                    if uri is None:
-                        discovery = self.settings.issuer.rstrip("/")
-                        found = await client.get(f"{discovery}/.well-known/openid-configuration")
-                        found.raise_for_status()
-                        uri = found.json()["jwks_uri"]
+                    uri = source if source is not None else (await self.discovery())["jwks_uri"]
                     answer = await client.get(uri)
                     answer.raise_for_status()
                     document = answer.json()

@@ -205,6 +205,16 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": {
             "get": _op("This document", "operations", _responses(_JSON_OBJECT), secured=None)
         },
+        "/studio/sign-in": {
+            "get": _op(
+                "How the studio signs users in: the identity provider's authorization and "
+                "token endpoints, client id and scope (authorization code with PKCE), or "
+                "{oidc: null} for admin tokens only",
+                "operations",
+                _responses(_JSON_OBJECT),
+                secured=None,
+            )
+        },
     }
     components: dict[str, Any] = {}
     tensor = {

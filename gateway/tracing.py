@@ -8,77 +8,37 @@ sent) with children for what the scheduler measured: admission (auth, routing, b
 decoding, up to the queue), queue wait and inference (the batch it rode in, with its
 size); the mirror copy is a span of its own in the same trace. The children are made
 after the answer from timestamps the request already keeps, so tracing adds no work
-inside the scheduler. The request's `traceparent` goes on to remote runtimes.
+inside the scheduler. The request's `traceparent` goes on to remote runtimes and Ray
+replicas (`runtimes.telemetry`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from typing import Any
 
-from runtimes import context
+from runtimes import context, telemetry
 from runtimes.scheduler import Timing
-
-log = logging.getLogger(__name__)
 
 #: the tracer when tracing is on, else None (one check on the hot path)
 TRACER: Any = None
 _PROPAGATOR: Any = None
 
 
-def enabled_by_environment() -> bool:
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
-    if exporter:
-        return exporter != "none"
-    return any(
-        os.environ.get(name)
-        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-
-
 def configure() -> bool:
     """Turn tracing on when the environment asks for it; whether it is on."""
     global TRACER, _PROPAGATOR
-    if not enabled_by_environment():
+    started = telemetry.start_tracer()
+    if started is None:
         return False
-    try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-    except ImportError:
-        log.warning("OTEL_* variables ask for traces, but the otel extra is not installed")
-        return False
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
-    exporter: Any
-    if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter()  # endpoint, headers, timeout from OTEL_EXPORTER_OTLP_*
-    service = os.environ.get("OTEL_SERVICE_NAME", "servegate")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    TRACER = provider.get_tracer("servegate")
-    _PROPAGATOR = TraceContextTextMapPropagator()
-    log.info("tracing on: %s exporter, service %s", exporter_name, service)
+    TRACER, _PROPAGATOR = started
     return True
 
 
 def shutdown() -> None:
     """Export what is buffered (at shutdown)."""
     if TRACER is not None:
-        from opentelemetry import trace
-
-        provider = trace.get_tracer_provider()
-        getattr(provider, "shutdown", lambda: None)()
+        telemetry.shutdown()
 
 
 class RequestSpan:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes import telemetry
 from runtimes.base import RuntimeConfig
 from runtimes.errors import (
     InferenceError,
@@ -270,6 +271,7 @@ class RayServeHost:
             code_files,
             options.max_batch_size,
             options.batch_wait_s,
+            telemetry.otel_environment(),
         )
         try:
             # Serve's HTTP proxies are not used (the gateway calls handles) and would take
@@ -338,10 +340,11 @@ class RayServeHost:
     ) -> dict[str, np.ndarray]:
         self._check_cluster()
         names = list(output_names) if output_names else None
+        serving = telemetry.current_call()
         if self._batched:
-            call = self._handle.infer_batched.remote((dict(inputs), names))
+            call = self._handle.infer_batched.remote((dict(inputs), names, serving))
         else:
-            call = self._handle.infer.remote(dict(inputs), names)
+            call = self._handle.infer.remote(dict(inputs), names, serving)
         result = await self._await(call)
         if isinstance(result, Exception):  # one request of a batch failed on its own
             raise _as_runtime_error(result)
@@ -350,7 +353,8 @@ class RayServeHost:
 
     async def run_raw(self, instance: int, body: bytes) -> bytes:
         self._check_cluster()
-        result: bytes = await self._await(self._handle.score.remote(body))
+        call = self._handle.score.remote(body, telemetry.current_call())
+        result: bytes = await self._await(call)
         return result
 
     async def _await(self, call: Any) -> Any:

@@ -387,6 +387,21 @@ def schema(kind: str, folder: Path | None) -> None:
     "named like a role grants it).",
 )
 @click.option(
+    "--oidc-client-id",
+    envvar="SERVEGATE_OIDC_CLIENT_ID",
+    default=None,
+    help="The studio's client at the provider (public, PKCE; redirect URI "
+    "<gateway URL>/studio/): the studio signs users in there.",
+)
+@click.option(
+    "--oidc-scope",
+    envvar="SERVEGATE_OIDC_SCOPE",
+    default="openid profile",
+    show_default=True,
+    help="The scope the studio asks for; its access token must be for --oidc-audience "
+    "(Entra ID: 'openid profile api://servegate/.default').",
+)
+@click.option(
     "--management-rate-limit",
     envvar="SERVEGATE_MANAGEMENT_RATE_LIMIT",
     default=None,
@@ -448,6 +463,8 @@ def serve(
     oidc_jwks: str | None,
     oidc_roles_claim: str,
     oidc_roles: tuple[str, ...],
+    oidc_client_id: str | None,
+    oidc_scope: str,
     management_rate_limit: str | None,
     cpus: int | None,
     log_level: str,
@@ -479,7 +496,13 @@ def serve(
             ssl_keyfile=ssl_keyfile,
             ssl_ca_certs=ssl_ca_certs,
             oidc=_oidc_settings(
-                oidc_issuer, oidc_audience, oidc_jwks, oidc_roles_claim, oidc_roles
+                oidc_issuer,
+                oidc_audience,
+                oidc_jwks,
+                oidc_roles_claim,
+                oidc_roles,
+                oidc_client_id,
+                oidc_scope,
             ),
             management_rate_limit=_rate_limit(management_rate_limit),
             log_format=log_format,
@@ -522,11 +545,13 @@ def _oidc_settings(
     jwks: str | None,
     roles_claim: str,
     roles: tuple[str, ...],
+    client_id: str | None,
+    scope: str,
 ) -> Any:
     if issuer is None:
-        if audience or jwks or roles:
+        if audience or jwks or roles or client_id:
             raise click.UsageError(
-                "--oidc-audience, --oidc-jwks and --oidc-role need --oidc-issuer"
+                "--oidc-audience, --oidc-jwks, --oidc-role and --oidc-client-id need --oidc-issuer"
             )
         return None
     if not audience:
@@ -542,7 +567,9 @@ def _oidc_settings(
                 f"--oidc-role '{item}': expected VALUE=ROLE with a role of {', '.join(ROLES)}"
             )
         role_map[value] = role
-    return OidcSettings(issuer, audience, jwks, roles_claim, role_map)
+    return OidcSettings(
+        issuer, audience, jwks, roles_claim, role_map, client_id=client_id, scope=scope
+    )
 
 
 # -- models -----------------------------------------------------------------------

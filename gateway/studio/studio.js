@@ -3,6 +3,8 @@
 // token's roles allow (buttons for actions the principal lacks are not drawn).
 
 const TOKEN_KEY = "servegate-token";
+const PKCE_KEY = "servegate-sign-in"; // the verifier and state of a sign-in under way
+let oidc = null; // the identity provider the studio may sign in at (GET sign-in)
 const REFRESH_MS = 1000;
 const COLORS = ["#2f6fb3", "#2f8f5b", "#b36b2f", "#7a4bb3", "#b32f5b", "#5b7a2f"];
 
@@ -370,6 +372,11 @@ async function render() {
   }
 }
 
+function showSignIn(shown) {
+  $("#signin").hidden = !shown;
+  $("#provider").hidden = !(shown && oidc);
+}
+
 async function signIn(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
   try {
@@ -378,10 +385,10 @@ async function signIn(token) {
     sessionStorage.removeItem(TOKEN_KEY);
     me = null;
     showError(`sign-in failed: ${error.message}`);
-    $("#signin").hidden = false;
+    showSignIn(true);
     return;
   }
-  $("#signin").hidden = true;
+  showSignIn(false);
   $("#nav").hidden = false;
   $("#who").replaceChildren(
     `${me.actor} (${me.roles.join(", ") || "no role"})`,
@@ -393,11 +400,83 @@ async function signIn(token) {
   timer = setInterval(render, REFRESH_MS);
 }
 
+// -- signing in at the identity provider: authorization code with PKCE (a public client,
+// as a single-page app signs in to Entra ID, Okta or Keycloak) ------------------------
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+const randomText = (count) => base64url(crypto.getRandomValues(new Uint8Array(count)));
+const redirectUri = () => `${location.origin}${location.pathname}`;
+
+async function toProvider() {
+  if (!crypto.subtle) throw new Error("signing in at the identity provider needs HTTPS (or localhost)");
+  const verifier = randomText(48);
+  const state = randomText(16);
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(PKCE_KEY, JSON.stringify({ verifier, state, hash: location.hash }));
+  const url = new URL(oidc.authorization_endpoint);
+  url.search = new URLSearchParams({
+    response_type: "code",
+    client_id: oidc.client_id,
+    redirect_uri: redirectUri(),
+    scope: oidc.scope,
+    state,
+    code_challenge: challenge,
+    code_challenge_method: "S256",
+  });
+  location.assign(url.toString());
+}
+
+async function redeem(params) {
+  const pending = JSON.parse(sessionStorage.getItem(PKCE_KEY) || "null");
+  sessionStorage.removeItem(PKCE_KEY);
+  window.history.replaceState(null, "", `${location.pathname}${(pending && pending.hash) || ""}`);
+  if (params.get("error")) throw new Error(`the identity provider says: ${params.get("error_description") || params.get("error")}`);
+  if (!oidc) throw new Error("this gateway has no identity provider client (--oidc-client-id)");
+  if (!pending || pending.state !== params.get("state")) throw new Error("the answer does not match a sign-in from this tab");
+  const response = await fetch(oidc.token_endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({
+      grant_type: "authorization_code",
+      code: params.get("code"),
+      redirect_uri: redirectUri(),
+      client_id: oidc.client_id,
+      code_verifier: pending.verifier,
+    }),
+  });
+  const tokens = await response.json();
+  if (!response.ok) throw new Error(`the identity provider refused the code: ${tokens.error_description || tokens.error || response.status}`);
+  return tokens.access_token;
+}
+
+async function start() {
+  try {
+    oidc = (await (await fetch("sign-in")).json()).oidc;
+  } catch {
+    // an older gateway, or none: admin tokens only
+  }
+  if (oidc) {
+    $("#provider-signin").addEventListener("click", () => toProvider().catch((error) => showError(error.message)));
+  }
+  const params = new URLSearchParams(location.search);
+  if (params.has("code") || params.has("error")) {
+    try {
+      await signIn(await redeem(params));
+    } catch (error) {
+      showError(`sign-in failed: ${error.message}`);
+      showSignIn(true);
+    }
+    return;
+  }
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) signIn(saved);
+  else showSignIn(true);
+}
+
 window.addEventListener("hashchange", render);
 $("#signin").addEventListener("submit", (event) => {
   event.preventDefault();
   signIn($("#token").value.trim());
 });
-const saved = sessionStorage.getItem(TOKEN_KEY);
-if (saved) signIn(saved);
-else $("#signin").hidden = false;
+start();

@@ -1,7 +1,8 @@
 """The studio in real headless Chromium (Debian's `chromium`, driven by Playwright): it
 loads without console errors, shows a traffic change made with the CLI within 2 s, shows
 a rollout started with the CLI and aborts it from the page, shows a batch job's progress
-reach 100%; a reader's page has no Abort button and the API refuses the reader (403).
+reach 100%; a reader's page has no Abort button and the API refuses the reader (403); a
+user signs in at an OpenID Connect provider (authorization code with PKCE).
 Screenshots of each page go to the test's temporary folder."""
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import Gateway, start_gateway
+from tests.gateway.conftest import STUDIO_CLIENT, IdentityProvider
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -143,6 +146,62 @@ def test_a_reader_sees_no_actions_and_is_refused(
         page.close()
     finally:
         gw.cli("rollout", "abort", "-e", "shop")
+
+
+def test_signing_in_at_the_identity_provider(
+    studio_gateway: tuple[Gateway, Path],
+    browser: Any,
+    provider: IdentityProvider,
+    tmp_path: Path,
+) -> None:
+    """The authorization code flow with PKCE against the test's provider: the studio
+    redeems the code in the browser and calls the API with the provider's token, as the
+    user its claims name, with the role their group maps to."""
+    gw = start_gateway(
+        tmp_path / "home",
+        "--oidc-issuer",
+        provider.issuer,
+        "--oidc-audience",
+        "servegate",
+        "--oidc-roles-claim",
+        "groups",
+        "--oidc-role",
+        "ml-readers=reader",
+        "--oidc-client-id",
+        STUDIO_CLIENT,
+    )
+    try:
+        sign_in = httpx.get(f"{gw.url}/studio/sign-in").json()["oidc"]
+        assert sign_in["client_id"] == STUDIO_CLIENT
+        assert sign_in["authorization_endpoint"] == f"{provider.issuer}/authorize"
+        # A gateway without a provider client offers admin tokens only.
+        assert httpx.get(f"{studio_gateway[0].url}/studio/sign-in").json() == {"oidc": None}
+
+        provider.user = {"preferred_username": "carol@example.com", "groups": ["ml-readers"]}
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{gw.url}/studio/#/audit")
+        page.wait_for_selector("#provider-signin")
+        page.screenshot(path=str(tmp_path / "sign-in.png"), full_page=True)
+        page.click("#provider-signin")
+        page.wait_for_selector("#nav a.current")
+        assert page.inner_text("#who").startswith("user:carol@example.com (reader)")
+        # Back on the page the sign-in started from, with no code left in the address.
+        assert page.url == f"{gw.url}/studio/#/audit"
+        page.wait_for_selector('#nav a.current[href="#/audit"]')
+        assert errors == [], errors
+        assert provider.codes == {}  # the code was redeemed
+
+        # An answer that no sign-in from this tab asked for is refused.
+        page.goto(f"{gw.url}/studio/?code=forged&state=forged")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "does not match a sign-in from this tab" in page.inner_text("#error")
+        assert page.is_visible("#signin")
+        page.close()
+    finally:
+        gw.stop()
 
 
 def start_slow_rollout(gw: Gateway) -> None:

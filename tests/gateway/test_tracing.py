@@ -2,7 +2,9 @@
 the protobuf export requests with OpenTelemetry's own definitions): a scoring request's
 server span continues the client's `traceparent`, with admission, queue and inference
 children; a remote runtime's call carries the trace on (the remote, here the same
-gateway, makes its span in the same trace); a mirrored copy is a span of the trace."""
+gateway, makes its span in the same trace), and so does a call to a Ray Serve replica (a
+real local Ray cluster; the replica exports its own span); a mirrored copy is a span of
+the trace."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from tests.conftest import Gateway, start_gateway, write_yaml
+from tests.conftest import RAY_ENV, Gateway, RayCluster, start_gateway, wait_for, write_yaml
+from tests.gateway.test_ray import RAY
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -173,3 +176,47 @@ def test_a_mirrored_copy_is_a_span_of_the_trace(
         )
         assert mirror["parent"] == request["id"]
         assert mirror["attributes"]["servegate.deployment"] == "green"
+
+
+def test_a_ray_replica_joins_the_request_trace(
+    ray_cluster: RayCluster, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    receiver = Receiver()
+    gw = start_gateway(
+        tmp_path / "home",
+        env_extra={
+            **RAY_ENV,
+            "SERVEGATE_RAY_ADDRESS": ray_cluster.address,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_SERVICE_NAME": "servegate-ray-test",
+        },
+    )
+    trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    try:
+        gw.create_endpoint(tmp_path, unique_name, "auth_mode: none\n")
+        # Batching in the replica: the call goes through Serve's batch method.
+        batching = "batching: {max_batch_size: 4, max_batch_delay_ms: 5}\n"
+        gw.deploy(
+            tmp_path, unique_name, "blue", model_dir / "classifier.onnx", extra_yaml=RAY + batching
+        )
+        r = httpx.post(
+            f"{gw.url}/endpoints/{unique_name}/score",
+            json=ROW,
+            headers={"traceparent": f"00-{trace}-{PARENT}-01", "x-request-id": "ray-traced"},
+        )
+        assert r.status_code == 200, r.text
+        spans = receiver.of_trace(trace, 5, timeout_s=30)
+        front = next(s for s in spans if s["name"] == "POST /endpoints/{endpoint}/score")
+        replica = next(s for s in spans if s["name"] == "replica inference")
+        # Made in the replica's process, exported there with the gateway's settings.
+        assert replica["parent"] == front["id"] and replica["service"] == "servegate-ray-test"
+        assert replica["attributes"]["servegate.request_id"] == "ray-traced"
+        assert front["start"] <= replica["start"] <= replica["end"] <= front["end"]
+    finally:
+        gw.cli("endpoint", "delete", "--name", unique_name, "--yes", ok=False)
+        # The application goes a few seconds after the delete; its replica would hold
+        # the shared cluster's CPU.
+        wait_for(lambda: not ray_cluster.processes_named("ServeReplica", unique_name), 60)
+        gw.stop()
+        receiver.close()
