@@ -6,6 +6,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("servegate", "gateway", "runtimes", "batch", "deploy", "monitoring", "loadtests")
 

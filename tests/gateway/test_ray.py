@@ -31,6 +31,9 @@ from tests.gateway.test_engine import metric
 from tests.gateway.test_runtimes import SCORE_PY
 from tests.gateway.test_server import in_process
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 #: Replicas ask for a quarter of a CPU: the test cluster has 2, and an update runs the
 #: old and the new application side by side. Azure's default of one request per instance
 #: (two in flight) would turn a few concurrent clients into 429s.

@@ -22,6 +22,9 @@ import pytest
 from tests.conftest import Gateway, start_gateway
 from tests.gateway.conftest import STUDIO_CLIENT, IdentityProvider
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

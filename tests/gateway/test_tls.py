@@ -14,6 +14,9 @@ import trustme
 
 from tests.conftest import free_port, start_gateway
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[trustme.CA, Path, Path]]:

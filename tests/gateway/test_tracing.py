@@ -23,6 +23,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from tests.conftest import RAY_ENV, Gateway, RayCluster, start_gateway, wait_for, write_yaml
 from tests.gateway.test_ray import RAY
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 ROW = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}

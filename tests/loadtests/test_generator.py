@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Gateway
+
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
 
 
 def _run(gateway: Gateway, tmp_path: Path, url: str, *mode: str) -> dict:

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from deploy.specs import MonitorThresholds
 from monitoring.drift import compare
+
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
 
 FEATURES = ["amount", "age", "score", "country"]
 

@@ -14,6 +14,9 @@ from runtimes.onnx_impl import OnnxRuntime, read_signature
 from runtimes.registry import load_runtime
 from runtimes.types import Signature, TensorSpec
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 

@@ -9,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runtimes import resources
 from tests.conftest import Gateway, start_gateway, wait_for
+
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
 
 
 def _write(path: Path, text: str) -> None:

@@ -17,6 +17,9 @@ from runtimes.errors import InferenceFailed, InferenceTimeout, Overloaded
 from runtimes.scheduler import Batching, Scheduler, SchedulerSettings, Timing
 from runtimes.types import Signature, TensorSpec
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 SIG = Signature((TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 2)),))
 
 

@@ -14,6 +14,9 @@ from runtimes.torch_impl import TorchRuntime, read_signature
 from runtimes.types import Signature, TensorSpec
 from tests import models
 
+# Runs once, on the SQLite pass: what it checks does not depend on the store.
+pytestmark = pytest.mark.store_independent
+
 HAS_CUDA = torch.cuda.is_available()
 SIG = Signature(
     (TensorSpec("x", "FP32", (-1, 4)),),
