@@ -37,6 +37,7 @@ from deploy.specs import (
     BatchDeploymentSpec,
     BatchEndpointSpec,
     CollectorDestination,
+    DataCollectorSpec,
     EndpointSpec,
     ModelRef,
     MonitorSpec,
@@ -863,11 +864,10 @@ class ControlPlane:
         """Where the monitored deployment's data collector writes: its Kafka topic, or
         the folder of its Parquet files."""
         deployment = self.get_deployment(spec.endpoint_name, spec.deployment_name)
-        collector = deployment.data_collector
-        if collector is not None and collector.destination is not None:
-            return collector.destination
+        # (No collector any more: where it wrote by default, which says no data.)
+        collector = deployment.data_collector or DataCollectorSpec()
         artifacts = self.settings.artifacts if self.settings else str(self.artifacts.home)
-        return CollectorDestination(path=f"{artifacts.rstrip('/')}/modelDataCollector")
+        return collector.destination_under(artifacts)
 
     # -- secrets -----------------------------------------------------------------------
     @functools.cached_property

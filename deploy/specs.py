@@ -445,6 +445,8 @@ class CollectorDestination(Spec):
 
 #: The collections the gateway fills itself (Azure ML's payload logging).
 PAYLOAD_COLLECTIONS = ("request", "response")
+#: the folder under the artifacts where collected rows go by default
+DEFAULT_COLLECTOR_FOLDER = "modelDataCollector"
 
 
 class DataCollectorSpec(Spec):
@@ -457,6 +459,14 @@ class DataCollectorSpec(Spec):
         Field(default_factory=dict)
     )
     destination: CollectorDestination | None = None
+
+    def destination_under(self, artifacts: str) -> CollectorDestination:
+        """Where its rows go: `destination`, else Parquet files under `artifacts` (so every
+        gateway replica writes beside the others), Azure ML's layout:
+        modelDataCollector/<endpoint>/<deployment>/<time>/."""
+        return self.destination or CollectorDestination(
+            path=f"{artifacts.rstrip('/')}/{DEFAULT_COLLECTOR_FOLDER}"
+        )
 
 
 #: The kind a deployment gets from its other fields when it names none.

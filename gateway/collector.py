@@ -27,7 +27,6 @@ from typing import Any
 from deploy.specs import (
     PAYLOAD_COLLECTIONS,
     CollectionSpec,
-    CollectorDestination,
     DataCollectorSpec,
 )
 
@@ -47,12 +46,6 @@ ROLL_FORMATS = {
 }
 
 
-#: Where collected rows go when the spec names no destination (under the artifacts
-#: folder, so every gateway replica writes beside the others): Azure ML's layout,
-#: modelDataCollector/<endpoint>/<deployment>/<time>/.
-DEFAULT_FOLDER = "modelDataCollector"
-
-
 class PayloadCollector:
     def __init__(
         self, endpoint: str, deployment: str, spec: DataCollectorSpec, artifacts: str
@@ -68,9 +61,7 @@ class PayloadCollector:
             for name, collection in spec.collections.items()
             if collection.enabled and name not in PAYLOAD_COLLECTIONS
         }
-        self.destination = spec.destination or CollectorDestination(
-            path=f"{artifacts.rstrip('/')}/{DEFAULT_FOLDER}"
-        )
+        self.destination = spec.destination_under(artifacts)
         self.rolling_rate = spec.rolling_rate
         self.collected = 0
         self.dropped = 0

@@ -581,7 +581,7 @@ class Scheduler:
                 elapsed if not self._recent_batch_s else 0.8 * self._recent_batch_s + 0.2 * elapsed
             )
             if self._observer is not None:
-                self._observer.batch(len(jobs), sum(j.rows for j in jobs), elapsed)
+                self._observer.batch(len(jobs), rows, elapsed)
             if self._leaving and slot in self._leaving:
                 self._slot_left(slot)
             else:

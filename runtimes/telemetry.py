@@ -95,17 +95,22 @@ class CallTracer:
     @contextlib.contextmanager
     def serving(self, name: str, call: CallContext, **attributes: Any) -> Iterator[None]:
         request_id, traceparent = call
-        context.request_id.set(request_id)
-        context.traceparent.set(traceparent)
-        if self._tracer is None:
-            yield
-            return
-        parent = self._propagator.extract({"traceparent": traceparent}) if traceparent else None
-        with self._tracer.start_as_current_span(name, context=parent) as span:
-            span.set_attribute("servegate.request_id", request_id)
-            for key, value in attributes.items():
-                span.set_attribute(f"servegate.{key}", value)
-            carrier: dict[str, str] = {}
-            self._propagator.inject(carrier)
-            context.traceparent.set(carrier.get("traceparent", traceparent))
-            yield
+        id_token = context.request_id.set(request_id)
+        trace_token = context.traceparent.set(traceparent)
+        try:
+            if self._tracer is None:
+                yield
+                return
+            parent = self._propagator.extract({"traceparent": traceparent}) if traceparent else None
+            with self._tracer.start_as_current_span(name, context=parent) as span:
+                span.set_attribute("servegate.request_id", request_id)
+                for key, value in attributes.items():
+                    span.set_attribute(f"servegate.{key}", value)
+                # What this call sends on (a remote runtime) joins the replica's span.
+                carrier: dict[str, str] = {}
+                self._propagator.inject(carrier)
+                context.traceparent.set(carrier.get("traceparent", traceparent))
+                yield
+        finally:
+            context.traceparent.reset(trace_token)
+            context.request_id.reset(id_token)

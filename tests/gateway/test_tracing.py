@@ -91,16 +91,21 @@ class Receiver:
         return [s for s in self.spans if s["trace"] == trace]
 
 
+def exporting_to(receiver: Receiver, service: str) -> dict[str, str]:
+    """The OTEL_* variables that send a gateway's spans to `receiver`, promptly."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SERVICE_NAME": service,
+    }
+
+
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Receiver]]:
     receiver = Receiver()
     gw = start_gateway(
         tmp_path_factory.mktemp("traced") / "home",
-        env_extra={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_SERVICE_NAME": "servegate-test",
-        },
+        env_extra=exporting_to(receiver, "servegate-test"),
     )
     yield gw, receiver
     gw.stop()
@@ -190,9 +195,7 @@ def test_a_ray_replica_joins_the_request_trace(
         env_extra={
             **RAY_ENV,
             "SERVEGATE_RAY_ADDRESS": ray_cluster.address,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_SERVICE_NAME": "servegate-ray-test",
+            **exporting_to(receiver, "servegate-ray-test"),
         },
     )
     trace = "5bf92f3577b34da6a3ce929d0e0e4737"
