@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from batch.roots import BatchRoots
 from batch.sources import list_inputs
 from deploy.control import ControlPlane
 from deploy.errors import Conflict, SpecError
@@ -53,6 +54,7 @@ class BatchJobs:
         self.control = control
         self.ledger = control.jobs
         self.home = home
+        self.roots = BatchRoots.from_environment(home, control.artifacts.home / "data")
 
     def invoke(self, order: JobOrder, actor: str) -> dict[str, Any]:
         """Create a job on a batch endpoint, or on an online endpoint's deployment, and
@@ -67,8 +69,11 @@ class BatchJobs:
             raise SpecError(
                 f"field 'input_type': must be uri_file or uri_folder, got '{order.input_type}'"
             )
+        self.roots.check_input(order.input)
+        self.roots.check_output(order.output)
         # A missing or unreadable input: 400 now, nothing written.
-        list_inputs(order.input, order.input_type)
+        _, files = list_inputs(order.input, order.input_type)
+        self.roots.check_listed(order.input, files)
         record = self.ledger.create(order, actor)
         self._spawn(record.id)
         return self.get(record.id)

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch.errors import BatchInputError
+from batch.errors import BatchInputError, without_content
 
 SOURCE_FILE, SOURCE_ROW = "source_file", "row"
 STAGE_BATCH_ROWS = 65_536
@@ -40,22 +40,29 @@ def _write_ipc(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def _unreadable(path: str, fmt: str, exc: Exception) -> str:
+    return f"input file '{path}' cannot be read as {fmt}: {without_content(str(exc), path)}"
+
+
 def _describe_mismatch(first: pa.Schema, other: pa.Schema) -> str:
-    for field in first:
-        index = other.get_field_index(field.name)
-        if index < 0:
-            return f"column '{field.name}' is missing"
-        if other.field(index).type != field.type:
-            return f"column '{field.name}' is {other.field(index).type}, expected {field.type}"
-    extra = [f.name for f in other if first.get_field_index(f.name) < 0]
-    return f"unexpected column '{extra[0]}'" if extra else "schemas differ"
+    """How a file's columns differ from the first file's, by position and type: column
+    names are the files' content, which errors never repeat (see without_content)."""
+    if len(first) != len(other):
+        return f"it has {len(other)} columns, the first file {len(first)}"
+    for position, (mine, theirs) in enumerate(zip(first, other, strict=True), 1):
+        if mine.name != theirs.name:
+            return f"its column #{position} is named differently"
+        if mine.type != theirs.type:
+            return f"its column #{position} is {theirs.type}, expected {mine.type}"
+    return "schemas differ"
 
 
 def _same_schema(first: pa.Schema | None, schema: pa.Schema, path: str) -> pa.Schema:
     """Every input file must have the first file's columns and types."""
     if first is not None and not schema.equals(first):
         raise BatchInputError(
-            f"input file '{path}': {_describe_mismatch(first, schema)} (as in the first file)"
+            f"input file '{path}': {_describe_mismatch(first, schema)} (every file needs the "
+            "first one's columns)"
         )
     return first or schema
 
@@ -68,7 +75,7 @@ def read_schema(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Schema:
                 return pq.ParquetFile(source).metadata.schema.to_arrow_schema()
         return ds.dataset(path, filesystem=fs, format=fmt).schema
     except (pa.ArrowInvalid, OSError) as exc:
-        raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
+        raise BatchInputError(_unreadable(path, fmt, exc)) from None
 
 
 def stage_tabular(
@@ -101,7 +108,7 @@ def stage_tabular(
             dataset = ds.dataset(path, filesystem=fs, format=fmt)
             file_schema = dataset.schema
         except (pa.ArrowInvalid, OSError) as exc:
-            raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
+            raise BatchInputError(_unreadable(path, fmt, exc)) from None
         schema = _same_schema(schema, file_schema, path)
         row = 0
         try:
@@ -115,7 +122,7 @@ def stage_tabular(
                 if pending_rows >= mini_batch_size:
                     flush(final=False)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise BatchInputError(f"input file '{path}' cannot be read as {fmt}: {exc}") from None
+            raise BatchInputError(_unreadable(path, fmt, exc)) from None
     flush(final=True)
     return counts
 
@@ -133,7 +140,7 @@ def plan_parquet(
                 metadata = pq.ParquetFile(source).metadata
                 file_schema = metadata.schema.to_arrow_schema()
         except (pa.ArrowInvalid, OSError) as exc:
-            raise BatchInputError(f"input file '{path}' cannot be read as parquet: {exc}") from None
+            raise BatchInputError(_unreadable(path, "parquet", exc)) from None
         schema = _same_schema(schema, file_schema, path)
         first_row = 0
         for group in range(metadata.num_row_groups):

@@ -27,9 +27,11 @@ from batch.errors import BatchInputError
 from batch.executors import EXECUTORS, Executor, ExecutorRequest
 from batch.formats import FORMATS, InputFormat, format_of, read_schema
 from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner_id
+from batch.roots import BatchRoots
 from batch.sources import Location, list_inputs, locate
 from batch.tensors import check_schema
 from deploy.home import ControlPlaneSettings, open_control_plane
+from deploy.jobs import check_job_id
 from deploy.records import JobRecord, JobState, MiniBatchRecord, MiniBatchState
 from deploy.specs import BatchDeploymentSpec, RayActorOptions
 from deploy.store import STORE_ENV
@@ -56,8 +58,9 @@ class JobRunner:
         self.store = self.control.store
         self.ledger = self.control.jobs
         self.job_id = job_id
+        self.home = home
         self._last_progress = 0.0
-        self.job_dir = home / "jobs" / job_id
+        self.job_dir = home / "jobs" / check_job_id(job_id)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.job_dir / "job.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -158,6 +161,9 @@ class JobRunner:
         model: a mismatch fails the job here, once, before any worker starts (every
         file has the first one's schema; planning checks that)."""
         location, files = list_inputs(job.input, job.input_type)
+        # Files listed now may be links made since the job was accepted.
+        uploads = self.control.artifacts.home / "data"
+        BatchRoots.from_environment(self.home, uploads).check_listed(job.input, files)
         fmt = format_of(files)
         signature = self._signature(job)
         if fmt.tabular and signature is not None and signature.inputs:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
@@ -76,10 +79,10 @@ def assemble(
     fs = output.filesystem
     fs.create_dir(output.path, recursive=True)
     final = f"{output.path}/{file_name}"
-    tmp = f"{output.path}/.{file_name}.incomplete"
+    tmp, stream = _temporary(output, file_name)
     rows = 0
     writer: Any = None
-    with fs.open_output_stream(tmp) as sink:
+    with stream as sink:
         try:
             for index in indexes:
                 table = read_part(job_dir, index)
@@ -111,7 +114,20 @@ def assemble(
 def write_summary(output: Location, summary: dict[str, Any]) -> None:
     fs = output.filesystem
     fs.create_dir(output.path, recursive=True)
-    tmp, final = f"{output.path}/.summary.json.incomplete", f"{output.path}/summary.json"
-    with fs.open_output_stream(tmp) as sink:
+    (tmp, stream), final = _temporary(output, "summary.json"), f"{output.path}/summary.json"
+    with stream as sink:
         sink.write(json.dumps(summary, indent=2).encode())
     fs.move(tmp, final)
+
+
+def _temporary(output: Location, file_name: str) -> tuple[str, Any]:
+    """A new file beside `file_name` in the output folder and a stream writing it, to be
+    renamed when whole: on local disk made with O_EXCL under a random name and written
+    through the descriptor that made it (a link planted at a fixed temporary name had the
+    job overwrite what it pointed at); the rename then replaces a link at the final name
+    instead of writing through it. On an object store, a random key."""
+    if isinstance(output.filesystem, pafs.LocalFileSystem):
+        fd, path = tempfile.mkstemp(dir=output.path, prefix=f".{file_name}.", suffix=".incomplete")
+        return path, os.fdopen(fd, "wb")
+    path = f"{output.path}/.{file_name}.{secrets.token_hex(8)}.incomplete"
+    return path, output.filesystem.open_output_stream(path)

@@ -82,19 +82,19 @@ def check_schema(schema: pa.Schema, signature: Signature) -> None:
     if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
         spec = signature.inputs[0]
         width = spec.shape[1]
-        for field in schema:
+        # Columns by position: their names are the file's content (see without_content).
+        for position, field in enumerate(schema, 1):
             if not _numeric(field.type):
                 raise BatchInputError(
-                    f"column '{field.name}' is {field.type}: the model's input '{spec.name}' "
+                    f"column #{position} is {field.type}: the model's input '{spec.name}' "
                     f"takes {'its' if width < 0 else width} numeric columns side by side "
                     f"(or one list column named '{spec.name}')"
                 )
         if width not in (-1, len(schema)):
             raise BatchInputError(
                 f"the model's input '{spec.name}' takes {width} values per row; the file has "
-                f"{len(schema)} numeric columns (column '{schema.names[0]}' to column "
-                f"'{schema.names[-1]}'): give {width} numeric columns or a list column "
-                f"named '{spec.name}'"
+                f"{len(schema)} numeric columns: give {width} numeric columns or a list "
+                f"column named '{spec.name}'"
             )
         return
     missing = [spec.name for spec in signature.inputs if spec.name not in names]
@@ -125,9 +125,8 @@ def tensors_from_table(table: pa.Table, signature: Signature) -> dict[str, np.nd
             }
         raise BatchInputError(
             f"the model's input '{spec.name}' takes {width} values per row; the input has "
-            f"{table.num_columns} columns ({', '.join(table.column_names[:8])}...) of which "
-            f"{len(numeric)} are numeric: give {width} numeric columns or a list column "
-            f"named '{spec.name}'"
+            f"{table.num_columns} columns of which {len(numeric)} are numeric: give {width} "
+            f"numeric columns or a list column named '{spec.name}'"
         )
     missing = [spec.name for spec in signature.inputs if spec.name not in names]
     raise BatchInputError(

@@ -17,6 +17,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,31 @@ class Artifact:
     size_bytes: int
 
 
+#: A temporary upload or staging folder untouched this long was left by a process that
+#: died (a live writer touches its file as it writes).
+STALE_UPLOAD_S = 60.0
+
+
+def sweep_stale(folder: Path, pattern: str = "*", older_than_s: float = STALE_UPLOAD_S) -> int:
+    """Remove what a cut upload or a crash left in `folder` (entries matching `pattern`
+    not modified for `older_than_s`); how many. Never follows a link out of it."""
+    if not folder.is_dir():
+        return 0
+    removed, cutoff = 0, time.time() - older_than_s
+    for entry in folder.glob(pattern):
+        try:
+            if entry.lstat().st_mtime > cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 class ArtifactStore:
     def __init__(self, location: str | Path, cache: Path | None = None) -> None:
         """`location`: a folder, or `s3://bucket/prefix`; `cache`: the local folder that
@@ -83,6 +109,17 @@ class ArtifactStore:
             self.home = Path(location)
         self.location = location
         self.root = self.home / "artifacts" / "sha256"
+
+    def sweep_stale(self) -> int:
+        """Remove temporary files and staging folders left by uploads that were cut or by
+        a crash (`.incoming-*` beside what they were to become)."""
+        folders = (
+            self.root,
+            self.home / "code",
+            self.home / "data",
+            self.home / "models" / "folders",
+        )
+        return sum(sweep_stale(folder, ".incoming-*") for folder in folders)
 
     # -- remote objects ------------------------------------------------------------------
     def _remote_path(self, relative: str) -> str:

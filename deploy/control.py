@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from deploy.artifacts import ArtifactStore, tar_folder
 from deploy.credentials import (
@@ -31,7 +31,7 @@ from deploy.credentials import (
 )
 from deploy.errors import Conflict, NotFound, SpecError, StoreUnavailable
 from deploy.jobs import JobLedger
-from deploy.records import AdminTokenRecord, RolloutRecord
+from deploy.records import AdminTokenRecord, DeploymentIntent, RolloutRecord
 from deploy.roles import SYSTEM, check_endpoint_pattern, check_role, check_token_name
 from deploy.specs import (
     BatchDeploymentSpec,
@@ -47,13 +47,16 @@ from deploy.specs import (
 )
 from deploy.store import AuditEntry, KeyRecord, ModelRecord, Store, utc_now
 from deploy.vault import SecretBox, check_secret_name, references, resolve
+from runtimes import isolated
 from runtimes.base import RuntimeConfig
 from runtimes.convert import to_onnx
 from runtimes.registry import (
     deployment_defaults,
+    inspect_model,
+    loads_code,
     model_warnings,
-    read_signature,
     runtime_for_path,
+    runtime_kind,
 )
 from runtimes.types import Signature
 
@@ -67,6 +70,13 @@ def _link_or_copy(source: Path, target: Path) -> Path:
     except OSError:  # another filesystem: a copy does as well
         shutil.copyfile(source, target)
     return target
+
+
+class Registered(NamedTuple):
+    """A model version as registered, and what is worth a warning about it."""
+
+    record: ModelRecord
+    warnings: list[str]
 
 
 class ControlPlane:
@@ -96,9 +106,12 @@ class ControlPlane:
         description: str = "",
         tags: dict[str, str] | None = None,
         reuse_identical: bool = False,
-    ) -> ModelRecord:
+        strict: bool = False,
+    ) -> Registered:
         """Copy the file at `source` into the store, read its signature, register
-        it as `name:version` (the next version when None). `filename` is the
+        it as `name:version` (the next version when None); with what is worth a warning
+        about it (a model saved by another version of its framework), which `strict`
+        refuses instead. `filename` is the
         model's own file name, which picks the runtime by its suffix. A `filename`
         ending in "/" is a folder (an MLflow model, a Triton repository): `source` is
         its tar.gz, and the runtime comes from the files in it. With `reuse_identical`
@@ -121,14 +134,14 @@ class ControlPlane:
         with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
             if not is_folder:
                 model_path = _link_or_copy(source, Path(folder) / Path(filename).name)
-            signature = read_signature(runtime, model_path)
+            signature, notes = inspect_model(runtime, model_path, strict)
         suffix = ".tar.gz" if is_folder else Path(filename).suffix
         artifact = self.artifacts.put_file(source, suffix)
         assert ref.name is not None
         with self.store.transaction():
             existing = self.store.get_model(ref.name, ref.version)
             if reuse_identical and existing is not None and existing.sha256 == artifact.sha256:
-                return existing
+                return Registered(existing, notes)
             if ref.version is not None and existing is not None:
                 raise Conflict(
                     f"model '{ref.name}' version {ref.version} already exists"
@@ -154,7 +167,7 @@ class ControlPlane:
                     actor, "model.register", f"models/{ref.name}/{version}", None, record.to_dict()
                 ),
             )
-        return record
+        return Registered(record, notes)
 
     def get_model(self, name: str, version: int | None = None) -> ModelRecord:
         record = self.store.get_model(name, version)
@@ -290,6 +303,7 @@ class ControlPlane:
             self.store.delete_endpoint(
                 name, AuditEntry(actor, "endpoint.delete", f"endpoints/{name}", before, None)
             )
+            self.store.delete_deployment_intent(name)
 
     @staticmethod
     def _check_known(endpoint: str, named: dict[str, int], deployments: set[str]) -> None:
@@ -382,10 +396,12 @@ class ControlPlane:
         )
         if path.is_dir():  # an MLflow model, a Triton repository
             with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
-                return register(f"{path.name}/", tar_folder(path, Path(folder) / "model.tar.gz"))
+                return register(
+                    f"{path.name}/", tar_folder(path, Path(folder) / "model.tar.gz")
+                ).record
         if not path.is_file():
             raise SpecError(f"field 'model.path': no model file at '{path}' on the gateway host")
-        return register(path.name, path)
+        return register(path.name, path).record
 
     def _pinned(self, spec: SpecT, actor: str) -> SpecT:
         """`spec` with its model pinned to a registered `name:version` and the runtime
@@ -402,9 +418,31 @@ class ControlPlane:
         for field, value in deployment_defaults(pinned["runtime"], model_path).items():
             if pinned.get(field) is None and field in type(spec).model_fields:
                 pinned[field] = value
+        if "host" in type(spec).model_fields:
+            pinned["host"] = self._host_for(record, pinned)
         if pinned.get("runtime_options", {}).get("convert") is not None:
             pinned.update(self._converted(record, pinned["runtime"], pinned["runtime_options"]))
         return parse_spec(type(spec), pinned, "deployment")
+
+    def _host_for(self, record: ModelRecord, pinned: dict[str, Any]) -> str:
+        """Where an online deployment's instances run: as it says, else its runtime's
+        default; a model whose loading runs code (a pickle) only in worker processes,
+        never in the gateway."""
+        runtime, host = pinned["runtime"], pinned.get("host")
+        options = pinned.get("runtime_options") or {}
+        if options.get("convert") is not None or runtime_kind(runtime).runs_in_gateway:
+            # converted to ONNX (in a child process) before anything loads it
+            return host or runtime_kind(runtime).default_host
+        if not loads_code(runtime, self.model_path(record), options):
+            return host or runtime_kind(runtime).default_host
+        if host == "thread":
+            raise SpecError(
+                f"field 'host': model '{record.name}' version {record.version} "
+                f"({record.filename}) runs code when it is loaded (a pickle, or trusted_types "
+                "beyond the reviewed ones), so servegate loads it only in worker processes: "
+                "use host: process (the default for it) or ray, or save it with skops"
+            )
+        return host or "process"
 
     def _converted(
         self, record: ModelRecord, runtime: str, options: dict[str, Any]
@@ -416,7 +454,11 @@ class ControlPlane:
             return {}
         if options["convert"] != "onnx":
             raise SpecError(f"runtime_options.convert: '{options['convert']}'; allowed: onnx")
-        data = to_onnx(runtime, self.model_path(record), options)
+        model_path = self.model_path(record)
+        if loads_code(runtime, model_path, options):  # a pickle: converted in a child
+            data = isolated.convert(runtime, model_path, options)
+        else:
+            data = to_onnx(runtime, model_path, options)
         with tempfile.TemporaryDirectory(prefix="servegate-convert-") as folder:
             path = Path(folder) / "converted.onnx"
             path.write_bytes(data)
@@ -458,6 +500,8 @@ class ControlPlane:
         """Store a resolved deployment; with `all_traffic`, send it 100% of live traffic."""
         endpoint, name = resolved.endpoint_name, resolved.name
         with self.store.transaction():
+            # Stored now: whatever was asked with no_wait for it is done.
+            self.store.delete_deployment_intent(resolved.endpoint_name, resolved.name)
             before = self.store.get_deployment(endpoint, name)
             action = "deployment.create" if before is None else "deployment.update"
             self.store.put_deployment(
@@ -482,6 +526,11 @@ class ControlPlane:
 
     def delete_deployment(self, endpoint: str, name: str, actor: str) -> None:
         with self.store.transaction():
+            intent = self.deployment_intent(endpoint, name)
+            if intent is not None:
+                self.store.delete_deployment_intent(endpoint, name)
+            if intent is not None and self.store.get_deployment(endpoint, name) is None:
+                return  # only an intent (a no_wait create that failed): now gone
             before = self.get_deployment(endpoint, name)
             spec = self.get_endpoint(endpoint)
             live, mirrored = spec.traffic.get(name, 0), spec.mirror_traffic.get(name, 0)
@@ -509,6 +558,45 @@ class ControlPlane:
             }
             if cleaned != {"traffic": spec.traffic, "mirror_traffic": spec.mirror_traffic}:
                 self.update_endpoint(endpoint, cleaned, actor, reason=f"deployment {name} deleted")
+
+    # -- deployments answered 202 (no_wait) until done ---------------------------------
+    def record_intent(
+        self, spec: OnlineDeploymentSpec, state: str, actor: str, all_traffic: bool, replica: str
+    ) -> DeploymentIntent:
+        """A create or update accepted to be done in the background, by `replica`."""
+        intent = DeploymentIntent(
+            endpoint=spec.endpoint_name,
+            name=spec.name,
+            state=state,
+            spec=spec.to_dict(),
+            actor=actor,
+            all_traffic=all_traffic,
+            replica=replica,
+        )
+        self.store.put_deployment_intent(intent)
+        return intent
+
+    def finish_intent(self, intent: DeploymentIntent, error: str | None = None) -> None:
+        """Done (gone from the store) or, with `error`, failed (kept, to be shown)."""
+        if error is None:
+            self.store.delete_deployment_intent(intent.endpoint, intent.name)
+        else:
+            self.store.put_deployment_intent(
+                intent.model_copy(update={"state": "Failed", "error": error})
+            )
+
+    def deployment_intent(self, endpoint: str, name: str) -> DeploymentIntent | None:
+        return next(
+            (
+                i
+                for i in self.store.list_deployment_intents()
+                if (i.endpoint, i.name) == (endpoint, name)
+            ),
+            None,
+        )
+
+    def deployment_intents(self) -> list[DeploymentIntent]:
+        return self.store.list_deployment_intents()
 
     # -- batch endpoints and deployments ---------------------------------------------
     def create_batch_endpoint(self, spec: BatchEndpointSpec, actor: str) -> BatchEndpointSpec:

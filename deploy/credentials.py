@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 TOKEN_LIFETIME_S = 3600
@@ -101,4 +101,4 @@ class Credentials:
 
 
 def expiry_text(expiry: int) -> str:
-    return datetime.fromtimestamp(expiry, timezone.utc).isoformat()
+    return datetime.fromtimestamp(expiry, UTC).isoformat()

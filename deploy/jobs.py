@@ -8,6 +8,7 @@ runner processes is the batch package's job (`batch.jobs`); this module knows no
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,20 @@ class JobOrder:
     #: settings for this job over the deployment's (None: the deployment's)
     overrides: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+
+
+#: A job id names the job's folder: no separator, no leading dot, no control character.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def check_job_id(job_id: str) -> str:
+    """Refuse an id that is no plain name (`../x`, `a/b`): ids name folders."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise SpecError(
+            f"field 'job_id': {job_id[:80]!r} is not a job id (letters, digits, '_', '-' "
+            "and '.', starting with a letter or digit, at most 200 characters)"
+        )
+    return job_id
 
 
 def _target(job_id: str) -> str:
@@ -75,6 +90,8 @@ class JobLedger:
             {**base, "instance_count": instance_count, **given},
             "job settings",
         )
+        if order.job_id is not None:
+            check_job_id(order.job_id)
         with self.store.transaction():
             if order.job_id is not None and self.store.get_job(order.job_id) is not None:
                 raise Conflict(f"job '{order.job_id}' already exists")

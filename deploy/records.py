@@ -8,7 +8,7 @@ equal to them, so records written before these enums read back unchanged.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
@@ -85,7 +85,7 @@ class RolloutRecord(BaseModel):
 
     def noted(self, message: str, **changes: Any) -> RolloutRecord:
         """This record with `changes` (field names) and one more event."""
-        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
         events = (*self.events, RolloutEvent(at=at, message=message))
         return self.model_copy(update={**changes, "events": events})
 
@@ -217,3 +217,28 @@ class AdminTokenRecord(BaseModel):
     expires_at: float | None = None
     created_by: str = ""
     created_at: str = ""
+
+
+class DeploymentIntent(BaseModel):
+    """A deployment create or update answered 202 (no_wait) and not done yet, or failed:
+    kept in the store so it survives the replica that took it, which finishes it or says
+    why it failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    endpoint: str
+    name: str
+    #: Creating, Updating (under way) or Failed
+    state: str
+    #: the deployment's spec, as asked for
+    spec: dict[str, Any]
+    actor: str
+    all_traffic: bool = False
+    error: str = ""
+    #: the replica working on it
+    replica: str = ""
+    updated_at: str = ""
+
+    @property
+    def under_way(self) -> bool:
+        return self.state in ("Creating", "Updating")

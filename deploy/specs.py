@@ -211,7 +211,7 @@ class ModelRef(Spec):
 
     path: str | None = None
     name: ModelName | None = None
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**62)] | None = None
     #: Azure ML's model type: a folder `path` of an MLflow model or a Triton model
     #: repository says which (else it is found from the folder's files)
     type: Literal["custom_model", "mlflow_model", "triton_model"] | None = None
@@ -527,6 +527,8 @@ class EndpointSpec(Spec):
     def _azure_auth_names(cls, value: Any) -> Any:
         # Azure ML spells token auth `aml_token`; identity-provider tokens `aad_token`
         # (`oidc` is the name outside Azure).
+        if not isinstance(value, str):
+            return value  # refused below, naming the field
         return {"aml_token": "token", "oidc": "aad_token"}.get(value, value)
 
     @field_validator("traffic")
@@ -565,7 +567,7 @@ class RayActorOptions(Spec):
     num_cpus: Annotated[float, Field(ge=0, le=1024)] | None = None
     num_gpus: Annotated[float, Field(ge=0, le=64)] | None = None
     #: bytes of memory to reserve for each replica
-    memory: Annotated[int, Field(ge=0)] | None = None
+    memory: Annotated[int, Field(ge=0, le=2**62)] | None = None
     #: custom resources, e.g. {"accelerator_type_a100": 1}
     resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
@@ -700,9 +702,10 @@ class OnlineDeploymentSpec(Spec):
             update["instance_count"] = min(
                 max(self.instance_count, scale.min_instances, 1), scale.max_instances
             )
-        if self.host is None and runtime is not None:
+        if self.host is None and runtime is not None and self.model is None:
             # Scoring scripts run user code: isolated in worker processes by default. (A
-            # model folder's runtime, found from its files, gets its default once known.)
+            # deployment of a model gets its default where the model's file is known: a
+            # pickle is loaded only in worker processes; see ControlPlane._pinned.)
             update["host"] = kind.default_host
         if (
             self.batching is not None
@@ -905,22 +908,29 @@ def parse_spec(
 MAX_SPEC_VALUES = 100_000
 
 
+#: Deeper than any spec nests (runtime_options included); the store's JSON encoder stops
+#: at 255 levels, and a value nested that deep is no setting.
+MAX_SPEC_DEPTH = 32
+
+
 def _check_size(data: Any, source: str) -> None:
-    """Refuse documents that expand to more than MAX_SPEC_VALUES values (alias bombs),
-    walking no further than that."""
-    stack, seen = [data], 0
+    """Refuse documents that expand to more than MAX_SPEC_VALUES values (alias bombs) or
+    nest deeper than MAX_SPEC_DEPTH, walking no further than that."""
+    stack, seen = [(data, 0)], 0
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         seen += 1
         if seen > MAX_SPEC_VALUES:
             raise SpecError(
                 f"{source}: expands to more than {MAX_SPEC_VALUES} values "
                 "(YAML aliases?); a spec is far smaller"
             )
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(f"{source}: nests deeper than {MAX_SPEC_DEPTH} levels")
         if isinstance(value, dict):
-            stack.extend(value.values())
+            stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
-            stack.extend(value)
+            stack.extend((v, depth + 1) for v in value)
 
 
 def load_spec(
@@ -932,11 +942,20 @@ def load_spec(
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_spec(kind, read_yaml(text, str(path)), str(path), overrides)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """A YAML document's value; SpecError naming `source` when it is not YAML or nests
+    past what the parser can follow (a 50,000-deep file ran the parser out of stack)."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_spec(kind, data, str(path), overrides)
+        raise SpecError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(
+            f"{source}: nests too deep to read (a spec nests at most {MAX_SPEC_DEPTH} levels)"
+        ) from None
 
 
 def _describe(exc: ValidationError, kind: type[Spec], source: str) -> str:
@@ -1041,7 +1060,7 @@ class MonitorSpec(Spec):
     every_minutes: Annotated[int, Field(ge=1, le=10_080)] = 60
     #: fewer rows than this in a window: reported as too few, not judged (small samples
     #: of one distribution differ by chance)
-    min_rows: Annotated[int, Field(ge=1)] = 100
+    min_rows: Annotated[int, Field(ge=1, le=10**9)] = 100
     thresholds: MonitorThresholds = Field(default_factory=MonitorThresholds)
     alert: MonitorAlert = Field(default_factory=MonitorAlert)
 

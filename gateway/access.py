@@ -52,6 +52,18 @@ def authorize_endpoint(principal: Principal, endpoint: str) -> None:
         )
 
 
+def authorize_model(principal: Principal, model: str) -> None:
+    """Models are shared: any reader reads them and any deployment may use one. Writing a
+    version is scoped: a principal scoped to endpoints registers only models named within
+    its pattern (inline models are named `<endpoint>-<deployment>`), so one team cannot
+    push a version of a model another team deploys."""
+    if not principal.may_act_on(model):
+        raise Forbidden(
+            f"{principal.actor} may register only models named like its endpoints "
+            f"('{principal.endpoints}'), not '{model}'"
+        )
+
+
 def in_scope(request: Request, items: list, endpoint_of: Callable[[Any], str]) -> list:
     """The items (endpoints, jobs, audit entries) of the endpoints the request's
     principal may act on."""

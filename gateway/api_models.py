@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from deploy.records import LeaseRecord as Lease
 from deploy.records import ReplicaIdentity, RolloutRecord
+from deploy.specs import Spec
 
 
 class Answer(BaseModel):
@@ -55,7 +56,9 @@ class Deployment(Answer):
     name: str
     endpoint_name: str
     runtime: str
-    host: str
+    #: thread, process or ray; before a no_wait create has read its model (202), absent
+    #: when the model decides it (a pickle loads only in worker processes)
+    host: str | None = None
     instance_count: int
     #: on create: Azure ML fields given that servegate does not use, and what may not
     #: work about the model here (missing requirements)
@@ -89,6 +92,8 @@ class ModelVersion(Answer):
     description: str
     tags: dict[str, str]
     created_at: str
+    #: at registration: what is worth knowing (a model saved by another framework version)
+    warnings: list[str] = []
 
 
 class DataUpload(BaseModel):
@@ -104,6 +109,14 @@ class CodeUpload(BaseModel):
 class Keys(BaseModel):
     primaryKey: str
     secondaryKey: str
+
+
+class KeyRegenerated(BaseModel):
+    """What a principal that may not read keys gets back from regenerateKeys."""
+
+    #: the key type that was regenerated
+    regenerated: str
+    note: str
 
 
 class Token(BaseModel):
@@ -162,7 +175,7 @@ class BatchDeployment(Answer):
     warnings: list[str] = []
 
 
-class JobRequest(BaseModel):
+class JobRequest(Spec):
     """POST /management/batch/jobs: a job on a batch endpoint or an online endpoint's
     deployment; the settings override the deployment's for this job."""
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from batch.errors import BatchError
+from batch.roots import ROOTS_ENV
 from deploy.errors import ControlPlaneError
 from deploy.home import ControlPlaneSettings, open_control_plane
 from gateway import (  # noqa: F401 - they declare routes
@@ -46,6 +48,7 @@ from runtimes.errors import InferenceError, Overloaded
 from runtimes.resources import cpu_reading
 
 log = logging.getLogger("servegate")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 STUDIO = Path(__file__).parent / "studio"
 
 
@@ -110,6 +113,9 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             asyncio.create_task(logs.ACCESS_LOG.flush_every(), name="access-log"),
             asyncio.create_task(state.metrics.refresh_jobs(state.control.jobs), name="job-metrics"),
             asyncio.create_task(monitors.supervise(state), name="monitors"),
+            asyncio.create_task(
+                management.finish_orphaned_intents(state), name="deployment-intents"
+            ),
         ]
         grpc_server = None
         if settings.grpc_port:
@@ -167,7 +173,12 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
         },
         lifespan=lifespan,
     )
-    return scoring.FastScoring(app, score, infer, settings.access_log)
+
+    def provider_origins() -> tuple[str, ...]:
+        oidc = getattr(app.state, "gateway", None) and app.state.gateway.oidc
+        return oidc.browser_origins() if oidc is not None else ()
+
+    return scoring.FastScoring(app, score, infer, settings.access_log, provider_origins)
 
 
 def serve(settings: GatewaySettings, log_level: str = "info") -> None:
@@ -178,6 +189,12 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     # A store that cannot be opened (corrupt, unreachable, no secret): one clear error
     # before anything starts, no traceback.
     open_control_plane(ControlPlaneSettings.resolve(settings.home)).store.close()
+    if not os.environ.get(ROOTS_ENV) and settings.host not in LOOPBACK:
+        log.warning(
+            "batch jobs may read and write any path this gateway can reach, and it listens "
+            "on %s: limit them with --batch-roots (SERVEGATE_BATCH_ROOTS)",
+            settings.host,
+        )
     nofile = raise_fd_limit()
     limits = ConnectionLimits(
         settings.max_header_bytes, settings.header_timeout_s, settings.max_connections

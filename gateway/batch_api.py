@@ -15,7 +15,7 @@ from batch.jobs import BatchJobs
 from deploy.errors import NotFound, SpecError
 from deploy.jobs import JobOrder
 from deploy.roles import Permission
-from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec
+from deploy.specs import BatchDeploymentSpec, BatchEndpointSpec, parse_spec
 from gateway.access import authorize_endpoint, in_scope, principal
 from gateway.api import Query, operation
 from gateway.api_models import (
@@ -270,9 +270,9 @@ async def list_batch_deployments(request: Request, state: GatewayState) -> Respo
 async def invoke(request: Request, state: GatewayState) -> Response:
     """POST /management/batch/jobs {endpoint, deployment?, input, input_type?, output,
     mini_batch_size?, instance_count?, error_threshold?, output_file_name?}"""
-    body = await _body(request)
+    asked = parse_spec(JobRequest, await _body(request), "request body")
     overrides = {
-        k: body.get(k)
+        k: getattr(asked, k)
         for k in (
             "mini_batch_size",
             "instance_count",
@@ -281,14 +281,9 @@ async def invoke(request: Request, state: GatewayState) -> Response:
             "max_concurrency_per_instance",
         )
     }
-    authorize_endpoint(principal(request), str(body.get("endpoint", "")))
+    authorize_endpoint(principal(request), asked.endpoint)
     order = JobOrder(
-        str(body.get("endpoint", "")),
-        body.get("deployment"),
-        str(body.get("input", "")),
-        body.get("input_type"),
-        str(body.get("output", "")),
-        overrides,
+        asked.endpoint, asked.deployment, asked.input, asked.input_type, asked.output, overrides
     )
     record = await run_in_threadpool(_jobs(state).invoke, order, _actor(request))
     return _json(record, 201)

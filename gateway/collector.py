@@ -21,7 +21,7 @@ import random
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from deploy.specs import (
@@ -200,7 +200,7 @@ class PayloadCollector:
                 )
             if rows and (len(rows) >= 1000 or time.monotonic() >= deadline):
                 batch, rows = rows, []
-                roll = datetime.now(timezone.utc).strftime(ROLL_FORMATS[self.rolling_rate])
+                roll = datetime.now(UTC).strftime(ROLL_FORMATS[self.rolling_rate])
                 # Payloads under <deployment>/<time>/, a script's collection under
                 # <deployment>/<collection>/<time>/ (Azure's layout), a file each.
                 by_collection: dict[str, list[dict[str, Any]]] = {}

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 
@@ -43,7 +43,7 @@ class DeploymentLogs:
 
     def write(self, endpoint: str, deployment: str, line: str) -> None:
         """Add a line (from any thread)."""
-        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
         entry = (at, line[:MAX_LINE])
         key = (endpoint, deployment)
         with self._lock:

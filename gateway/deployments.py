@@ -18,6 +18,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from deploy.control import ControlPlane
+from deploy.records import DeploymentIntent
 from deploy.specs import DataCollectorSpec, OnlineDeploymentSpec, Probe, RayActorOptions
 from gateway.autoscaler import ACTOR, Autoscaler, Record, ScalingChange
 from gateway.collector import PayloadCollector
@@ -300,12 +301,13 @@ class DeploymentHosts:
 
     def provisioning(
         self,
-        spec: OnlineDeploymentSpec,
-        state: str,
+        intent: DeploymentIntent,
         work: Coroutine[Any, Any, tuple[OnlineDeploymentSpec, list[str]]],
     ) -> dict[str, Any]:
-        """Run a create or update (`--no-wait`) in the background; until it ends,
-        `health` (and `pending`, before it is stored) say `state`, then its outcome."""
+        """Run a create or update (`--no-wait`, recorded as `intent`) in the background;
+        until it ends, `health` (and `pending`, before it is stored) say its state, then
+        its outcome, here and (from the store) on every replica."""
+        spec, state = OnlineDeploymentSpec.model_validate(intent.spec), intent.state
         key = (spec.endpoint_name, spec.name)
         self._provisioning[key] = (spec, state, "")
 
@@ -316,8 +318,10 @@ class DeploymentHosts:
                 self._provisioning[key] = (spec, "Failed", str(exc))
                 verb = "create" if state == "Creating" else "update"
                 self.logs.write(*key, f"the deployment failed to {verb}: {exc}")
+                await asyncio.to_thread(self.control.finish_intent, intent, str(exc))
             else:
                 self._provisioning.pop(key, None)
+                await asyncio.to_thread(self.control.finish_intent, intent)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
@@ -325,13 +329,28 @@ class DeploymentHosts:
         return {"provisioning_state": state, "instances_ready": 0}
 
     def pending(self, endpoint: str, name: str) -> dict[str, Any] | None:
-        """A deployment not stored (yet): being created with no_wait, or failed to be."""
+        """A deployment not stored (yet): being created with no_wait, or failed to be
+        (what this replica does, else the intent in the store)."""
         found = self._provisioning.get((endpoint, name))
         if found is None:
-            return None
+            intent = self.control.deployment_intent(endpoint, name)
+            if intent is None:
+                return None
+            found = (OnlineDeploymentSpec.model_validate(intent.spec), intent.state, intent.error)
         spec, state, error = found
         shown = {**spec.to_dict(), "provisioning_state": state, "instances_ready": 0}
         return {**shown, "error": error} if error else shown
+
+    def forget_failure(self, endpoint: str, name: str) -> None:
+        """A failed no_wait create or update, deleted: no longer shown."""
+        found = self._provisioning.get((endpoint, name))
+        if found is not None and found[1] == "Failed":
+            del self._provisioning[(endpoint, name)]
+
+    def working_on(self, endpoint: str, name: str) -> bool:
+        """Whether this replica runs a no_wait create or update of the deployment now."""
+        found = self._provisioning.get((endpoint, name))
+        return found is not None and found[1] != "Failed"
 
     def health(self, endpoint: str, name: str) -> dict[str, Any]:
         """What `deployment show` says of a deployment on this replica, as Azure ML does:

@@ -27,10 +27,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway import tracing
-from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
-from gateway.rate_limit import caller_of
+from gateway.rate_limit import peer_address
 from gateway.request_ids import current, request_id_of
 from gateway.routing import DeploymentRoute
 from gateway.scoring import DEPLOYMENT_HEADER, ScoringEndpoint, _infer, record_request
@@ -183,12 +182,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         state = self._state
         metadata = dict(context.invocation_metadata() or ())
         endpoint = state.hosts.snapshot.endpoint(model)
-        if endpoint.auth_mode == "aad_token":
-            await authenticate_with_provider(endpoint, metadata.get("authorization"), state.oidc)
-        else:
-            authenticate(endpoint, metadata.get("authorization"), state.credentials)
-        if endpoint.rate_limit is not None:
-            state.limit_rate(endpoint, caller_of(metadata.get("authorization"), None))
+        await state.admit(endpoint, metadata.get("authorization"), peer_address(context.peer()))
         target = version or metadata.get(DEPLOYMENT_HEADER)
         return endpoint, ScoringEndpoint._pick(state, endpoint, target, metadata), target
 

@@ -5,6 +5,7 @@ with `gateway.api.operation`, which also documents it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -20,10 +21,11 @@ from starlette.responses import Response
 from deploy.control import check_mode
 from deploy.errors import Conflict, NotFound, SpecError
 from deploy.masking import mask_secrets
+from deploy.records import DeploymentIntent
 from deploy.roles import Permission
 from deploy.rollout import RolloutPlan
 from deploy.specs import EndpointSpec, OnlineDeploymentSpec, SpecT, parse_spec
-from gateway.access import authorize_endpoint, in_scope, principal
+from gateway.access import authorize_endpoint, authorize_model, in_scope, principal
 from gateway.api import Query, operation
 from gateway.api_models import (
     AuditRecord,
@@ -33,6 +35,7 @@ from gateway.api_models import (
     Deployment,
     EndpointUpdate,
     EndpointView,
+    KeyRegenerated,
     Keys,
     LogLine,
     ModelVersion,
@@ -78,11 +81,17 @@ def _actor(request: Request) -> str:
 MAX_JSON_BODY_BYTES = 1024 * 1024
 
 
+#: The largest integer a query or path value may hold (the stores keep 64-bit integers).
+MAX_NUMBER = 2**62
+
+
 def _number(raw: str, what: str) -> int:
     """A positive decimal integer from a query or path value. ASCII digits only:
     str.isdigit() also accepts '²', which int() refuses."""
     if not (raw.isascii() and raw.isdigit()):
-        raise SpecError(f"{what}: must be a positive integer, got '{raw}'")
+        raise SpecError(f"{what}: must be a positive integer, got '{raw[:40]}'")
+    if len(raw) > 19 or int(raw) > MAX_NUMBER:
+        raise SpecError(f"{what}: {raw[:40]} is too large (at most {MAX_NUMBER})")
     return int(raw)
 
 
@@ -207,6 +216,12 @@ async def _upload(request: Request, state: GatewayState, suffix: str = "") -> Pa
             "answer the version asked for (or the latest) when it holds the same content, "
             "instead of registering a new one (a deployment's inline model)",
         ),
+        Query(
+            "strict",
+            {"type": "boolean"},
+            "refuse a model saved by another version of its framework (default: register "
+            "it with a warning, as Azure ML loads it)",
+        ),
     ),
 )
 async def register_model(request: Request, state: GatewayState) -> Response:
@@ -216,13 +231,14 @@ async def register_model(request: Request, state: GatewayState) -> Response:
     filename = query.get("filename") or ""
     if not filename:
         raise SpecError("query parameter 'filename' is required (the model file's name)")
+    authorize_model(principal(request), request.path_params["name"])
     raw_version = query.get("version")
     version = _number(raw_version, "query parameter 'version'") if raw_version else None
     tags = _tags(query.get("tags"))
     upload = await _upload(request, state, Path(filename).suffix)
     try:
         async with state.hosts.lock:
-            record = await run_in_threadpool(
+            registered = await run_in_threadpool(
                 state.control.register_model,
                 request.path_params["name"],
                 filename,
@@ -233,10 +249,11 @@ async def register_model(request: Request, state: GatewayState) -> Response:
                 query.get("description", ""),
                 tags,
                 _flag(request, "reuse_identical"),
+                _flag(request, "strict"),
             )
     finally:
         upload.unlink(missing_ok=True)
-    return _json(record.to_dict(), 201)
+    return _json(_warned(registered.record.to_dict(), registered.warnings), 201)
 
 
 @operation(
@@ -268,11 +285,8 @@ async def list_models(request: Request, state: GatewayState) -> Response:
 async def show_model(request: Request, state: GatewayState) -> Response:
     """GET /management/models/{name}/versions/{version} ('latest' for the newest)"""
     raw = request.path_params["version"]
-    if raw != "latest" and not (raw.isascii() and raw.isdigit()):
-        raise SpecError(f"model version must be a positive integer or 'latest', got '{raw}'")
-    record = await run_in_threadpool(
-        state.control.get_model, request.path_params["name"], None if raw == "latest" else int(raw)
-    )
+    version = None if raw == "latest" else _number(raw, "model version ('latest' or a number)")
+    record = await run_in_threadpool(state.control.get_model, request.path_params["name"], version)
     return _json(record.to_dict())
 
 
@@ -454,15 +468,24 @@ async def list_keys(request: Request, state: GatewayState) -> Response:
     tag="endpoints",
     permission=Permission.OPERATE,
     body=RegenerateKeys,
-    response=Keys,
+    response=Keys | KeyRegenerated,
 )
 async def regenerate_keys(request: Request, state: GatewayState) -> Response:
-    """POST /management/endpoints/{endpoint}/regenerateKeys {"keyType": "primary"|"secondary"}"""
+    """POST /management/endpoints/{endpoint}/regenerateKeys {"keyType": "primary"|"secondary"}:
+    the new keys, to a principal that may read keys (else only which one changed)"""
     key_type = str((await _body(request)).get("keyType", "")).lower()
     name = request.path_params["endpoint"]
     creds = await _apply(
         state, lambda: state.control.regenerate_key(name, key_type, _actor(request))
     )
+    if not principal(request).can(Permission.READ_KEYS):
+        return _json(
+            {
+                "regenerated": key_type,
+                "note": "the keys are not shown: reading them needs permission 'read_keys' "
+                "(servegate endpoint get-credentials as an owner or scorer-key-reader)",
+            }
+        )
     return _json(creds)
 
 
@@ -508,13 +531,77 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     )
     if _flag(request, "no_wait"):
         await run_in_threadpool(state.control.get_endpoint, endpoint)
-        provisioning = state.hosts.provisioning(
-            spec, "Updating" if exists else "Creating", _put(state, spec, actor, all_traffic)
+        # In the store before the 202: a gateway that dies under it finishes it on restart.
+        intent = await run_in_threadpool(
+            state.control.record_intent,
+            spec,
+            "Updating" if exists else "Creating",
+            actor,
+            all_traffic,
+            state.identity.id,
         )
+        provisioning = state.hosts.provisioning(intent, _put(state, spec, actor, all_traffic))
         return _json(_warned({**spec.to_dict(), **provisioning}, spec.warnings()), 202)
     resolved, warnings = await _put(state, spec, actor, all_traffic)
     shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
     return _json(_warned(shown, warnings), 201)
+
+
+#: How often a replica looks for no_wait creates and updates whose replica died.
+INTENT_CHECK_S = 2.0
+
+
+async def finish_orphaned_intents(state: GatewayState) -> None:
+    """Finish the no_wait creates and updates that a replica accepted (202) and did not
+    live to finish (this one before a restart, or another one): each is taken by one
+    replica (a lease) and run again; its outcome is stored as if it had run then."""
+    while True:
+        try:
+            intents = await run_in_threadpool(state.control.deployment_intents)
+            if any(i.under_way for i in intents):
+                live = {
+                    r.id
+                    for r in await run_in_threadpool(
+                        state.control.store.list_replicas, REPLICA_TIMEOUT_S
+                    )
+                }
+                for intent in intents:
+                    if (
+                        intent.under_way
+                        and intent.replica not in live | {state.identity.id}
+                        and not state.hosts.working_on(intent.endpoint, intent.name)
+                    ):
+                        await _take_over(state, intent)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("checking unfinished deployment creates failed; trying again")
+        await asyncio.sleep(INTENT_CHECK_S)
+
+
+async def _take_over(state: GatewayState, intent: DeploymentIntent) -> None:
+    lease = f"deployment-intent/{intent.endpoint}/{intent.name}"
+    if not await run_in_threadpool(
+        state.control.store.acquire_lease, lease, state.identity.id, 60.0
+    ):
+        return  # another replica took it
+    spec = OnlineDeploymentSpec.model_validate(intent.spec)
+    mine = await run_in_threadpool(
+        state.control.record_intent,
+        spec,
+        intent.state,
+        intent.actor,
+        intent.all_traffic,
+        state.identity.id,
+    )
+    log.warning(
+        "deployment %s/%s: finishing the %s its replica (%s) did not live to finish",
+        intent.endpoint,
+        intent.name,
+        "create" if intent.state == "Creating" else "update",
+        intent.replica,
+    )
+    state.hosts.provisioning(mine, _put(state, spec, intent.actor, intent.all_traffic))
 
 
 async def _put(
@@ -620,6 +707,7 @@ async def delete_deployment(request: Request, state: GatewayState) -> Response:
     endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
     await _refuse_during_rollout(state, endpoint, "delete deployments")
     await _apply(state, lambda: state.control.delete_deployment(endpoint, name, _actor(request)))
+    state.hosts.forget_failure(endpoint, name)
     return Response(status_code=204)
 
 

@@ -13,8 +13,8 @@ from starlette.routing import Route
 from deploy.errors import StoreUnavailable
 from deploy.roles import Permission
 from gateway.access import authorize, principal_of
-from gateway.auth import authenticate, authenticate_with_provider
 from gateway.errors import DeploymentUnavailable
+from gateway.rate_limit import client_address
 from gateway.routing import DeploymentRoute, EndpointRoute
 from gateway.state import GatewayState
 
@@ -69,11 +69,9 @@ async def ready(request: Request) -> Response:
 async def _endpoint_and_route(request: Request) -> tuple[EndpointRoute, DeploymentRoute]:
     state = _state(request)
     endpoint = state.hosts.snapshot.endpoint(request.path_params["endpoint"])
-    authorization = request.headers.get("authorization")
-    if endpoint.auth_mode == "aad_token":
-        await authenticate_with_provider(endpoint, authorization, state.oidc)
-    else:
-        authenticate(endpoint, authorization, state.credentials)
+    await state.admit(
+        endpoint, request.headers.get("authorization"), client_address(request.client)
+    )
     target = request.path_params.get("deployment")
     if target:
         return endpoint, endpoint.deployment(target)

@@ -166,6 +166,9 @@ async def _view(state: GatewayState, spec: MonitorSpec) -> dict[str, Any]:
 async def create_monitor(request: Request, state: GatewayState) -> Response:
     spec = await _spec_from_body(MonitorSpec, request)
     authorize_endpoint(principal(request), spec.endpoint_name)
+    existing = await run_in_threadpool(state.control.store.get_monitor, spec.name)
+    if existing is not None:  # an update may not take another endpoint's monitor
+        authorize_endpoint(principal(request), existing.endpoint_name)
     await run_in_threadpool(state.control.put_monitor, spec, _actor(request), _mode(request))
     return _json(await _view(state, spec), 201)
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -41,6 +42,8 @@ LEEWAY_S = 30
 #: refetch keys for an unknown `kid` at most this often (a flood of forged kids must not
 #: become a flood of requests to the provider)
 REFETCH_INTERVAL_S = 30.0
+#: after the discovery document could not be fetched, the failure stands this long
+DISCOVERY_RETRY_S = 30.0
 _VERIFIED_MAX = 4096
 
 
@@ -73,6 +76,9 @@ class OidcVerifier:
         #: token -> (its claims, its expiry): a token is verified once, then looked up
         self._verified: dict[str, tuple[dict[str, Any], float]] = {}
         self._discovery: dict[str, Any] | None = None
+        self._discovery_lock = asyncio.Lock()
+        self._discovery_error: Exception | None = None
+        self._discovery_retry_at = 0.0
 
     async def principal(self, token: str) -> Principal:
         """The management principal a token signs in as (kind user)."""
@@ -152,15 +158,43 @@ class OidcVerifier:
         return self._keys.get(kid)
 
     async def discovery(self) -> dict[str, Any]:
-        """The issuer's discovery document (fetched once)."""
-        if self._discovery is None:
-            async with httpx.AsyncClient(timeout=10) as client:
-                found = await client.get(
-                    f"{self.settings.issuer.rstrip('/')}/.well-known/openid-configuration"
-                )
-                found.raise_for_status()
-                self._discovery = found.json()
-        return self._discovery
+        """The issuer's discovery document (fetched once). One fetch at a time: callers
+        that come while it runs wait for it (a provider that hangs gets one connection,
+        not one per caller), and after a failure the same error is answered at once for
+        DISCOVERY_RETRY_S (the studio's public sign-in page asks for it)."""
+        if self._discovery is not None:
+            return self._discovery
+        async with self._discovery_lock:
+            if self._discovery is not None:
+                return self._discovery
+            if self._discovery_error is not None and time.monotonic() < self._discovery_retry_at:
+                raise self._discovery_error
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    found = await client.get(
+                        f"{self.settings.issuer.rstrip('/')}/.well-known/openid-configuration"
+                    )
+                    found.raise_for_status()
+                    document = found.json()
+                if not isinstance(document, dict):
+                    raise ValueError("the discovery document is not a JSON object")
+            except (httpx.HTTPError, ValueError) as exc:
+                self._discovery_error = exc
+                self._discovery_retry_at = time.monotonic() + DISCOVERY_RETRY_S
+                raise
+            self._discovery = document
+            return document
+
+    def browser_origins(self) -> tuple[str, ...]:
+        """The origins a browser signing in here talks to (the issuer's, and its token
+        endpoint's once discovered): what the studio's content security policy allows."""
+        urls = [self.settings.issuer, (self._discovery or {}).get("token_endpoint")]
+        origins = []
+        for url in urls:
+            parts = urlsplit(str(url))
+            if parts.scheme in ("http", "https") and parts.netloc:
+                origins.append(f"{parts.scheme}://{parts.netloc}")
+        return tuple(dict.fromkeys(origins))
 
     async def browser_sign_in(self) -> dict[str, Any] | None:
         """What the studio needs to sign a user in at the provider (authorization code

@@ -8,7 +8,6 @@ the table past `MAX_CALLERS` (then the oldest go first)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import OrderedDict
@@ -44,9 +43,14 @@ class RateLimiter:
             self._buckets.popitem(last=False)
 
 
-def caller_of(authorization: str | None, client: tuple[str, int] | None) -> str:
-    """Who a scoring request counts against: its credential (hashed: the table holds no
-    key), else its client address."""
-    if authorization:
-        return hashlib.sha256(authorization.encode()).hexdigest()[:32]
+def client_address(client: tuple[str, int] | None) -> str:
+    """A connection's address without its port (the bucket of callers it cannot prove)."""
     return client[0] if client else "unknown"
+
+
+def peer_address(peer: str | None) -> str:
+    """A gRPC peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`) without its port."""
+    if not peer:
+        return "unknown"
+    address = peer.partition(":")[2] or peer
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address

@@ -20,12 +20,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import protocol, tracing
-from gateway.auth import authenticate, authenticate_with_provider
+from gateway.auth import authenticate
 from gateway.errors import PayloadTooLarge, error_body
 from gateway.logs import access
-from gateway.rate_limit import caller_of
+from gateway.rate_limit import client_address
 from gateway.request_ids import RequestIds, current, id_headers, request_id_of
 from gateway.routing import DeploymentRoute, EndpointRoute
+from gateway.security_headers import SecurityHeaders
 from gateway.state import GatewayState
 from runtimes.errors import InferenceFailed, InvalidInput, Overloaded, Retired
 from runtimes.scheduler import Timing
@@ -39,6 +40,8 @@ _SPAN_NAMES = {
 #: The `endpoint` metric label of requests to endpoints that do not exist.
 UNKNOWN_ENDPOINT = "(unknown)"
 _JSON = (b"content-type", b"application/json")
+#: browsers must not read an answer as anything but its content type
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 Headers = dict[str, str]
 #: (status, body, extra response headers, outputs for mirror comparison)
@@ -201,12 +204,12 @@ class ScoringEndpoint:
         status = 499  # the client left before an answer (nginx's convention)
         try:
             endpoint = state.hosts.snapshot.endpoint(endpoint_name)
-            if endpoint.auth_mode == "aad_token":
-                await authenticate_with_provider(endpoint, headers.get("authorization"), state.oidc)
-            else:
+            if endpoint.rate_limit is None and endpoint.auth_mode != "aad_token":
                 authenticate(endpoint, headers.get("authorization"), state.credentials)
-            if endpoint.rate_limit is not None:
-                state.limit_rate(endpoint, caller_of(headers.get("authorization"), scope["client"]))
+            else:
+                await state.admit(
+                    endpoint, headers.get("authorization"), client_address(scope["client"])
+                )
             target = params.get("deployment") or headers.get(DEPLOYMENT_HEADER)
             route = self._pick(state, endpoint, target, headers)
             body = await read_body(receive, headers, state.settings.max_request_body_bytes)
@@ -262,6 +265,7 @@ class ScoringEndpoint:
                     route.name if route is not None else None,
                 )
         extra.append((b"content-length", str(len(payload)).encode()))
+        extra.append(_NOSNIFF)
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
         if route is not None and route.collector is not None:
@@ -334,11 +338,13 @@ class FastScoring:
         score: ScoringEndpoint,
         infer: ScoringEndpoint,
         access_log: float = 0.0,
+        provider_origins: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         #: the starlette app behind (its routes)
         self.starlette = app
-        # Every other route gets its request id from the middleware; scoring does it inline.
-        self.app = RequestIds(app, access_log)
+        # Every other route gets its request id and browser protections from middleware;
+        # scoring does it inline.
+        self.app = RequestIds(SecurityHeaders(app, provider_origins), access_log)
         self._score = score
         self._infer = infer
 

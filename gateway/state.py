@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.artifacts import sweep_stale
 from deploy.changes import ChangeFeed
 from deploy.control import ControlPlane
 from deploy.credentials import Credentials
 from deploy.home import ControlPlaneSettings, open_control_plane
 from deploy.records import ReplicaIdentity
+from gateway.auth import admit
 from gateway.cluster import Heartbeat, published_counters, replica_here
 from gateway.deployments import DeploymentHosts
 from gateway.metrics import GatewayMetrics
@@ -19,6 +23,8 @@ from gateway.mirror import Mirror
 from gateway.rate_limit import RateLimiter
 from gateway.routing import EndpointRoute
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger("servegate")
 
 
 @dataclass
@@ -41,6 +47,12 @@ class GatewayState:
     #: the management API's, per principal (`--management-rate-limit`)
     management_limiter: RateLimiter | None = None
 
+    async def admit(self, endpoint: EndpointRoute, authorization: str | None, address: str) -> None:
+        """Authenticate a scoring request (any protocol) and count it against its caller's
+        rate-limit bucket (gateway.auth.admit)."""
+        limit = functools.partial(self.limit_rate, endpoint) if endpoint.rate_limit else None
+        await admit(endpoint, authorization, self.credentials, self.oidc, address, limit)
+
     def limit_rate(self, endpoint: EndpointRoute, caller: str) -> None:
         """Count a scoring request against its caller's bucket (429 when empty)."""
         assert endpoint.rate_limit is not None
@@ -58,6 +70,10 @@ class GatewayState:
         os.chmod(home, 0o700)
         control = open_control_plane(ControlPlaneSettings.resolve(home))
         control.ensure_owner_token(settings.admin_token_path)
+        # What uploads cut short by a crash left behind (they are never finished).
+        swept = sweep_stale(home / "incoming") + control.artifacts.sweep_stale()
+        if swept:
+            log.info("removed %d temporary upload files left by an earlier run", swept)
         metrics = GatewayMetrics()
         identity = replica_here(settings.host, settings.port)
         hosts = DeploymentHosts(control, metrics, identity.id)

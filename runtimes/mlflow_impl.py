@@ -138,14 +138,35 @@ def _pyfunc_signature(model: MLflowModel) -> Signature:
     return Signature(inputs, outputs)
 
 
-def read_signature(path: Path) -> Signature:
-    from runtimes.registry import read_signature as runtime_signature
+#: Inspecting reads MLmodel; a native flavor's file is inspected by its own runtime,
+#: which loads a pickle in a child process (runtimes.registry.inspect_model).
+INSPECTS_WITHOUT_LOADING = True
+
+
+def inspect(path: Path, strict: bool = False) -> tuple[Signature, list[str]]:
+    from runtimes.registry import inspect_model
 
     model = read_model(path)
     native = model.native
     if native is not None:
-        return runtime_signature(native[0], native[1])
-    return _pyfunc_signature(model)
+        return inspect_model(native[0], native[1], strict)
+    return _pyfunc_signature(model), []
+
+
+def read_signature(path: Path) -> Signature:
+    return inspect(path)[0]
+
+
+def loads_code(path: Path, options: Mapping[str, Any]) -> bool:
+    """A python_function model runs its own code; a native flavor's file loads code when
+    its runtime says so (a pickled scikit-learn model)."""
+    from runtimes.registry import loads_code as runtime_loads_code
+
+    try:
+        native = read_model(path).native
+    except ModelLoadError:
+        return True  # not readable here: treated as the riskier kind
+    return native is None or runtime_loads_code(native[0], native[1], options)
 
 
 #: distributions that provide the same module as the one a model names

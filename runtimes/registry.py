@@ -11,6 +11,7 @@ extra to install, instead of an ImportError from deep inside.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,41 @@ def model_warnings(name: str, path: Path) -> list[str]:
     return list(check(path)) if check is not None else []
 
 
+def loads_code(name: str, path: Path, options: Mapping[str, Any]) -> bool:
+    """Whether loading the model at `path` can run code of the file's choosing (a pickle):
+    such a model is loaded only in worker processes, never in the gateway."""
+    module, _ = _module_of(name)
+    check = getattr(module, "loads_code", None)
+    return bool(check(path, options)) if check is not None else False
+
+
+def inspect_model(name: str, path: Path, strict: bool = False) -> tuple[Signature, list[str]]:
+    """The signature of the model at `path`, read by the runtime called `name`, and what is
+    worth a warning about it (a model saved by another version of its framework; refused
+    when `strict`). A file whose loading runs code is read in a child process
+    (runtimes.isolated)."""
+    from runtimes import isolated
+
+    module, _ = _module_of(name)
+    # A runtime that reads only a folder's descriptions (MLflow) inspects in place; the
+    # files it delegates to come back here.
+    reads_in_place = getattr(module, "INSPECTS_WITHOUT_LOADING", False)
+    if not reads_in_place and not isolated.IN_CHILD and loads_code(name, path, {}):
+        return isolated.inspect(name, path, strict)
+    return inspect_here(name, path, strict)
+
+
+def inspect_here(name: str, path: Path, strict: bool = False) -> tuple[Signature, list[str]]:
+    """inspect_model in this process."""
+    module, _ = _module_of(name)
+    inspect = getattr(module, "inspect", None)
+    if inspect is not None:
+        signature, notes = inspect(path, strict)
+        return signature, list(notes)
+    found: Signature = module.read_signature(path)
+    return found, []
+
+
 def read_signature(name: str, path: Path) -> Signature:
     """The signature of the model file at `path`, read by the runtime called `name`."""
-    module, _ = _module_of(name)
-    signature: Signature = module.read_signature(path)
-    return signature
+    return inspect_model(name, path)[0]

@@ -91,10 +91,21 @@ def _decode(response: httpx.Response) -> dict[str, np.ndarray]:
     return results
 
 
-def _failure(response: httpx.Response, url: str) -> Exception:
+def _scrubbed(body: bytes, secrets: Sequence[str]) -> str:
+    """The start of a remote's body for the log, with the values of the headers sent to it
+    replaced by '***' (a remote that echoes its request would log our credentials)."""
+    text = body[:2000].decode("utf-8", "replace")
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text[:500]
+
+
+def _failure(response: httpx.Response, url: str, secrets: Sequence[str] = ()) -> Exception:
     """The status and its reason only: the remote's body is not ours to reflect to
-    clients (it may carry internals); it goes to the log, cut short."""
-    log.warning("remote %s answered %d: %.500r", url, response.status_code, response.content)
+    clients (it may carry internals); it goes to the log, cut short and scrubbed."""
+    log.warning(
+        "remote %s answered %d: %r", url, response.status_code, _scrubbed(response.content, secrets)
+    )
     text = f"remote {url} answered {response.status_code} {response.reason_phrase}".rstrip()
     return InvalidInput(text) if 400 <= response.status_code < 500 else InferenceFailed(text)
 
@@ -110,6 +121,19 @@ class RemoteRuntime:
         self._url = config.url.rstrip("/")
         options = dict(config.options)
         headers = {str(k): str(v) for k, v in dict(options.get("headers") or {}).items()}
+        # What the log never shows: each header value, and a bearer's credential alone.
+        self._secrets = tuple(
+            sorted(
+                {
+                    part
+                    for v in headers.values()
+                    for part in (v, v.split(" ", 1)[-1])
+                    if len(part) >= 4
+                },
+                key=len,
+                reverse=True,
+            )
+        )
         timeout = httpx.Timeout(float(options.get("timeout_s", 60.0)))
         limits = httpx.Limits(max_keepalive_connections=64, max_connections=256)
         # An https:// remote is verified against SERVEGATE_CA_BUNDLE when set (a private
@@ -125,7 +149,9 @@ class RemoteRuntime:
         except httpx.HTTPError as exc:
             raise ModelLoadError(f"remote model {self._url} is unreachable: {exc}") from exc
         if response.status_code != 200:
-            raise ModelLoadError(f"remote model {self._url}: {_failure(response, self._url)}")
+            raise ModelLoadError(
+                f"remote model {self._url}: {_failure(response, self._url, self._secrets)}"
+            )
         try:
             self._signature = config.signature or _signature(orjson.loads(response.content))
         except _MALFORMED:
@@ -163,11 +189,15 @@ class RemoteRuntime:
 
     def _answer(self, response: httpx.Response) -> dict[str, np.ndarray]:
         if response.status_code != 200:
-            raise _failure(response, self._url)
+            raise _failure(response, self._url, self._secrets)
         try:
             return _decode(response)
         except _MALFORMED:
-            log.warning("remote %s answered 200 with: %.500r", self._url, response.content)
+            log.warning(
+                "remote %s answered 200 with: %r",
+                self._url,
+                _scrubbed(response.content, self._secrets),
+            )
             raise InferenceFailed(
                 f"remote {self._url} answered 200 without a valid inference response"
             ) from None

@@ -1,16 +1,20 @@
 """The scikit-learn runtime: a fitted estimator or Pipeline saved with skops (`.skops`,
-the safe format: only scikit-learn's, NumPy's and SciPy's types load, and those listed in
-`runtime_options.trusted_types`), joblib or pickle (`.joblib`, `.pkl`: a pickle
-runs code when loaded, so only load your own).
+the safe format: only the types skops trusts, the scikit-learn internals reviewed in
+REVIEWED_TYPES and those listed in `runtime_options.trusted_types` load), joblib or
+pickle (`.joblib`, `.pkl`: a pickle runs code when loaded, so servegate opens one only in
+a worker process, never in the gateway).
 
 Outputs: `label` (predict) and, when the estimator has it, `probabilities`
 (predict_proba) for a classifier; `prediction` (predict) for anything else;
 `runtime_options: {outputs: [...]}` keeps some. A model saved by another scikit-learn
-version is refused at load (scikit-learn only warns, and its answers may be wrong).
+version loads with a warning, as Azure ML loads it (its answers may differ); registering
+it with `strict` refuses it.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,25 +27,85 @@ from runtimes.errors import InferenceFailed, InvalidInput, ModelLoadError
 from runtimes.tabular import Columns, TabularRuntime, chosen_outputs, label_array, label_spec
 from runtimes.types import Signature, TensorSpec
 
+log = logging.getLogger("servegate.runtime")
 
-def _load(path: Path, options: Mapping[str, Any]) -> Any:
-    from sklearn.exceptions import InconsistentVersionWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InconsistentVersionWarning)
+#: Files whose loading is unpickling: it runs whatever code the file names, so they are
+#: opened only in worker processes (runtimes.isolated), never in the gateway.
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+#: Types a .skops file may hold beyond skops's own defaults: scikit-learn's fitted
+#: internals, each reviewed here to be a data holder whose loading calls nothing the file
+#: chooses. An explicit list of types, never a package prefix and never a function: a
+#: prefix let `numpy.testing._private.utils.runstring` through (it runs a string).
+REVIEWED_TYPES = frozenset(
+    {
+        "builtins.slice",
+        "numpy.dtype",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.isotonic.IsotonicRegression",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.metrics._dist_metrics.ManhattanDistance64",
+        "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        "sklearn.tree._tree.Tree",
+        "sklearn.utils._bunch.Bunch",
+    }
+)
+
+
+def loads_code(path: Path, options: Mapping[str, Any]) -> bool:
+    """Whether loading the file can run code of the file's choosing: a pickle, or a .skops
+    file whose deployment trusts types beyond the reviewed ones."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    listed = options.get("trusted_types") or []
+    return any(str(t) not in REVIEWED_TYPES for t in listed)
+
+
+def _version_warning_class() -> type[Warning] | None:
+    try:  # scikit-learn >= 1.3
+        from sklearn.exceptions import InconsistentVersionWarning
+    except ImportError:  # older ones warn with a plain UserWarning
+        return None
+    return InconsistentVersionWarning
+
+
+def _version_note(path: Path, warning: Warning | str) -> str | None:
+    """What a scikit-learn version warning means for this file, or None for others."""
+    original = getattr(warning, "original_sklearn_version", None)
+    current = getattr(warning, "current_sklearn_version", None)
+    if original is None:  # scikit-learn < 1.3: only the message says it
+        match = re.search(r"from version (\S+) when using version (\S+?)\.?\s", str(warning))
+        if match is None:
+            return None
+        original, current = match[1], match[2]
+    return (
+        f"{path.name} was saved with scikit-learn {original}; this is {current}, whose "
+        f"answers may differ: save it again with {current} or serve it where {original} is "
+        "installed"
+    )
+
+
+def load_estimator(path: Path, options: Mapping[str, Any], strict: bool) -> tuple[Any, list[str]]:
+    """The estimator in the file and what is worth a warning about it (a model saved by
+    another scikit-learn version: loaded, as Azure ML loads it; refused when `strict`)."""
+    version_warning = _version_warning_class()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", version_warning or UserWarning)
         try:
             if path.suffix.lower() == ".skops":
-                return _load_skops(path, options)
-            import joblib
+                estimator = _load_skops(path, options)
+            else:
+                import joblib
 
-            return joblib.load(path)
-        except InconsistentVersionWarning as exc:
-            raise ModelLoadError(
-                f"{path.name} was saved with scikit-learn {exc.original_sklearn_version}; this "
-                f"is {exc.current_sklearn_version}, whose answers may differ: save it again "
-                f"with {exc.current_sklearn_version} or serve it where "
-                f"{exc.original_sklearn_version} is installed"
-            ) from None
+                estimator = joblib.load(path)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -49,23 +113,30 @@ def _load(path: Path, options: Mapping[str, Any]) -> Any:
                 f"{path.name} is not a scikit-learn model that loads here: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-
-
-#: Packages whose classes a skops file may hold without being listed: the libraries the
-#: model runs on (skops itself trusts only a subset of scikit-learn's estimators).
-TRUSTED_PACKAGES = ("sklearn.", "numpy.", "scipy.")
+    notes = list(
+        dict.fromkeys(
+            note
+            for w in caught
+            if version_warning is None or isinstance(w.message, version_warning)
+            if (note := _version_note(path, w.message)) is not None
+        )
+    )
+    if strict and notes:
+        raise ModelLoadError(notes[0])
+    return estimator, notes
 
 
 def _load_skops(path: Path, options: Mapping[str, Any]) -> Any:
     import skops.io as sio
 
-    listed = list(options.get("trusted_types") or [])
+    listed = {str(t) for t in options.get("trusted_types") or []}
     untrusted = sio.get_untrusted_types(file=path)
-    unknown = [t for t in untrusted if t not in listed and not t.startswith(TRUSTED_PACKAGES)]
+    unknown = [t for t in untrusted if t not in listed and t not in REVIEWED_TYPES]
     if unknown:
         raise ModelLoadError(
-            f"{path.name} holds types that are not scikit-learn's, NumPy's or SciPy's: "
-            f"{', '.join(unknown)}; list the ones you trust in runtime_options.trusted_types"
+            f"{path.name} holds types that neither skops nor servegate trusts: "
+            f"{', '.join(unknown)}; list the ones you trust in runtime_options.trusted_types "
+            "(the model is then loaded only in worker processes)"
         )
     return sio.load(path, trusted=untrusted)
 
@@ -142,14 +213,23 @@ def _describe(estimator: Any, options: Mapping[str, Any]) -> tuple[Columns, Sign
     return columns, Signature(columns.inputs(), chosen_outputs(outputs, options))
 
 
+def inspect(path: Path, strict: bool = False) -> tuple[Signature, list[str]]:
+    """The file's signature and its warnings (see load_estimator)."""
+    estimator, notes = load_estimator(path, {}, strict)
+    return _describe(estimator, {})[1], notes
+
+
 def read_signature(path: Path) -> Signature:
-    return _describe(_load(path, {}), {})[1]
+    return inspect(path)[0]
 
 
 class SklearnRuntime(TabularRuntime):
     def __init__(self, config: RuntimeConfig) -> None:
         path = config.require_model()
-        self._estimator = self._model = _load(path, config.options)
+        estimator, notes = load_estimator(path, config.options, strict=False)
+        for note in notes:
+            log.warning("%s", note)
+        self._estimator = self._model = estimator
         self._columns, self._signature = _describe(self._estimator, config.options)
         self._label_from_proba = type(_final_step(self._estimator)).__name__ in _PREDICT_IS_ARGMAX
 

@@ -30,6 +30,7 @@ from deploy.specs import (
     SpecT,
     json_schema,
     parse_spec,
+    read_yaml,
 )
 from servegate.client import DEFAULT_URL, AdminClient, ClientError, TlsClient, find_admin_token
 from servegate.output import FORMATS, render, select
@@ -59,9 +60,24 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _home_after_command(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """`servegate serve --home DIR`: the home given after the command's name, as before."""
+    if value is not None and isinstance(ctx.find_root().obj, Ctx):
+        ctx.find_root().obj.home = Path(value)
+    return value
+
+
 def _global_options() -> list[click.Option]:
     """az's options, taken by every command."""
     return [
+        click.Option(
+            ["--home"],
+            type=click.Path(file_okay=False, path_type=Path),
+            expose_value=False,
+            callback=_home_after_command,
+            help="servegate's home folder (as `servegate --home DIR ...`; default "
+            "$SERVEGATE_HOME, else ~/.servegate).",
+        ),
         click.Option(
             ["-o", "--output"],
             type=click.Choice(FORMATS),
@@ -250,7 +266,8 @@ def main(
     ctx.call_on_close(ctx.obj.close)
 
 
-main.params.extend(_global_options())
+# (--home is the group's own option: only the commands take it a second time.)
+main.params.extend(o for o in _global_options() if o.name != "home")
 
 
 # -- schema -----------------------------------------------------------------------
@@ -410,6 +427,15 @@ def schema(kind: str, folder: Path | None) -> None:
     "it) [default: off].",
 )
 @click.option(
+    "--batch-roots",
+    envvar="SERVEGATE_BATCH_ROOTS",
+    default=None,
+    metavar="PATH[,PATH...]",
+    help="Folders (and s3://bucket/prefix) batch jobs may read inputs from and write "
+    "outputs to; others are refused [default: any path the gateway can reach, with a "
+    "warning when --host is not loopback].",
+)
+@click.option(
     "--cpus",
     envvar="SERVEGATE_CPUS",
     type=click.IntRange(min=1),
@@ -466,12 +492,14 @@ def serve(
     oidc_client_id: str | None,
     oidc_scope: str,
     management_rate_limit: str | None,
+    batch_roots: str | None,
     cpus: int | None,
     log_level: str,
     log_format: str,
     access_log: str,
 ) -> None:
     """Run the gateway."""
+    from batch.roots import ROOTS_ENV, parse_roots
     from gateway.app import serve as run
     from gateway.settings import GatewaySettings
     from runtimes.resources import CPUS_ENV
@@ -479,6 +507,9 @@ def serve(
     if cpus is not None:
         # Through the environment, so batch runners and worker processes see it too.
         os.environ[CPUS_ENV] = str(cpus)
+    if batch_roots is not None:
+        # Through the environment, so batch runners check the files they list too.
+        os.environ[ROOTS_ENV] = ",".join(parse_roots(batch_roots))
 
     run(
         GatewaySettings(
@@ -592,12 +623,25 @@ def model() -> None:
 )
 @click.option("--runtime", default=None, help="Default: from the file suffix or the folder.")
 @click.option("--description", default="")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse a model saved by another version of its framework (default: register it "
+    "with a warning, as Azure ML loads it).",
+)
 @pass_ctx
 def model_register(
-    ctx: Ctx, name: str, version: int | None, path: Path, runtime: str | None, description: str
+    ctx: Ctx,
+    name: str,
+    version: int | None,
+    path: Path,
+    runtime: str | None,
+    description: str,
+    strict: bool,
 ) -> None:
     """Register a model file or folder; its signature is read from it."""
-    _print(ctx.client.register_model(name, path, version, runtime, description))
+    registered = ctx.client.register_model(name, path, version, runtime, description, strict=strict)
+    _print_warned(registered)
 
 
 @model.command("list")
@@ -671,7 +715,7 @@ def _assign(doc: dict[str, Any], assignment: str) -> None:
         raise click.BadParameter(f"'{assignment}': use PATH=VALUE", param_hint="--set")
     try:
         value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text
     node: Any = doc
     for i, key in enumerate(keys):
@@ -706,10 +750,7 @@ def _prepared(
     read from the file's folder, as Azure ML does; a local scoring-code folder and model
     uploaded (a model registered under its `name`, else <endpoint>-<deployment>; the
     same content again is the same version)."""
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{file}: not valid YAML: {exc}") from None
+    raw = read_yaml(file.read_text(), str(file))
     if not isinstance(raw, dict):
         raise SpecError(f"{file}: expected a mapping of fields")
     for assignment in assignments:
@@ -751,7 +792,10 @@ def _prepared(
             model.description or "",
             model.tags,
             reuse_identical=True,
+            strict=strict,
         )
+        for warning in record.get("warnings", []):
+            click.echo(f"warning: {warning}", err=True)
         given = raw["model"] if isinstance(raw["model"], dict) else {}
         raw["model"] = {
             # Azure-only fields stay, for the gateway's warnings about them.

@@ -166,10 +166,12 @@ class AdminClient:
         description: str,
         tags: dict[str, str] | None = None,
         reuse_identical: bool = False,
+        strict: bool = False,
     ) -> Any:
         """Upload a model file, or a model folder (an MLflow model, a Triton repository)
         as a tar.gz named with a trailing "/". With `reuse_identical`, the version asked
-        for (or the latest) is answered when it holds the same content."""
+        for (or the latest) is answered when it holds the same content; with `strict`, a
+        model saved by another version of its framework is refused."""
         params: dict[str, Any] = {"filename": path.name, "description": description}
         if version is not None:
             params["version"] = version
@@ -179,6 +181,8 @@ class AdminClient:
             params["tags"] = orjson.dumps(tags).decode()
         if reuse_identical:
             params["reuse_identical"] = "true"
+        if strict:
+            params["strict"] = "true"
         with tempfile.TemporaryDirectory() as tmp:
             if path.is_dir():
                 params["filename"] = f"{path.name}/"

@@ -102,3 +102,21 @@ def test_only_the_control_plane_writes_records() -> None:
                 if name is not None and "store" in name:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.attr}")
     assert not found, found
+
+
+def test_the_declared_python_is_the_one_checked_and_documented() -> None:
+    """requires-python is what the type checker, the linter and the README assume, and
+    this interpreter satisfies it (the code uses 3.11's StrEnum and datetime.UTC)."""
+    import re
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = project["project"]["requires-python"]
+    minimum = re.fullmatch(r">=\s*3\.(\d+)", declared)
+    assert minimum, declared
+    minor = int(minimum.group(1))
+    assert project["tool"]["mypy"]["python_version"] == f"3.{minor}"
+    assert project["tool"]["ruff"]["target-version"] == f"py3{minor}"
+    assert f"Python >= 3.{minor}" in (ROOT / "README.md").read_text()
+    assert sys.version_info >= (3, minor)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from deploy.records import (
         AdminTokenRecord,
+        DeploymentIntent,
         JobRecord,
         LeaseRecord,
         MiniBatchRecord,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 def utc_now() -> str:
     """ISO-8601 UTC timestamp with milliseconds, as stored everywhere."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,11 @@ class Store(Protocol):
         self, name: str, start: float, end: float, state: str, result: Any
     ) -> int: ...
     def list_monitor_runs(self, name: str, limit: int) -> list[dict[str, Any]]: ...
+
+    # deployment creates and updates answered 202 (no_wait), until done or failed
+    def put_deployment_intent(self, intent: DeploymentIntent) -> None: ...
+    def list_deployment_intents(self) -> list[DeploymentIntent]: ...
+    def delete_deployment_intent(self, endpoint: str, name: str | None = None) -> None: ...
 
     # secrets, encrypted by the caller
     def put_secret(self, name: str, ciphertext: str, audit: AuditEntry) -> None: ...

@@ -109,6 +109,16 @@ MIGRATIONS: list[str] = [
         result TEXT NOT NULL);
     CREATE INDEX monitor_runs_by_monitor ON monitor_runs(monitor, id);
     """,
+    # 8: a deployment create or update answered 202 (no_wait) is an intent in the store
+    # until it is done or failed, so a gateway that dies under it finishes it on restart
+    # (issue 25) and every replica shows it.
+    """
+    CREATE TABLE deployment_intents (
+        endpoint TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, spec TEXT NOT NULL,
+        actor TEXT NOT NULL, all_traffic INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '', replica TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (endpoint, name));
+    """,
 ]
 
 #: Version -> statements PostgreSQL runs after that migration. SQLite orders rollouts and

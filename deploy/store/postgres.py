@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
@@ -33,9 +34,22 @@ POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10.0
 
 
+#: libpq's URL parameters that hold a secret
+_SECRET_PARAMETERS = ("password", "sslpassword")
+
+
 def redact(url: str) -> str:
-    """The URL without its password (for logs and `servegate status`)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL without its password, in the user part or as a libpq parameter
+    (`?password=`), for logs and `servegate status`."""
+    url = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [
+        (name, "***" if name.lower() in _SECRET_PARAMETERS else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
 
 
 class PostgresStore(SqlStore):

@@ -19,6 +19,7 @@ from deploy.masking import mask_secrets
 from deploy.records import (
     FINAL_JOB_STATES,
     AdminTokenRecord,
+    DeploymentIntent,
     JobRecord,
     LeaseRecord,
     MiniBatchRecord,
@@ -593,6 +594,55 @@ class SqlStore(ABC):
             "SELECT * FROM monitor_runs WHERE monitor = ? ORDER BY id DESC LIMIT ?", (name, limit)
         )
         return [{**r, "result": _loads(r["result"])} for r in rows]
+
+    # -- deployment intents (no_wait creates and updates) -------------------------------
+    def put_deployment_intent(self, intent: DeploymentIntent) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT INTO deployment_intents (endpoint, name, state, spec, actor, "
+                "all_traffic, error, replica, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(endpoint, name) DO UPDATE SET state = excluded.state, "
+                "spec = excluded.spec, actor = excluded.actor, "
+                "all_traffic = excluded.all_traffic, error = excluded.error, "
+                "replica = excluded.replica, updated_at = excluded.updated_at",
+                (
+                    intent.endpoint,
+                    intent.name,
+                    intent.state,
+                    _dumps(intent.spec),
+                    intent.actor,
+                    int(intent.all_traffic),
+                    intent.error,
+                    intent.replica,
+                    utc_now(),
+                ),
+            )
+
+    def list_deployment_intents(self) -> list[DeploymentIntent]:
+        rows = self._run("SELECT * FROM deployment_intents ORDER BY endpoint, name")
+        return [
+            DeploymentIntent(
+                endpoint=r["endpoint"],
+                name=r["name"],
+                state=r["state"],
+                spec=_loads(r["spec"]),
+                actor=r["actor"],
+                all_traffic=bool(r["all_traffic"]),
+                error=r["error"],
+                replica=r["replica"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    def delete_deployment_intent(self, endpoint: str, name: str | None = None) -> None:
+        """An endpoint's intent for `name`, or all of them."""
+        if name is None:
+            self._run("DELETE FROM deployment_intents WHERE endpoint = ?", (endpoint,))
+        else:
+            self._run(
+                "DELETE FROM deployment_intents WHERE endpoint = ? AND name = ?", (endpoint, name)
+            )
 
     # -- secrets (encrypted by the caller) ----------------------------------------------
     def put_secret(self, name: str, ciphertext: str, audit: AuditEntry) -> None:

@@ -17,7 +17,7 @@ function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
     if (key === "onclick") node.addEventListener("click", value);
-    else if (key === "style") node.setAttribute("style", value);
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the CSP
     else node.setAttribute(key, value);
   }
   for (const child of children.flat()) {
@@ -27,8 +27,13 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-async function api(method, path, body) {
-  const response = await fetch(`/management${path}`, {
+// A name (an endpoint's, a job's) or a hash route goes into an API path as one encoded
+// segment: a '/', '?', '#' or '..' in it can never reach another route.
+const path = (strings, ...values) =>
+  strings.reduce((out, text, i) => out + text + (i < values.length ? encodeURIComponent(String(values[i])) : ""), "");
+
+async function api(method, route, body) {
+  const response = await fetch(`/management${route}`, {
     method,
     headers: {
       Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`,
@@ -88,10 +93,10 @@ async function endpointsPage(page) {
         el(
           "tr",
           { "data-endpoint": e.name },
-          el("td", {}, el("a", { href: `#/endpoint/${e.name}` }, e.name)),
+          el("td", {}, el("a", { href: path`#/endpoint/${e.name}` }, e.name)),
           el("td", {}, e.auth_mode),
           el("td", {}, trafficBar(e.traffic, e.mirror_traffic)),
-          el("td", {}, e.deployments.map((d) => el("a", { href: `#/endpoint/${e.name}` }, d, " "))),
+          el("td", {}, e.deployments.map((d) => el("a", { href: path`#/endpoint/${e.name}` }, d, " "))),
         ),
       ),
     ),
@@ -157,8 +162,8 @@ function liveRates(key, stat) {
 
 async function endpointPage(page, name) {
   const [endpoint, deployments, stats] = await Promise.all([
-    api("GET", `/endpoints/${name}`),
-    api("GET", `/endpoints/${name}/deployments`),
+    api("GET", path`/endpoints/${name}`),
+    api("GET", path`/endpoints/${name}/deployments`),
     api("GET", "/stats"),
   ]);
   const cards = [];
@@ -167,7 +172,7 @@ async function endpointPage(page, name) {
     const series = stat ? liveRates(`${name}/${d.name}`, stat) : { rps: [], errors: [], p50: [], p99: [], batch: [] };
     let logs = [];
     try {
-      logs = await api("GET", `/endpoints/${name}/deployments/${d.name}/logs?lines=20`);
+      logs = await api("GET", path`/endpoints/${name}/deployments/${d.name}/logs?lines=20`);
     } catch (error) {
       logs = [{ at: "", line: `(logs: ${error.message})` }];
     }
@@ -201,7 +206,7 @@ async function rolloutsPage(page) {
   for (const e of endpoints) {
     let status;
     try {
-      status = await api("GET", `/endpoints/${e.name}/rollouts/status`);
+      status = await api("GET", path`/endpoints/${e.name}/rollouts/status`);
     } catch (error) {
       if (error.status === 404) continue; // no rollout on this endpoint
       throw error;
@@ -222,7 +227,7 @@ async function rolloutsPage(page) {
           "td",
           {},
           active && can("operate")
-            ? el("button", { "data-action": "abort", onclick: () => act(() => api("POST", `/endpoints/${e.name}/rollouts/abort`)) }, "Abort")
+            ? el("button", { "data-action": "abort", onclick: () => act(() => api("POST", path`/endpoints/${e.name}/rollouts/abort`)) }, "Abort")
             : null,
         ),
       ),
@@ -235,13 +240,13 @@ async function jobsPage(page) {
   const jobs = await api("GET", "/batch/jobs");
   const rows = [];
   for (const job of jobs.slice(0, 20)) {
-    const detail = await api("GET", `/batch/jobs/${job.id}`);
+    const detail = await api("GET", path`/batch/jobs/${job.id}`);
     const states = detail.mini_batch_states || {};
     const total = Object.values(states).reduce((a, b) => a + b, 0);
     const done = states.done || 0;
     const buttons = can("operate")
       ? ["cancel", "resume", "retry"].map((action) =>
-          el("button", { "data-action": action, onclick: () => act(() => api("POST", `/batch/jobs/${job.id}/${action}`)) }, action === "retry" ? "Retry failed" : action[0].toUpperCase() + action.slice(1)),
+          el("button", { "data-action": action, onclick: () => act(() => api("POST", path`/batch/jobs/${job.id}/${action}`)) }, action === "retry" ? "Retry failed" : action[0].toUpperCase() + action.slice(1)),
         )
       : [];
     rows.push(
@@ -304,7 +309,7 @@ async function monitorsPage(page) {
   const monitors = await api("GET", "/monitors");
   const cards = [];
   for (const m of monitors) {
-    const runs = await api("GET", `/monitors/${m.name}/runs?limit=20`);
+    const runs = await api("GET", path`/monitors/${m.name}/runs?limit=20`);
     const last = runs[0];
     const features = last && last.result.features ? [...last.result.features, ...(last.result.predictions || [])] : [];
     const top = Math.max(m.thresholds.psi, ...features.map((f) => f.psi));

@@ -69,10 +69,25 @@ def test_jobs_over_a_topic_are_created_once_and_publish_events(
                 "output": str(tmp_path / "x"),
             }
         ).encode()
+        # An id that is a path: refused before anything is made of it.
+        escaping = "../../../" + f"{unique_name}-escaped"
+        traversal = json.dumps(
+            {
+                "job_id": escaping,
+                "endpoint": unique_name,
+                "input": str(tmp_path / "in"),
+                "output": str(tmp_path / "y"),
+            }
+        ).encode()
         produce(
             broker,
             jobs,
-            [(job_id.encode(), submission), (job_id.encode(), submission), (b"bad-1", bad)],
+            [
+                (job_id.encode(), submission),
+                (job_id.encode(), submission),
+                (b"bad-1", bad),
+                (b"", traversal),
+            ],
         )
 
         def finished() -> list | None:
@@ -93,6 +108,11 @@ def test_jobs_over_a_topic_are_created_once_and_publish_events(
         rejected = [e for e in found if e["job_id"] == "bad-1"]
         assert rejected and rejected[0]["state"] == "rejected"
         assert "no such file or folder" in rejected[0]["reason"]
+        refused = [e for e in found if e["job_id"] == escaping]
+        assert refused and refused[0]["state"] == "rejected", found
+        assert "field 'job_id'" in refused[0]["reason"]
+        assert not (gateway.home / "jobs" / escaping).resolve().exists()
+        assert not (gateway.home.parent.parent / f"{unique_name}-escaped").exists()
     finally:
         bridge.send_signal(signal.SIGTERM)
         bridge.wait(30)

@@ -183,6 +183,75 @@ def test_a_token_scoped_to_endpoints_sees_and_changes_only_those(
     gateway.cli("access", "token", "revoke", "-n", f"{unique_name}-scoped")
 
 
+def test_operators_regenerate_keys_they_cannot_read_and_scopes_hold_for_models_and_monitors(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """The role table's boundaries: an operator changes keys but never sees them; a scoped
+    principal registers only models named within its scope, and cannot take another
+    endpoint's monitor by updating it."""
+    from tests.gateway.test_monitors import deploy_collecting, write_baseline
+
+    mine, other = f"{unique_name}-fraud", f"{unique_name}-churn"
+    gateway.create_endpoint(tmp_path, mine)
+    operator = new_token(gateway, f"{unique_name}-op", "operator")
+    r = call(
+        gateway,
+        operator,
+        "POST",
+        f"/management/endpoints/{mine}/regenerateKeys",
+        json={"keyType": "secondary"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["regenerated"] == "secondary" and "Key" not in r.text
+    assert "read_keys" in r.json()["note"]
+    r = call(
+        gateway,
+        gateway.admin_token,
+        "POST",
+        f"/management/endpoints/{mine}/regenerateKeys",
+        json={"keyType": "secondary"},
+    )
+    assert set(r.json()) == {"primaryKey", "secondaryKey"}
+
+    scoped = new_token(
+        gateway, f"{unique_name}-scoped", "operator", "--endpoints", f"{unique_name}-fr*"
+    )
+    onnx = (model_dir / "classifier.onnx").read_bytes()
+    for model, status in ((f"{other}-model", 403), (f"{mine}-model", 201)):
+        r = call(
+            gateway,
+            scoped,
+            "POST",
+            f"/management/models/{model}/versions",
+            params={"filename": "classifier.onnx"},
+            content=onnx,
+        )
+        assert r.status_code == status, r.text
+    assert call(gateway, scoped, "GET", f"/management/models?name={other}-model").json() == []
+
+    deploy_collecting(gateway, tmp_path, model_dir, other, f"{{path: '{tmp_path / 'logged'}'}}")
+    write_baseline(model_dir, tmp_path / "baseline.parquet")
+    monitor = write_yaml(
+        tmp_path / "monitor.yml",
+        f"name: {unique_name}-m\nendpoint_name: {other}\ndeployment_name: blue\n"
+        "baseline: {path: baseline.parquet}\nfeatures: [f0]\n",
+    )
+    gateway.cli("monitor", "create", "-f", str(monitor))
+    taken = {
+        "name": f"{unique_name}-m",
+        "endpoint_name": mine,
+        "deployment_name": "blue",
+        "baseline": {"path": str(tmp_path / "baseline.parquet")},
+    }
+    r = call(gateway, scoped, "POST", "/management/monitors", json=taken)
+    assert r.status_code == 403 and other in r.json()["error"], r.text
+    _, out = gateway.cli("monitor", "show", "-n", f"{unique_name}-m")
+    assert json.loads(out)["endpoint_name"] == other
+    gateway.cli("monitor", "delete", "-n", f"{unique_name}-m")
+    for name in ("op", "scoped"):
+        gateway.cli("access", "token", "revoke", "-n", f"{unique_name}-{name}")
+
+
 def test_secrets_are_resolved_where_used_and_never_shown(
     gateway: Gateway, tmp_path: Path, unique_name: str
 ) -> None:
@@ -289,6 +358,51 @@ def test_scoring_rate_limit_per_key(
         for _ in range(20)
     ]
     assert free == [200] * 20
+
+
+def test_a_rate_limit_counts_the_caller_not_the_header(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """The same key respelled is the same caller; with auth_mode none, any header is the
+    connection's address; failed authentications are limited per address."""
+    limit = "rate_limit: {requests_per_second: 0.2, burst: 3}\n"
+    gateway.create_endpoint(tmp_path, unique_name, limit)
+    gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
+    key = json.loads(gateway.cli("endpoint", "get-credentials", "-n", unique_name)[1])["primaryKey"]
+    body = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}
+
+    def score(endpoint: str, authorization: str | None, source: str = "127.0.0.1") -> int:
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(transport=transport) as client:
+            headers = {"Authorization": authorization} if authorization is not None else {}
+            return client.post(
+                f"{gateway.url}/endpoints/{endpoint}/score", json=body, headers=headers
+            ).status_code
+
+    spellings = [f"Bearer {key}", f"bearer  {key}", f"BEARER {key}", f"bearer   {key}"]
+    assert [score(unique_name, s) for s in spellings] == [200, 200, 200, 429]
+    # Wrong keys: 401 until the address's bucket is empty, then 429.
+    wrong = [score(unique_name, f"Bearer {'x' * 43}{i}", "127.0.0.3") for i in range(4)]
+    assert wrong == [401, 401, 401, 429]
+    # Another address is another bucket.
+    assert score(unique_name, f"Bearer {'y' * 43}", "127.0.0.4") == 401
+
+    open_endpoint = f"{unique_name}-open"
+    gateway.create_endpoint(tmp_path, open_endpoint, "auth_mode: none\n" + limit)
+    gateway.deploy(tmp_path, open_endpoint, "blue", model_dir / "classifier.onnx")
+    junk = [score(open_endpoint, f"Bearer junk-{i}", "127.0.0.5") for i in range(4)]
+    assert junk == [200, 200, 200, 429]
+    assert score(open_endpoint, None, "127.0.0.5") == 429
+    assert score(open_endpoint, None, "127.0.0.6") == 200
+
+
+def test_grpc_peers_are_named_by_address() -> None:
+    from gateway.rate_limit import peer_address
+
+    assert peer_address("ipv4:127.0.0.1:50312") == "127.0.0.1"
+    assert peer_address("ipv6:[::1]:50312") == "::1"
+    assert peer_address("unix:/tmp/grpc.sock") == "/tmp/grpc.sock"
+    assert peer_address(None) == "unknown"
 
 
 def test_management_rate_limit_per_principal(tmp_path: Path) -> None:

@@ -64,6 +64,63 @@ def test_restart_keeps_models_endpoints_keys_and_traffic(tmp_path: Path, model_d
         assert_clean_exit(gw)
 
 
+def test_a_no_wait_create_survives_the_gateway_that_took_it(tmp_path: Path) -> None:
+    """Answered 202, then the gateway is killed: the restarted one finishes the create
+    (and records a failure as Failed with its reason) instead of forgetting it."""
+    from tests.conftest import write_yaml
+
+    home = tmp_path / "home"
+    gw = start_gateway(home)
+    gw.create_endpoint(tmp_path, "later", "auth_mode: none\n")
+    (tmp_path / "slow.bin").write_bytes(b"fake runtime: no weights")
+    for name, options in (("blue", "{load_s: 3.0}"), ("green", "{load_s: 3.0, fail_load: true}")):
+        spec = write_yaml(
+            tmp_path / f"{name}.yml",
+            f"name: {name}\nendpoint_name: later\nmodel: {{path: slow.bin}}\n"
+            f"runtime: fake\nruntime_options: {options}\n",
+        )
+        _, out = gw.cli(
+            "deployment",
+            "create",
+            "-f",
+            str(spec),
+            "--no-wait",
+            *(["--all-traffic"] if name == "blue" else []),
+            "-o",
+            "tsv",
+            "--query",
+            "provisioning_state",
+        )
+        assert out.strip() == "Creating"
+    gw.process.kill()  # before either finished loading
+    gw.process.wait()
+
+    gw = start_gateway(home)
+    try:
+
+        def state(name: str) -> dict[str, object]:
+            return json.loads(gw.cli("deployment", "show", "-e", "later", "-n", name)[1])
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            state("blue")["provisioning_state"] == "Creating"
+            or state("green")["provisioning_state"] == "Creating"
+        ):
+            time.sleep(0.3)
+        assert state("blue")["provisioning_state"] == "Succeeded"
+        failed = state("green")
+        assert failed["provisioning_state"] == "Failed"
+        assert "configured not to load" in str(failed["error"])
+        r = httpx.post(f"{gw.url}/endpoints/later/score", json={"input_data": [[1.0, 2.0]]})
+        assert r.status_code == 200 and r.json() == {"y": [[2.0, 4.0]]}
+        # A failed create is cleared by deleting it.
+        gw.cli("deployment", "delete", "-e", "later", "-n", "green")
+        code, out = gw.cli("deployment", "show", "-e", "later", "-n", "green", ok=False)
+        assert code != 0 and "does not exist" in out
+    finally:
+        assert_clean_exit(gw)
+
+
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, model_dir: Path) -> None:
     gw = start_gateway(tmp_path / "home")
     gw.create_endpoint(tmp_path, "slow", "auth_mode: none\n")

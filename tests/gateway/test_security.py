@@ -15,6 +15,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -222,7 +223,9 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        self._answer(500, b"Traceback: password=hunter2 at /srv/model.py line 3")
+        # It echoes the request's headers, as some servers' error pages do.
+        echoed = f"headers: {dict(self.headers)}".encode()
+        self._answer(500, b"Traceback: password=hunter2 at /srv/model.py line 3; " + echoed)
 
     def _answer(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -277,6 +280,13 @@ runtime_options: {{headers: {{Authorization: Bearer remote-secret}}}}
     r = httpx.post(f"{gateway.url}/endpoints/{unique_name}/score", json={"input_data": [[1, 2]]})
     expect(r, 424, "answered 500 Internal Server Error")
     assert "hunter2" not in r.text and "Traceback" not in r.text
+    # The body goes to the gateway's log, with the credentials sent to the remote scrubbed.
+    deadline = time.monotonic() + 10
+    while "answered 500" not in gateway.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logged = [line for line in gateway.log.read_text().splitlines() if misbehaving in line]
+    assert any("answered 500" in line and "Authorization" in line for line in logged), logged
+    assert not any("remote-secret" in line for line in logged), logged
     shown = httpx.get(
         f"{gateway.url}/management/endpoints/{unique_name}/deployments/remote",
         headers={"Authorization": f"Bearer {gateway.admin_token}"},
@@ -391,3 +401,155 @@ def test_permissions_are_tightened_on_an_existing_home(tmp_path: Path) -> None:
         assert stat.S_IMODE((home / "store.db").stat().st_mode) == 0o600
     finally:
         assert_clean_exit(gw)
+
+
+# -- values that used to be 500s -------------------------------------------------------
+def test_odd_values_are_400s_naming_the_field(
+    gateway: Gateway, tmp_path: Path, unique_name: str
+) -> None:
+    admin = {"Authorization": f"Bearer {gateway.admin_token}"}
+    huge = "9" * 30
+    nested: dict = {"x": 1}
+    for _ in range(300):
+        nested = {"a": nested}
+    gateway.create_endpoint(tmp_path, unique_name)
+    cases = [
+        ("POST", "/management/endpoints", {"name": f"{unique_name}-x", "auth_mode": {"a": 1}}),
+        ("GET", f"/management/models/m/versions/{huge}", None),
+        ("GET", f"/management/audit?limit={huge}", None),
+        ("GET", f"/management/endpoints/{unique_name}/deployments/blue/logs?after={huge}", None),
+        (
+            "POST",
+            "/management/batch/jobs",
+            {"endpoint": unique_name, "deployment": {"a": 1}, "input": "x", "output": "y"},
+        ),
+        (
+            "POST",
+            f"/management/endpoints/{unique_name}/deployments",
+            {"name": "blue", "runtime": "fake", "model": {"name": "m", "version": int(huge)}},
+        ),
+        (
+            "POST",
+            f"/management/endpoints/{unique_name}/deployments",
+            {"name": "blue", "model": {"name": "m"}, "runtime_options": nested},
+        ),
+    ]
+    fields = ["auth_mode", huge, "limit", "after", "deployment", "model.version", "deeper"]
+    for (method, path, body), field in zip(cases, fields, strict=True):
+        r = httpx.request(method, gateway.url + path, json=body, headers=admin, timeout=30)
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        assert field in r.json()["error"], (path, r.text[:300])
+
+
+def test_a_yaml_file_nested_beyond_reading_is_one_line(gateway: Gateway, tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yml"
+    deep.write_text("name: blue\nendpoint_name: x\nruntime_options: " + "[" * 50_000 + "]" * 50_000)
+    code, out = gateway.cli("deployment", "create", "-f", str(deep), ok=False)
+    assert code == 1 and "nests too deep to read" in out and "Traceback" not in out
+
+
+def test_uploads_cut_by_a_crash_are_swept_at_start(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    gw = start_gateway(home)
+    assert_clean_exit(gw)
+    left = [home / "incoming" / "tmpcut.onnx", home / "artifacts" / "sha256" / ".incoming-x"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a model")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    fresh = home / "incoming" / "tmpfresh.onnx"  # another process's upload under way
+    fresh.write_bytes(b"being written")
+    gw = start_gateway(home)
+    try:
+        assert not any(path.exists() for path in left)
+        assert fresh.exists()
+    finally:
+        assert_clean_exit(gw)
+
+
+def test_a_store_password_in_the_url_is_never_shown(tmp_path: Path) -> None:
+    """libpq takes the password in the user part or as `?password=`: neither reaches
+    `servegate status` (a reader sees it) or the log."""
+    from deploy.store.postgres import redact
+    from tests.conftest import new_postgres_database
+
+    assert redact("postgresql://u:hunter2@h/db?sslmode=require") == (
+        "postgresql://u:***@h/db?sslmode=require"
+    )
+    url = new_postgres_database() + "?password=hunter2&application_name=sg"
+    gw = start_gateway(tmp_path / "home", store=url)  # trust auth: the password is ignored
+    try:
+        _, out = gw.cli("access", "token", "create", "-n", "look", "--role", "reader")
+        reader = json.loads(out)["token"]
+        r = httpx.get(f"{gw.url}/management/status", headers={"Authorization": f"Bearer {reader}"})
+        assert r.status_code == 200 and "hunter2" not in r.text
+        assert "password=***" in r.json()["store"]
+        assert "hunter2" not in gw.log.read_text()
+    finally:
+        assert_clean_exit(gw)
+
+
+# -- browsers ----------------------------------------------------------------------------
+def test_answers_carry_browser_protections(gateway: Gateway, scored: tuple[str, dict]) -> None:
+    admin = {"Authorization": f"Bearer {gateway.admin_token}"}
+    api = httpx.get(f"{gateway.url}/management/endpoints", headers=admin)
+    studio = httpx.get(f"{gateway.url}/studio/")
+    missing = httpx.get(f"{gateway.url}/no/such/path")
+    name, auth = scored
+    score = httpx.post(
+        f"{gateway.url}/endpoints/{name}/score", json={"input_data": [[1, 2, 3, 4]]}, headers=auth
+    )
+    for r in (api, studio, missing, score):
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+    for r in (api, studio, missing):
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert api.headers["content-security-policy"].startswith("default-src 'none'")
+    policy = studio.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy, policy
+
+
+def test_the_public_sign_in_page_asks_a_hanging_provider_once(tmp_path: Path) -> None:
+    """While the identity provider hangs, concurrent sign-in pages share one connection
+    to it, and after it failed they are answered at once for a while."""
+    accepted: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def hang() -> None:  # accepts, never answers
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    threading.Thread(target=hang, daemon=True).start()
+    issuer = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    gw = start_gateway(
+        tmp_path / "home",
+        "--oidc-issuer",
+        issuer,
+        "--oidc-audience",
+        "api://servegate",
+        "--oidc-client-id",
+        "studio",
+    )
+    try:
+
+        def sign_in() -> int:
+            return httpx.get(f"{gw.url}/studio/sign-in", timeout=60).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            assert list(pool.map(lambda _: sign_in(), range(20))) == [200] * 20
+        assert len(accepted) == 1, len(accepted)
+        started = time.monotonic()
+        r = httpx.get(f"{gw.url}/studio/sign-in", timeout=60)
+        assert r.json() == {"oidc": None} and time.monotonic() - started < 2
+        assert len(accepted) == 1
+    finally:
+        stop.set()
+        assert_clean_exit(gw)
+        for connection in accepted:
+            connection.close()
+        listener.close()

@@ -125,6 +125,23 @@ def test_the_studio_as_an_owner(
     page.close()
 
 
+def test_names_from_the_address_stay_one_path_segment(
+    studio_gateway: tuple[Gateway, Path], browser: Any
+) -> None:
+    """A crafted link (`#/endpoint/..%2Faudit`) cannot make the signed-in page call another
+    route: names go into API paths encoded."""
+    gw, _ = studio_gateway
+    page, _ = open_studio(browser, gw, gw.admin_token)
+    called: list[str] = []
+    page.on("request", lambda request: called.append(request.url))
+    page.goto(f"{gw.url}/studio/#/endpoint/..%2Faudit")
+    page.wait_for_selector("#error:not([hidden])")
+    paths = [url.split(gw.url, 1)[-1] for url in called if "/management/" in url]
+    assert "/management/endpoints/..%2Faudit" in paths, paths
+    assert not any(p.startswith("/management/audit") for p in paths), paths
+    page.close()
+
+
 def test_a_reader_sees_no_actions_and_is_refused(
     studio_gateway: tuple[Gateway, Path], browser: Any
 ) -> None:

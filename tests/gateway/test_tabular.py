@@ -190,22 +190,14 @@ def test_a_model_that_cannot_load_is_refused_at_create(
     gateway: Gateway, tmp_path: Path, tabular: TabularModels, unique_name: str
 ) -> None:
     gateway.create_endpoint(tmp_path, unique_name)
-    # Saved by another scikit-learn: the pickle names its version; make it an old one.
-    data = (tabular.folder / "ridge.pkl").read_bytes()
-    import sklearn
-
-    current = sklearn.__version__.encode()
-    old = b"0" * len(current)
-    assert data.count(current) == 1
     cases = {
-        "old.pkl": (data.replace(current, old), f"was saved with scikit-learn {old.decode()}"),
         "broken.joblib": (b"not a pickle at all", "is not a scikit-learn model that loads here"),
         "broken.json": (b'{"learner": 3}', "is not an XGBoost model that loads here"),
         "broken.txt": (b"tree\nversion=v4\n", "is not a LightGBM model that loads here"),
         "estimator.pkl": (pickle.dumps({"not": "a model"}), "not an estimator with predict()"),
         "custom.skops": (
             custom_function_model(tmp_path),
-            "holds types that are not scikit-learn's, NumPy's or SciPy's: "
+            "holds types that neither skops nor servegate trusts: "
             "tests.gateway.test_tabular.doubled",
         ),
     }
@@ -218,6 +210,53 @@ def test_a_model_that_cannot_load_is_refused_at_create(
         )
         code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=False)
         assert code != 0 and message in out, (filename, out)
+
+
+def test_a_model_saved_by_another_scikit_learn_loads_with_a_warning_unless_strict(
+    gateway: Gateway, tmp_path: Path, tabular: TabularModels, unique_name: str
+) -> None:
+    """As Azure ML loads it (scikit-learn only warns); --strict refuses it."""
+    gateway.create_endpoint(tmp_path, unique_name)
+    # The pickle names the version it was saved with; make it an old one.
+    data = (tabular.folder / "ridge.pkl").read_bytes()
+    import sklearn
+
+    current = sklearn.__version__.encode()
+    old = b"0" * len(current)
+    assert data.count(current) == 1
+    (tmp_path / "old.pkl").write_bytes(data.replace(current, old))
+    warning = f"old.pkl was saved with scikit-learn {old.decode()}; this is {current.decode()}"
+    code, out = gateway.cli(
+        "model",
+        "register",
+        "-n",
+        f"{unique_name}-old",
+        "-p",
+        str(tmp_path / "old.pkl"),
+        "--strict",
+        ok=False,
+    )
+    assert code != 0 and warning in out, out
+    _, out = gateway.cli("model", "list", "-n", f"{unique_name}-old")
+    assert json.loads(out) == []
+    spec = write_yaml(
+        tmp_path / "old.yml", f"name: old\nendpoint_name: {unique_name}\nmodel: {{path: old.pkl}}\n"
+    )
+    code, out = gateway.cli("deployment", "create", "-f", str(spec), "--strict", ok=False)
+    assert code != 0 and warning in out, out
+    _, out = gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+    assert f"warning: {warning}" in out
+    x = numbers(3)
+    r = httpx.post(
+        f"{gateway.url}/endpoints/{unique_name}/score",
+        json={"input_data": x.tolist()},
+        headers=gateway.auth(unique_name),
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["prediction"], tabular.fitted["ridge.pkl"].predict(x))
+    # A pickle runs code when loaded: the gateway put it in a worker process.
+    _, out = gateway.cli("deployment", "show", "-n", "old", "-e", unique_name)
+    assert json.loads(out)["host"] == "process"
 
 
 @pytest.mark.parametrize("name", ["binary.json", "pipeline.skops", "multiclass.txt"])
