@@ -10,6 +10,12 @@ class BatchError(Exception):
     """Base of the batch error tree."""
 
 
+class WorkerStartError(BatchError):
+    """A worker could not load the model or start the scoring script (its `init()`
+    raised, an import failed): the same for every mini-batch it would take. The message
+    is the cause, as the worker saw it."""
+
+
 class BatchInputError(BatchError):
     """An input cannot be used: missing, unreadable, or its schema does not match.
     The message names the file (and the column)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -37,6 +38,10 @@ class Executor(Protocol):
         """Replace every worker (one died or hung); queued work is dropped."""
 
     def stop(self) -> None: ...
+
+    def death_cause(self) -> str:
+        """Why a worker died, as far as the executor can tell ("" when it cannot)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,19 @@ class LocalProcesses:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def death_cause(self) -> str:
+        """The exit of the worker that died first: the pool terminates the others
+        (SIGTERM) once one is gone."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        exits = [p.exitcode for p in list(processes.values()) if p.exitcode is not None]
+        died = [code for code in exits if code != -signal.SIGTERM] or exits
+        if not died:
+            return ""
+        code = died[0]
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with status {code}"
 
     def stop(self) -> None:
         if self._pool is None:

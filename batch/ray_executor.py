@@ -23,12 +23,11 @@ import ray.exceptions
 
 from batch import worker
 from batch.executors import ExecutorRequest
-from batch.sources import locate
 from deploy.objectstore import s3_environment
 from runtimes.base import RuntimeConfig
 from runtimes.ray_impl import cluster_address, connect
 from runtimes.ray_replica import Files, pack, unpack
-from runtimes.registry import load_runtime, runtime_kind
+from runtimes.registry import load_runtime
 
 
 class BatchWorker:
@@ -49,8 +48,9 @@ class BatchWorker:
         # node's own AWS settings stay where the runner sets none).
         os.environ.update(storage_environment)
         os.environ.update(config.environment)
-        runtime = load_runtime(runtime_name, config)
-        worker.adopt(runtime, runtime_kind(runtime_name), locate(input_uri))
+        worker.adopt_or_remember(
+            lambda: load_runtime(runtime_name, config), runtime_name, input_uri
+        )
 
     def score(self, job_dir: str, index: int, format_name: str) -> tuple[int, float]:
         return worker.score(job_dir, index, format_name)
@@ -107,6 +107,9 @@ class RayActors:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def death_cause(self) -> str:
+        return ""  # Ray's RayActorError says it
 
     def stop(self) -> None:
         for actor in self._actors:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from batch import sinks
-from batch.errors import BatchInputError
+from batch.errors import BatchInputError, WorkerStartError
 from batch.executors import EXECUTORS, Executor, ExecutorRequest
-from batch.formats import FORMATS, InputFormat, format_of, read_schema
+from batch.formats import FILES, FORMATS, InputFormat, format_of, read_schema
 from batch.jobs import RUNNER_LEASE_TTL_S, RUNNER_RENEW_S, job_lease, new_runner_id
 from batch.roots import BatchRoots
 from batch.sources import Location, list_inputs, locate
@@ -41,6 +41,10 @@ from runtimes.types import Signature
 
 log = logging.getLogger("servegate.batch")
 POLL_S = 0.2
+#: workers that could not start are started again this many times before the job fails
+START_RETRIES = 1
+#: worker deaths, before any mini-batch was done, that end the job
+MAX_DEATHS_BEFORE_ANY_DONE = 5
 
 
 def _format_name(job: JobRecord) -> str:
@@ -164,7 +168,10 @@ class JobRunner:
         # Files listed now may be links made since the job was accepted.
         uploads = self.control.artifacts.home / "data"
         BatchRoots.from_environment(self.home, uploads).check_listed(job.input, files)
-        fmt = format_of(files)
+        script = runtime_kind(job.runtime_name).takes_raw_body
+        # A scoring script gets the mini-batch's file paths, as in Azure ML, unless its
+        # deployment asks for the rows of tabular files (script_input: table).
+        fmt = FILES if script and job.settings.script_input == "files" else format_of(files)
         signature = self._signature(job)
         if fmt.tabular and signature is not None and signature.inputs:
             schema = read_schema(fmt, location.filesystem, files[0])
@@ -219,6 +226,10 @@ class JobRunner:
         pending = [i for i, mb in sorted(batches.items()) if mb.state == MiniBatchState.PENDING]
         phase = time.perf_counter()
         running: dict[Future[tuple[int, float]], tuple[int, float]] = {}
+        #: worker start failures (the model or script would not load), and worker deaths
+        #: before any mini-batch was done: both end the job early, with the cause (a
+        #: worker that dies at start dies for every mini-batch)
+        start_failures, deaths, last_death, any_done = 0, 0, "", False
         try:
             while pending or running:
                 if self.record().state == JobState.CANCELLING:
@@ -226,6 +237,7 @@ class JobRunner:
                     self.finish(JobState.CANCELLED, "cancelled by request")
                     return
                 broken = False
+                start_error: str | None = None
                 while pending and len(running) < workers * 2:
                     index = pending[0]
                     try:
@@ -243,11 +255,20 @@ class JobRunner:
                     index, _ = running.pop(future)
                     try:
                         _, seconds = future.result()
+                    except WorkerStartError as exc:
+                        # Nothing ran: the mini-batch waits, unharmed, for workers that start.
+                        start_error = str(exc)
+                        pending.insert(0, index)
+                        self._set(batches[index].changed(state=MiniBatchState.PENDING), batches)
+                        continue
                     except executor.worker_died:
                         broken = True
-                        self._failed_attempt(
-                            batches, index, "a worker process died", retries, pending
+                        deaths += 1
+                        cause = executor.death_cause()
+                        last_death = (
+                            f"a worker process died ({cause})" if cause else "a worker process died"
                         )
+                        self._failed_attempt(batches, index, last_death, retries, pending)
                         continue
                     except BatchInputError as exc:
                         # The data itself does not fit: the same error on every attempt.
@@ -258,10 +279,30 @@ class JobRunner:
                             batches, index, f"{type(exc).__name__}: {exc}", retries, pending
                         )
                         continue
+                    any_done = True
                     self._set(
                         batches[index].changed(state=MiniBatchState.DONE, seconds=seconds),
                         batches,
                     )
+                if start_error is not None:
+                    start_failures += 1
+                    log.error("the workers could not start: %s", start_error)
+                    if start_failures > START_RETRIES:
+                        executor.stop()
+                        self.finish(
+                            JobState.FAILED,
+                            f"the workers could not start, so no mini-batch ran: {start_error}",
+                        )
+                        return
+                    broken = True  # once more, with new workers: it may have been passing
+                if not any_done and deaths >= MAX_DEATHS_BEFORE_ANY_DONE:
+                    executor.stop()
+                    self.finish(
+                        JobState.FAILED,
+                        f"{deaths} worker processes died before any mini-batch was done; the "
+                        f"last: {last_death} (its output is in the job's runner.out)",
+                    )
+                    return
                 now = time.monotonic()
                 stuck = [f for f, (_, t0) in running.items() if now - t0 > timeout_s]
                 if broken or stuck:
@@ -291,6 +332,15 @@ class JobRunner:
         finally:
             executor.stop()
         log.info("scoring %d mini-batches took %.3f s", len(batches), time.perf_counter() - phase)
+        if deaths and all(mb.state == MiniBatchState.FAILED for mb in batches.values()):
+            # Nothing was scored and workers died: no model ran here, so the job failed
+            # (an ordinary error in run() on every row still completes, with failures).
+            self.finish(
+                JobState.FAILED,
+                f"no mini-batch was done: {deaths} worker processes died; the last: "
+                f"{last_death} (its output is in the job's runner.out)",
+            )
+            return
         self.complete(job, batches)
 
     def _set(self, mb: MiniBatchRecord, batches: dict[int, MiniBatchRecord]) -> None:

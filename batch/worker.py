@@ -6,19 +6,23 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from batch.errors import WorkerStartError
 from batch.formats import FORMATS
 from batch.planner import SOURCE_FILE, SOURCE_ROW
 from batch.sinks import write_part
 from batch.sources import Location, locate
 from batch.tensors import table_from_outputs, table_from_result, tensors_from_table
 from runtimes.base import Runtime, RuntimeConfig
+from runtimes.errors import ModelLoadError
 from runtimes.registry import RuntimeKind, load_runtime, runtime_kind
 
 _state: dict[str, Any] = {}
@@ -43,7 +47,21 @@ def exit_with_parent(parent_pid: int) -> None:
 def init(runtime_name: str, config: RuntimeConfig, input_uri: str, parent_pid: int) -> None:
     exit_with_parent(parent_pid)
     os.environ.update(config.environment)
-    adopt(load_runtime(runtime_name, config), runtime_kind(runtime_name), locate(input_uri))
+    adopt_or_remember(lambda: load_runtime(runtime_name, config), runtime_name, input_uri)
+
+
+def adopt_or_remember(load: Callable[[], Runtime], runtime_name: str, input_uri: str) -> None:
+    """Load the runtime and become its worker; when loading fails (a scoring script's
+    `init()` raised, an import failed) keep the cause, and answer every mini-batch with
+    it (WorkerStartError): a pool whose initializer raised would only say that a worker
+    died, and the job would retry every mini-batch for nothing."""
+    try:
+        adopt(load(), runtime_kind(runtime_name), locate(input_uri))
+    except Exception as exc:
+        cause = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+        print(f"servegate batch worker {os.getpid()}: cannot start: {cause}", file=sys.stderr)
+        _state.clear()
+        _state["start_error"] = cause
 
 
 def adopt(runtime: Runtime, kind: RuntimeKind, source: Location) -> None:
@@ -57,6 +75,8 @@ def adopt(runtime: Runtime, kind: RuntimeKind, source: Location) -> None:
 def score(job_dir: str, index: int, format_name: str) -> tuple[int, float]:
     """Score mini-batch `index`; return (items scored, seconds)."""
     started = time.perf_counter()
+    if "start_error" in _state:
+        raise WorkerStartError(_state["start_error"])
     folder = Path(job_dir)
     runtime = _state["runtime"]
     fmt = FORMATS[format_name]

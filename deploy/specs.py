@@ -759,8 +759,14 @@ class BatchCompute(Spec):
 class BatchSettings(Spec):
     """The batch knobs; Azure ML accepts them at the root or under `settings:`."""
 
-    #: rows for tabular inputs (default sized for throughput), files for folders.
+    #: files per run() for a scoring script (Azure ML's meaning; default 10); rows for a
+    #: model scored without one, or a script given `script_input: table` (default sized
+    #: for throughput).
     mini_batch_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    #: what a scoring script's run(mini_batch) gets: `files`, the list of the mini-batch's
+    #: file paths, as Azure ML gives it; `table`, the rows of tabular inputs (Parquet, CSV,
+    #: JSON lines) as one pyarrow Table, with each row's source file and row number.
+    script_input: Literal["files", "table"] = "files"
     max_concurrency_per_instance: Annotated[int, Field(ge=1, le=64)] = 1
     error_threshold: Annotated[int, Field(ge=-1)] = -1
     retry_settings: RetrySettings = Field(default_factory=RetrySettings)

@@ -644,6 +644,54 @@ def model_register(
     _print_warned(registered)
 
 
+#: Azure ML's model asset types -> the runtime that serves them (None: from the files)
+_MODEL_TYPES = {"custom_model": None, "mlflow_model": "mlflow", "triton_model": "triton"}
+
+
+@model.command("create")
+@click.option("--name", "-n", required=True)
+@click.option(
+    "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the next version."
+)
+@click.option(
+    "--path",
+    "-p",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A model file, or a folder (an MLflow model, a Triton repository).",
+)
+@click.option(
+    "--type",
+    "-t",
+    "model_type",
+    type=click.Choice(list(_MODEL_TYPES)),
+    default="custom_model",
+    show_default=True,
+    help="Azure ML's asset type: mlflow_model and triton_model pick their runtime; "
+    "custom_model, the file's.",
+)
+@click.option("--description", "-d", default="")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse a model saved by another version of its framework.",
+)
+@pass_ctx
+def model_create(
+    ctx: Ctx,
+    name: str,
+    version: int | None,
+    path: Path,
+    model_type: str,
+    description: str,
+    strict: bool,
+) -> None:
+    """Register a model, as `az ml model create` does (model register, by Azure's name)."""
+    runtime = _MODEL_TYPES[model_type]
+    registered = ctx.client.register_model(name, path, version, runtime, description, strict=strict)
+    _print_warned(registered)
+
+
 @model.command("list")
 @click.option("--name", "-n", default=None)
 @pass_ctx

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.batch.test_jobs import (
     batch_endpoint,
@@ -97,7 +98,9 @@ def test_a_job_where_every_row_fails_leaves_no_output_file(
         tmp_path,
         model_dir,
         unique_name,
-        settings="  retry_settings: {max_retries: 0}\n  error_threshold: -1\n",
+        # The rows of the Parquet file, 300 a mini-batch, as one table each.
+        settings="  retry_settings: {max_retries: 0}\n  error_threshold: -1\n"
+        "  script_input: table\n",
         code=ALWAYS_FAILS,
     )
     write_input(tmp_path / "in", "parquet", features(3, rows=900))
@@ -132,3 +135,65 @@ def test_workers_die_with_a_killed_runner_and_runners_are_reaped(
     pid = json.loads(gateway.cli("batch", "show", finished)[1])["pid"]
     wait_for(lambda: _gone(pid), 10)
     assert pq.read_table(tmp_path / "o2" / "predictions.parquet").num_rows == 10
+
+
+@pytest.mark.parametrize(
+    "script, cause",
+    [
+        (
+            "def init():\n    raise AttributeError('no attribute predict_proba')\n"
+            "def run(mini_batch):\n    return mini_batch\n",
+            "init() of score.py raised AttributeError: no attribute predict_proba",
+        ),
+        (
+            "import servegate_test_missing_torchvision\n"
+            "def run(mini_batch):\n    return mini_batch\n",
+            "No module named 'servegate_test_missing_torchvision'",
+        ),
+    ],
+    ids=["init-raises", "import-fails"],
+)
+def test_a_script_that_cannot_start_fails_the_job_early_with_its_cause(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str, script: str, cause: str
+) -> None:
+    """Every mini-batch would fail the same way: the job stops after one retry of the
+    workers, failed (not completed), with the cause in its error, summary.json and log;
+    no mini-batch is spent."""
+    batch_endpoint(gateway, tmp_path, model_dir, unique_name, code=script)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text("x")
+    started = time.monotonic()
+    code, out = invoke(gateway, unique_name, str(folder), str(tmp_path / "out"), ok=False)
+    assert code == 1, out  # failed
+    assert time.monotonic() - started < 60
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["state"] == "failed" and cause in summary["reason"], summary
+    assert "could not start" in summary["reason"]
+    assert summary["mini_batches"]["done"] == summary["mini_batches"]["failed"] == 0
+    job = json.loads(gateway.cli("batch", "list", "-e", unique_name)[1])[0]
+    assert job["state"] == "failed" and cause in job["reason"]
+    _, log = gateway.cli("batch", "logs", job["id"])
+    assert cause in log, log
+
+
+def test_workers_that_die_at_start_fail_the_job_with_how_they_died(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    script = (
+        "import os\ndef init():\n    os._exit(3)\ndef run(mini_batch):\n    return mini_batch\n"
+    )
+    batch_endpoint(gateway, tmp_path, model_dir, unique_name, code=script)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"doc{i:02d}.txt").write_text("x")
+    code, out = invoke(gateway, unique_name, str(folder), str(tmp_path / "out"), ok=False)
+    assert code == 1, out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["state"] == "failed", summary
+    assert "worker processes died" in summary["reason"]
+    assert "exited with status 3" in summary["reason"], summary["reason"]
+    _, log = gateway.cli("batch", "logs", summary["job"])
+    assert "exited with status 3" in log

@@ -327,3 +327,57 @@ def test_the_azure_output_layout_has_no_header_and_only_what_run_returned(
     assert len(rows) == 12 and all(len(row) == 3 for row in rows)
     assert {row[0] for row in rows} == {f"digit-{i:02d}.npy" for i in range(12)}
     assert all(0 <= int(row[1]) < 10 and 0 < float(row[2]) <= 1 for row in rows)
+
+
+def test_a_scoring_script_over_a_folder_gets_file_paths_as_in_azure(
+    gateway: Gateway, samples: Path, tmp_path: Path
+) -> None:
+    """Azure's custom MLflow driver: run(mini_batch) gets the mini-batch's file paths,
+    mini_batch_size counts files (3 CSV files, 2 a mini-batch: 2 mini-batches), init()
+    finds the registered folder under AZUREML_MODEL_DIR."""
+    batch = samples / "batch"
+    endpoint = "digits-batch-custom"
+    # As Azure's deploy script registers it: `az ml model create --type mlflow_model`.
+    gateway.cli(
+        "model",
+        "create",
+        "--name",
+        "heart-classifier-mlflow",
+        "--type",
+        "mlflow_model",
+        "--path",
+        str(batch / "mlflow" / "model"),
+    )
+    gateway.cli("batch", "endpoint", "create", "-f", str(batch / "endpoint.yml"), "-n", endpoint)
+    gateway.cli(
+        "batch",
+        "deployment",
+        "create",
+        "-f",
+        str(batch / "mlflow-custom" / "deployment.yml"),
+        "-e",
+        endpoint,
+        "--set-default",
+    )
+    _, out = gateway.cli(
+        "batch",
+        "invoke",
+        "-n",
+        endpoint,
+        "--input",
+        str(batch / "mlflow" / "heart-unlabeled"),
+        "--input-type",
+        "uri_folder",
+        "--output-path",
+        str(tmp_path / "out"),
+        "--wait",
+    )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["state"] == "completed", summary
+    assert summary["mini_batches"] == {"total": 2, "done": 2, "failed": 0, "pending": 0}
+    assert summary["items"]["total"] == 3  # files
+    with (tmp_path / "out" / "predictions.csv").open() as predictions:
+        rows = list(csv.DictReader(predictions))
+    assert len(rows) == 150
+    assert {r["filename"] for r in rows} == {f"part-{i}.csv" for i in range(3)}
+    assert {r["prediction"] for r in rows} <= {"0", "1"}

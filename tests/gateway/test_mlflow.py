@@ -154,3 +154,93 @@ def test_a_model_whose_own_input_example_fails_is_refused_at_create(
     code, out = gateway.cli("deployment", "create", "-f", str(spec), ok=False)
     assert code != 0
     assert "broken: its own input_example does not score: unknown column(s) 'not-a-feature'" in out
+
+
+def test_an_mlflow_model_from_an_older_scikit_learn_loads_with_a_warning_unless_strict(
+    gateway: Gateway, tmp_path: Path, unique_name: str, sklearn_model: tuple[Path, Any]
+) -> None:
+    """Azure ML warns and loads a model saved by another scikit-learn; so does servegate,
+    as a no-code batch deployment too; --strict refuses it."""
+    import mlflow.sklearn
+    import sklearn
+    from mlflow.models import infer_signature
+
+    _, model = sklearn_model
+    old = tmp_path / "old-churn"
+    x = frame(numbers(300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        # Pickled, as Azure ML's samples are (MLflow 3 saves skops unless told).
+        mlflow.sklearn.save_model(
+            model,
+            old,
+            signature=infer_signature(x, model.predict(x)),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        )
+    current = sklearn.__version__
+    aged = "0" * len(current)
+    pickled = old / "model.pkl"
+    data = pickled.read_bytes()
+    assert data.count(current.encode()) >= 1
+    pickled.write_bytes(data.replace(current.encode(), aged.encode()))
+    code, out = gateway.cli(
+        "model",
+        "create",
+        "-n",
+        f"{unique_name}-old",
+        "--type",
+        "mlflow_model",
+        "-p",
+        str(old),
+        "--strict",
+        ok=False,
+    )
+    assert code != 0 and f"was saved with scikit-learn {aged}" in out, out
+    _, out = gateway.cli(
+        "model", "create", "-n", f"{unique_name}-old", "--type", "mlflow_model", "-p", str(old)
+    )
+    assert f"warning: model.pkl was saved with scikit-learn {aged}" in out, out
+    # A no-code batch deployment of it scores a folder of CSV files.
+    gateway.cli(
+        "batch",
+        "endpoint",
+        "create",
+        "-f",
+        str(write_yaml(tmp_path / "be.yml", f"name: {unique_name}\n")),
+    )
+    gateway.cli(
+        "batch",
+        "deployment",
+        "create",
+        "--set-default",
+        "-f",
+        str(
+            write_yaml(
+                tmp_path / "bd.yml",
+                f"name: main\nendpoint_name: {unique_name}\n"
+                f"model: azureml:{unique_name}-old@latest\nsettings: {{mini_batch_size: 20}}\n",
+            )
+        ),
+    )
+    (tmp_path / "in").mkdir()
+    x = frame(numbers(50, seed=3))
+    x.to_csv(tmp_path / "in" / "rows.csv", index=False)
+    gateway.cli(
+        "batch",
+        "invoke",
+        "-e",
+        unique_name,
+        "--input",
+        str(tmp_path / "in"),
+        "--output-path",
+        str(tmp_path / "out"),
+        "--wait",
+    )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # Rows, for a model without a scoring script: 50 rows, 20 a mini-batch.
+    assert summary["state"] == "completed" and summary["mini_batches"]["total"] == 3, summary
+    import csv
+
+    with (tmp_path / "out" / "predictions.csv").open() as predictions:
+        labels = [int(float(r["label"])) for r in csv.DictReader(predictions)]
+    assert labels == model.predict(x).tolist()
