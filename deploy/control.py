@@ -132,8 +132,12 @@ class ControlPlane:
         # Read the signature first: a file that is no model never enters the store. (Under
         # its own name: messages about it name the user's file, not an upload's.)
         with tempfile.TemporaryDirectory(prefix="servegate-model-") as folder:
-            if not is_folder:
-                model_path = _link_or_copy(source, Path(folder) / Path(filename).name)
+            named = Path(folder) / Path(filename.rstrip("/")).name
+            if is_folder:  # its unpacked copy is named by its hash: link it by its name
+                os.symlink(model_path, named, target_is_directory=True)
+                model_path = named
+            else:
+                model_path = _link_or_copy(source, named)
             signature, notes = inspect_model(runtime, model_path, strict)
         suffix = ".tar.gz" if is_folder else Path(filename).suffix
         artifact = self.artifacts.put_file(source, suffix)

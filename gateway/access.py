@@ -21,9 +21,14 @@ async def principal_of(request: Request, state: GatewayState) -> Principal:
     """Who sends this request: an admin token looked up in the store on every request
     (so a revoked one is refused at once on every replica), or an identity provider's
     token when the gateway trusts one."""
+    return await principal_for(request.headers.get("authorization"), state)
+
+
+async def principal_for(authorization: str | None, state: GatewayState) -> Principal:
+    """principal_of, from an `Authorization` value (HTTP header or gRPC metadata)."""
     oidc = state.oidc
     limit = MAX_JWT_CHARS if oidc is not None else MAX_CREDENTIAL_CHARS
-    token = bearer(request.headers.get("authorization"), "admin token", limit)
+    token = bearer(authorization, "admin token", limit)
     if oidc is not None and token.count(".") == 2:  # a JWT; our tokens have no dots
         return await oidc.principal(token)
     record = await asyncio.to_thread(state.control.admin_token, token)

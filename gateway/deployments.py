@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -24,12 +26,13 @@ from gateway.autoscaler import ACTOR, Autoscaler, Record, ScalingChange
 from gateway.collector import PayloadCollector
 from gateway.deployment_logs import DeploymentLogs
 from gateway.metrics import GatewayMetrics
-from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot
+from gateway.routing import DeploymentRoute, EndpointRoute, RoutingSnapshot, ServedModel
 from runtimes.azure_monitoring import Sink
 from runtimes.base import RuntimeConfig
 from runtimes.errors import ModelLoadError
 from runtimes.host_registry import HOSTS, HostRequest
 from runtimes.ray_impl import RayAutoscaling, RayOptions
+from runtimes.registry import describe
 from runtimes.resources import cpu_reading, usable_cpus
 from runtimes.scheduler import Batching, InstanceHost, Scheduler, SchedulerSettings
 from runtimes.workers import WorkerProbe
@@ -65,6 +68,19 @@ def ray_options(resolved: OnlineDeploymentSpec) -> RayOptions:
     )
 
 
+def _served_model(runtime: str, model_path: Path) -> ServedModel | None:
+    """A deployment's model as its own format names it (a Triton model), else None."""
+    found = describe(runtime, model_path)
+    if found is None:
+        return None
+    return ServedModel(
+        str(found["name"]),
+        int(found["version"]),
+        MappingProxyType(dict(found.get("config") or {})),
+        MappingProxyType({k: tuple(v) for k, v in (found.get("labels") or {}).items()}),
+    )
+
+
 def scheduler_settings(resolved: OnlineDeploymentSpec) -> SchedulerSettings:
     request, batching = resolved.request_settings, resolved.batching
     if not HOSTS[resolved.host or "thread"].gateway_batching:
@@ -97,6 +113,8 @@ class DeploymentHosts:
         #: tasks close() waits for: retired schedulers draining, no-wait creates and updates
         self._background: set[asyncio.Task[None]] = set()
         self._replaced: list[Scheduler] = []
+        #: what each scheduler's model is called in its own format (Triton's name, version)
+        self._served: dict[Scheduler, ServedModel | None] = {}
         self.collectors: dict[tuple[str, str], PayloadCollector] = {}
         #: creates and updates under way in the background (no_wait), or that failed:
         #: the spec asked for, its state (Creating, Updating, Failed) and the error
@@ -148,7 +166,12 @@ class DeploymentHosts:
         model = resolved.model
         if model is not None and model.name is not None:
             observer.model = (model.name, str(model.version or ""))
-        return Scheduler(name, host, settings, observer)
+        scheduler = Scheduler(name, host, settings, observer)
+        if config.model_path is not None:
+            self._served[scheduler] = await run_in_threadpool(
+                _served_model, resolved.runtime or "onnx", config.model_path
+            )
+        return scheduler
 
     async def _start_host(
         self,
@@ -281,6 +304,7 @@ class DeploymentHosts:
                         runtime=resolved.runtime or "onnx",
                         request_timeout_s=resolved.request_settings.request_timeout_ms / 1000,
                         collector=self.collectors.get((endpoint, deployment)),
+                        served=self._served.get(self._schedulers[(endpoint, deployment)][1]),
                     )
                 else:
                     unavailable[deployment] = self._failed.get((endpoint, deployment), "not loaded")
@@ -297,7 +321,7 @@ class DeploymentHosts:
                 tuple(spec.token_audiences),
                 spec.rate_limit.bucket if spec.rate_limit else None,
             )
-        return RoutingSnapshot(endpoints, change_id)
+        return RoutingSnapshot.build(endpoints, change_id)
 
     def provisioning(
         self,
@@ -397,6 +421,7 @@ class DeploymentHosts:
         return [scheduler for _, scheduler in self._schedulers.values()]
 
     def _retire(self, scheduler: Scheduler) -> None:
+        self._served.pop(scheduler, None)
         # The snapshot without it is already published; new requests that still
         # hold the old route get Retired and are routed again.
         scheduler.retire()

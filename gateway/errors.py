@@ -3,7 +3,8 @@
     GatewayError (status on the class)
     ├── MalformedRequest        400  the body cannot be decoded
     ├── Unauthorized            401  missing or wrong key/token
-    ├── EndpointNotFound        404  unknown endpoint/deployment, or no traffic
+    ├── AmbiguousModel          400  a model name several endpoints serve, at the root
+    ├── EndpointNotFound        404  unknown endpoint/deployment/model, or no traffic
     ├── PayloadTooLarge         413  body over max_request_body_bytes
     └── DeploymentUnavailable   503  the deployment failed to load
 
@@ -63,6 +64,13 @@ class Forbidden(GatewayError):
 class EndpointNotFound(GatewayError):
     status = 404
     code = "not_found"
+
+
+class AmbiguousModel(GatewayError):
+    """A model name that several endpoints serve, asked for at the gateway's root."""
+
+    status = 400
+    code = "ambiguous_model"
 
 
 class PayloadTooLarge(GatewayError):

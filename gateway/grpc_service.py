@@ -24,15 +24,26 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from deploy.roles import Permission, Principal
+from gateway import model_documents as documents
 from gateway import tracing
+from gateway.access import authorize, principal_for
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
+from gateway.protocol import RequestedOutput, classified
 from gateway.rate_limit import peer_address
 from gateway.request_ids import current, request_id_of
 from gateway.routing import DeploymentRoute
-from gateway.scoring import DEPLOYMENT_HEADER, ScoringEndpoint, _infer, record_request
+from gateway.scoring import (
+    DEPLOYMENT_HEADER,
+    ScoringEndpoint,
+    _infer,
+    record_request,
+    response_names,
+)
 from gateway.state import GatewayState
 from runtimes.errors import InvalidInput, Retired
 from runtimes.scheduler import Timing
@@ -141,8 +152,9 @@ def encode_outputs(
     route: DeploymentRoute,
     results: dict[str, np.ndarray],
 ) -> service_pb2.ModelInferResponse:
+    model_name, model_version = response_names(route, request.model_name)
     response = service_pb2.ModelInferResponse(
-        model_name=route.endpoint, model_version=route.name, id=request.id
+        model_name=model_name, model_version=model_version, id=request.id
     )
     for name, array in results.items():
         datatype = datatype_of(array)
@@ -152,6 +164,19 @@ def encode_outputs(
         else:
             response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     return response
+
+
+def _classification(request: service_pb2.ModelInferRequest) -> list[RequestedOutput]:
+    """The outputs asked for with Triton's classification extension (none: [])."""
+    asked = [
+        RequestedOutput(o.name, True, int(o.parameters["classification"].int64_param))
+        for o in request.outputs
+        if "classification" in o.parameters
+    ]
+    for output in asked:
+        if output.classification < 0:
+            raise InvalidInput(f"output '{output.name}': classification must be positive")
+    return [o for o in asked if o.classification]
 
 
 def _parameters(request: service_pb2.ModelInferRequest, context: Any) -> dict[str, Any]:
@@ -179,11 +204,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _route(
         self, context: Any, model: str, version: str
     ) -> tuple[Any, DeploymentRoute, str | None]:
+        """The model a call names (its endpoint's name or a Triton model's, and a version:
+        a deployment or the served version), authenticated, and the deployment that
+        answers."""
         state = self._state
         metadata = dict(context.invocation_metadata() or ())
-        endpoint = state.hosts.snapshot.endpoint(model)
+        endpoint, pinned = state.hosts.snapshot.model(model, version or None)
         await state.admit(endpoint, metadata.get("authorization"), peer_address(context.peer()))
-        target = version or metadata.get(DEPLOYMENT_HEADER)
+        target = pinned or metadata.get(DEPLOYMENT_HEADER)
         return endpoint, ScoringEndpoint._pick(state, endpoint, target, metadata), target
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -214,18 +242,68 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             endpoint, route, target = await self._route(context, request.name, request.version)
         except Exception as exc:
             await self._fail(context, exc)
-        signature = route.signature
-        response = service_pb2.ModelMetadataResponse(
-            name=endpoint.name,
-            versions=[route.name] if target else sorted(endpoint.deployments),
-            platform=route.kind.platform,
+        doc = documents.metadata(request.name, endpoint, route, bool(target))
+        return json_format.ParseDict(doc, service_pb2.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        """Triton's model configuration, as over HTTP (get_model_config)."""
+        try:
+            _, route, _ = await self._route(context, request.name, request.version)
+        except Exception as exc:
+            await self._fail(context, exc)
+        config = json_format.ParseDict(
+            documents.config(request.name, route),
+            model_config_pb2.ModelConfig(),
+            ignore_unknown_fields=True,
         )
-        for spec, field in ((signature.inputs, "inputs"), (signature.outputs, "outputs")):
-            for tensor in spec:
-                getattr(response, field).add(
-                    name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
-                )
-        return response
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        """Triton's statistics extension, as over HTTP: a model's (an endpoint's every
+        deployment), or every model's with an admin token when no name is given."""
+        try:
+            if request.name:
+                endpoint, route, target = await self._route(context, request.name, request.version)
+                if target or request.name != endpoint.name:
+                    routes = [route]
+                else:
+                    routes = [endpoint.deployment(d) for d in sorted(endpoint.deployments)]
+                stats = [documents.statistics(request.name, r) for r in routes]
+            else:
+                caller = await self._principal(context, Permission.READ, "read model statistics")
+                stats = [
+                    documents.statistics(r.served.name if r.served else name, r)
+                    for name, endpoint in sorted(self._state.hosts.snapshot.endpoints.items())
+                    if caller.may_act_on(name)
+                    for r in (endpoint.deployment(d) for d in sorted(endpoint.deployments))
+                ]
+        except Exception as exc:
+            await self._fail(context, exc)
+        return json_format.ParseDict(
+            {"model_stats": stats},
+            service_pb2.ModelStatisticsResponse(),
+            ignore_unknown_fields=True,
+        )
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        """Triton's repository index, as over HTTP (admin token)."""
+        try:
+            caller = await self._principal(context, Permission.READ, "list the repository")
+        except Exception as exc:
+            await self._fail(context, exc)
+        rows = [
+            row
+            for name, endpoint in sorted(self._state.hosts.snapshot.endpoints.items())
+            if caller.may_act_on(name)
+            for row in documents.index_entries(name, endpoint)
+        ]
+        return json_format.ParseDict({"models": rows}, service_pb2.RepositoryIndexResponse())
+
+    async def _principal(self, context: Any, permission: Permission, what: str) -> Principal:
+        metadata = dict(context.invocation_metadata() or ())
+        caller = await principal_for(metadata.get("authorization"), self._state)
+        authorize(caller, permission, what)
+        return caller
 
     async def _infer_one(self, request: Any, context: Any) -> Any:
         """One inference, recorded in the metrics; our errors raised as they are."""
@@ -259,6 +337,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
             inputs = decode_inputs(request, route)
             names = [o.name for o in request.outputs] or None
+            classify = _classification(request)
             parameters = _parameters(request, context)
             try:
                 results = await _infer(route, inputs, names, parameters, timing, checked=True)
@@ -268,6 +347,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
                 results = await _infer(route, inputs, names, parameters, timing, checked=True)
             status = 200
+            if classify:
+                results = classified(results, classify, route.served, route.signature)
             response = encode_outputs(request, route, results)
             self._mirror(endpoint, target, inputs, names, results)
             return response
@@ -277,7 +358,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             elapsed = time.perf_counter() - started
-            record_request(state, PROTOCOL, request.model_name, route, status, elapsed, timing)
+            shown = route.endpoint if route is not None else request.model_name
+            record_request(state, PROTOCOL, shown, route, status, elapsed, timing)
             current.reset(id_token)
             if span is not None:
                 deployment = route.name if route is not None else None

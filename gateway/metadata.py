@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from deploy.errors import StoreUnavailable
 from deploy.roles import Permission
+from gateway import model_documents as documents
 from gateway.access import authorize, principal_of
 from gateway.errors import DeploymentUnavailable
 from gateway.rate_limit import client_address
@@ -66,120 +67,64 @@ async def ready(request: Request) -> Response:
     return _json({"ready": True})
 
 
-async def _endpoint_and_route(request: Request) -> tuple[EndpointRoute, DeploymentRoute]:
+async def _endpoint_and_route(
+    request: Request,
+) -> tuple[str, EndpointRoute, DeploymentRoute, bool]:
+    """The model a protocol path names (routing.RoutingSnapshot.model), authenticated: the
+    name asked for, its endpoint, the deployment that answers, and whether the path
+    pinned that deployment."""
     state = _state(request)
-    endpoint = state.hosts.snapshot.endpoint(request.path_params["endpoint"])
+    params = request.path_params
+    asked = params["model"]
+    endpoint, pinned = state.hosts.snapshot.model(
+        asked, params.get("version"), params.get("within")
+    )
     await state.admit(
         endpoint, request.headers.get("authorization"), client_address(request.client)
     )
-    target = request.path_params.get("deployment")
-    if target:
-        return endpoint, endpoint.deployment(target)
+    if pinned:
+        return asked, endpoint, endpoint.deployment(pinned), True
     route = endpoint.default()
     if route is None:
         raise DeploymentUnavailable(f"endpoint '{endpoint.name}' has no loaded deployment")
-    return endpoint, route
+    return asked, endpoint, route, False
 
 
 async def model_metadata(request: Request) -> Response:
-    """GET /v2/models/{endpoint}[/versions/{deployment}]"""
-    endpoint, route = await _endpoint_and_route(request)
-    versions = [route.name] if "deployment" in request.path_params else sorted(endpoint.deployments)
-    signature = route.signature.to_dict()
-    return _json(
-        {
-            "name": endpoint.name,
-            "versions": versions,
-            "platform": route.kind.platform,
-            "inputs": signature["inputs"],
-            "outputs": signature["outputs"],
-        }
-    )
+    """GET [/endpoints/{e}]/v2/models/{model}[/versions/{version}]"""
+    asked, endpoint, route, pinned = await _endpoint_and_route(request)
+    return _json(documents.metadata(asked, endpoint, route, pinned))
 
 
 async def model_ready(request: Request) -> Response:
-    """GET /v2/models/{endpoint}[/versions/{deployment}]/ready"""
-    endpoint, route = await _endpoint_and_route(request)
-    if "deployment" not in request.path_params and not endpoint.traffic_names:
+    """GET [/endpoints/{e}]/v2/models/{model}[/versions/{version}]/ready"""
+    asked, endpoint, route, pinned = await _endpoint_and_route(request)
+    if not pinned and not endpoint.traffic_names:
         raise DeploymentUnavailable(
             f"endpoint '{endpoint.name}' doesn't have any valid deployment with positive weight"
         )
     problem = getattr(route.scheduler.host, "problem", None)
     if problem:
         raise DeploymentUnavailable(f"deployment '{route.name}': {problem}")
-    return _json({"name": endpoint.name, "ready": True})
-
-
-def _triton_tensor(spec: dict[str, object], batched: bool) -> dict[str, object]:
-    shape = list(spec["shape"])  # type: ignore[call-overload]
-    return {
-        "name": spec["name"],
-        "data_type": f"TYPE_{'STRING' if spec['datatype'] == 'BYTES' else spec['datatype']}",
-        # Triton's dims leave out the batch axis of a model that batches.
-        "dims": shape[1:] if batched and shape else shape,
-    }
+    return _json({"name": asked, "ready": True})
 
 
 async def model_config(request: Request) -> Response:
-    """GET /v2/models/{endpoint}[/versions/{deployment}]/config: the deployment as
-    Triton's model configuration (what tritonclient's get_model_config reads)."""
-    endpoint, route = await _endpoint_and_route(request)
-    batching = route.scheduler.settings.batching
-    max_batch_size = batching.max_batch_size if batching else 0
-    signature = route.signature.to_dict()
-    config: dict[str, object] = {
-        "name": endpoint.name,
-        "platform": route.kind.platform,
-        "backend": route.runtime,
-        "version_policy": {"specific": {"versions": [route.name]}},
-        "max_batch_size": max_batch_size,
-        "input": [_triton_tensor(t, max_batch_size > 0) for t in signature["inputs"]],
-        "output": [_triton_tensor(t, max_batch_size > 0) for t in signature["outputs"]],
-        "instance_group": [{"count": route.scheduler.instances, "kind": "KIND_CPU"}],
-    }
-    if batching:
-        config["dynamic_batching"] = {
-            "max_queue_delay_microseconds": int(batching.max_batch_delay_s * 1_000_000)
-        }
-    return _json(config)
-
-
-def _duration(count: int, seconds: float) -> dict[str, int]:
-    return {"count": count, "ns": int(seconds * 1e9)}
-
-
-def _model_stats(endpoint: str, route: DeploymentRoute) -> dict[str, object]:
-    m = route.metrics
-    ok = sum(n for (_, status), n in m.requests.items() if status == "200")
-    failed = sum(n for (_, status), n in m.requests.items() if status != "200")
-    queued = sum(m.queue_duration.counts)
-    inferred = sum(m.inference_duration.counts)
-    return {
-        "name": endpoint,
-        "version": route.name,
-        "last_inference": m.last_inference_ms,
-        "inference_count": ok,
-        "execution_count": m.executions,
-        "inference_stats": {
-            "success": _duration(ok, m.request_duration.total - m.failed_seconds),
-            "fail": _duration(failed, m.failed_seconds),
-            "queue": _duration(queued, m.queue_duration.total),
-            "compute_input": _duration(inferred, 0.0),
-            "compute_infer": _duration(inferred, m.inference_duration.total),
-            "compute_output": _duration(inferred, 0.0),
-        },
-    }
+    """GET [/endpoints/{e}]/v2/models/{model}[/versions/{version}]/config: Triton's model
+    configuration (what tritonclient's get_model_config reads)."""
+    asked, _, route, _ = await _endpoint_and_route(request)
+    return _json(documents.config(asked, route))
 
 
 async def model_stats(request: Request) -> Response:
-    """GET /v2/models/{endpoint}[/versions/{deployment}]/stats: Triton's statistics
-    extension, from the gateway's own counters (since this replica started)."""
-    endpoint, route = await _endpoint_and_route(request)
-    if "deployment" in request.path_params:
+    """GET [/endpoints/{e}]/v2/models/{model}[/versions/{version}]/stats: Triton's
+    statistics extension, from the gateway's own counters (since this replica started)."""
+    asked, endpoint, route, pinned = await _endpoint_and_route(request)
+    if pinned or asked != endpoint.name:
         routes = [route]
     else:
         routes = [endpoint.deployment(name) for name in sorted(endpoint.deployments)]
-    return _json({"model_stats": [_model_stats(endpoint.name, r) for r in routes]})
+    return _json({"model_stats": [documents.statistics(asked, r) for r in routes]})
 
 
 async def all_model_stats(request: Request) -> Response:
@@ -187,12 +132,13 @@ async def all_model_stats(request: Request) -> Response:
     state = _state(request)
     caller = await principal_of(request, state)
     authorize(caller, Permission.READ, "read model statistics")
-    stats = [
-        _model_stats(name, endpoint.deployment(deployment))
-        for name, endpoint in sorted(state.hosts.snapshot.endpoints.items())
-        if caller.may_act_on(name)
-        for deployment in sorted(endpoint.deployments)
-    ]
+    stats = []
+    for name, endpoint in sorted(state.hosts.snapshot.endpoints.items()):
+        if caller.may_act_on(name):
+            for deployment in sorted(endpoint.deployments):
+                route = endpoint.deployment(deployment)
+                shown = route.served.name if route.served is not None else name
+                stats.append(documents.statistics(shown, route))
     return _json({"model_stats": stats})
 
 
@@ -202,16 +148,12 @@ async def repository_index(request: Request) -> Response:
     state = _state(request)
     caller = await principal_of(request, state)
     authorize(caller, Permission.READ, "list the repository")
-    index = []
-    for name, endpoint in sorted(state.hosts.snapshot.endpoints.items()):
-        if not caller.may_act_on(name):
-            continue
-        for deployment in sorted(endpoint.deployments):
-            index.append({"name": name, "version": deployment, "state": "READY", "reason": ""})
-        for deployment, why in sorted(endpoint.unavailable.items()):
-            index.append(
-                {"name": name, "version": deployment, "state": "UNAVAILABLE", "reason": why}
-            )
+    index = [
+        row
+        for name, endpoint in sorted(state.hosts.snapshot.endpoints.items())
+        if caller.may_act_on(name)
+        for row in documents.index_entries(name, endpoint)
+    ]
     return _json(index)
 
 
@@ -233,20 +175,31 @@ async def metrics(request: Request) -> Response:
     return Response(m.render(), media_type=m.content_type)
 
 
+def _protocol_routes(prefix: str) -> list[Route]:
+    """The protocol's read-only routes at the gateway's root or under an endpoint's URL
+    (`/endpoints/{within}`: tritonclient keeps the path of the URL it is given)."""
+    model = f"{prefix}/v2/models/{{model}}"
+    version = f"{model}/versions/{{version}}"
+    return [
+        Route(f"{prefix}/v2", server_metadata, methods=["GET"]),
+        Route(f"{prefix}/v2/health/live", live, methods=["GET"]),
+        Route(f"{prefix}/v2/health/ready", ready, methods=["GET"]),
+        # Before .../models/{model}, which would take "stats" for a model's name.
+        *([Route("/v2/models/stats", all_model_stats, methods=["GET"])] if not prefix else []),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(f"{model}/ready", model_ready, methods=["GET"]),
+        Route(version, model_metadata, methods=["GET"]),
+        Route(f"{version}/ready", model_ready, methods=["GET"]),
+        Route(f"{model}/config", model_config, methods=["GET"]),
+        Route(f"{version}/config", model_config, methods=["GET"]),
+        Route(f"{model}/stats", model_stats, methods=["GET"]),
+        Route(f"{version}/stats", model_stats, methods=["GET"]),
+    ]
+
+
 ROUTES = [
-    Route("/v2", server_metadata, methods=["GET"]),
-    Route("/v2/health/live", live, methods=["GET"]),
-    Route("/v2/health/ready", ready, methods=["GET"]),
-    # Before /v2/models/{endpoint}, which would take "stats" for an endpoint's name.
-    Route("/v2/models/stats", all_model_stats, methods=["GET"]),
-    Route("/v2/models/{endpoint}", model_metadata, methods=["GET"]),
-    Route("/v2/models/{endpoint}/ready", model_ready, methods=["GET"]),
-    Route("/v2/models/{endpoint}/versions/{deployment}", model_metadata, methods=["GET"]),
-    Route("/v2/models/{endpoint}/versions/{deployment}/ready", model_ready, methods=["GET"]),
-    Route("/v2/models/{endpoint}/config", model_config, methods=["GET"]),
-    Route("/v2/models/{endpoint}/versions/{deployment}/config", model_config, methods=["GET"]),
-    Route("/v2/models/{endpoint}/stats", model_stats, methods=["GET"]),
-    Route("/v2/models/{endpoint}/versions/{deployment}/stats", model_stats, methods=["GET"]),
+    *_protocol_routes(""),
+    *_protocol_routes("/endpoints/{within}"),
     Route("/v2/repository/index", repository_index, methods=["POST"]),
     Route("/v2/repository/models/{model}/load", load_or_unload, methods=["POST"]),
     Route("/v2/repository/models/{model}/unload", load_or_unload, methods=["POST"]),

@@ -146,6 +146,9 @@ class DeploymentMetrics:
         self.executions = 0
         #: rows in all its runtime calls (the studio's average batch size)
         self.batch_rows = 0
+        #: rows of the requests answered 200 (Triton's inference_count: each batch
+        #: element counts)
+        self.inferences = 0
         self.last_inference_ms = 0
         self._batch_size = metrics.batch_size.labels(endpoint, deployment)
         self._batch_requests = metrics.batch_requests.labels(endpoint, deployment)

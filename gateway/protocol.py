@@ -35,6 +35,8 @@ HEADER_LENGTH = "inference-header-content-length"
 class RequestedOutput:
     name: str
     binary: bool
+    #: the classification extension: the top N classes, as "value:index[:label]" BYTES
+    classification: int = 0
 
 
 @dataclass
@@ -199,14 +201,52 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise MalformedRequest(f"field 'outputs[{position}].name' must be a string")
         params = _parameters(item, "outputs", position)
-        if params.get("classification"):
+        count = params.get("classification", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise InvalidInput(
-                f"output '{item['name']}': the classification extension is not supported"
+                f"output '{item['name']}': parameters.classification must be a non-negative "
+                f"integer (the number of classes), got {count!r}"
             )
         requested.append(
-            RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)))
+            RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)), count)
         )
     return requested
+
+
+def classified(
+    results: Mapping[str, np.ndarray],
+    outputs: Sequence[RequestedOutput],
+    served: Any,
+    signature: Signature,
+) -> dict[str, np.ndarray]:
+    """Triton's classification extension: each output asked for with `classification: N`
+    becomes its N largest values as BYTES "value:index" (":label" when the model has labels
+    for it), per batch element for a model that batches, else over the whole tensor."""
+    labels: Mapping[str, Sequence[str]] = served.labels if served is not None else {}
+    if served is not None:
+        batched = int(served.config.get("max_batch_size", 0) or 0) > 0
+    changed = dict(results)
+    for output in outputs:
+        if not output.classification:
+            continue
+        array = results[output.name]
+        if array.dtype.kind not in "iufb":
+            raise InvalidInput(f"output '{output.name}' is not numeric: it cannot be classified")
+        if served is None:
+            spec = next((t for t in signature.outputs if t.name == output.name), None)
+            batched = spec is not None and bool(spec.shape) and spec.shape[0] < 0
+        rows = array.reshape(array.shape[0], -1) if batched and array.ndim else array.reshape(1, -1)
+        count = min(output.classification, rows.shape[1])
+        names = labels.get(output.name, ())
+        picked = []
+        for row in rows:
+            top = np.argsort(-row, kind="stable")[:count]
+            picked.append(
+                [f"{float(row[i]):f}:{i}" + (f":{names[i]}" if i < len(names) else "") for i in top]
+            )
+        table = np.array([[c.encode() for c in row] for row in picked], dtype=object)
+        changed[output.name] = table if batched else table.reshape(-1)
+    return changed
 
 
 def _raw_binary_request(body: bytes, signature: Signature) -> InferRequest:

@@ -10,9 +10,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gateway.errors import DeploymentUnavailable, EndpointNotFound
+from gateway.errors import AmbiguousModel, DeploymentUnavailable, EndpointNotFound
 from runtimes.registry import RUNTIME_KINDS, RuntimeKind
 from runtimes.scheduler import Scheduler
 
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from gateway.collector import PayloadCollector
     from gateway.metrics import DeploymentMetrics
 from runtimes.types import Signature
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as its own format names it (a Triton repository's model): the name and
+    version clients ask for, its configuration, its outputs' class labels."""
+
+    name: str
+    version: int
+    config: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class DeploymentRoute:
     runtime: str
     request_timeout_s: float
     collector: PayloadCollector | None = None
+    #: the model's own name and version (a Triton model's), None for other formats
+    served: ServedModel | None = None
     #: the runtime's kind, looked up once here rather than on every request
     kind: RuntimeKind = field(init=False)
 
@@ -42,6 +55,23 @@ class DeploymentRoute:
     @property
     def signature(self) -> Signature:
         return self.scheduler.signature
+
+    def names(self) -> tuple[str, ...]:
+        """The model names it answers to besides its endpoint's: its own (Triton's)."""
+        return (self.served.name,) if self.served is not None else ()
+
+    def has_version(self, version: str) -> bool:
+        """A version the Open Inference Protocol may ask for: the deployment's name, or the
+        version its model is served at."""
+        if version == self.name:
+            return True
+        return self.served is not None and version == str(self.served.version)
+
+
+def unknown_model(name: str, version: str | None = None) -> EndpointNotFound:
+    """Triton's wording, which clients look for ("Request for unknown model")."""
+    at = f" version {version}" if version else ""
+    return EndpointNotFound(f"Request for unknown model: '{name}'{at} is not found")
 
 
 @dataclass(frozen=True)
@@ -149,9 +179,71 @@ class RoutingSnapshot:
     endpoints: Mapping[str, EndpointRoute] = field(default_factory=dict)
     #: The store's change id this snapshot reflects.
     change_id: int = 0
+    #: a model's own name (a Triton model's: `densenet_onnx`, `model_1`, which no endpoint
+    #: name can be) -> the endpoints with a deployment serving it
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, endpoints: Mapping[str, EndpointRoute], change_id: int) -> RoutingSnapshot:
+        models: dict[str, list[str]] = {}
+        for name, endpoint in endpoints.items():
+            for route in endpoint.deployments.values():
+                for model in route.names():
+                    if name not in models.setdefault(model, []):
+                        models[model].append(name)
+        return cls(
+            MappingProxyType(dict(endpoints)),
+            change_id,
+            MappingProxyType({m: tuple(sorted(e)) for m, e in models.items()}),
+        )
 
     def endpoint(self, name: str) -> EndpointRoute:
         route = self.endpoints.get(name)
         if route is None:
             raise EndpointNotFound(f"endpoint '{name}' does not exist")
         return route
+
+    def model(
+        self, name: str, version: str | None, within: str | None = None
+    ) -> tuple[EndpointRoute, str | None]:
+        """What an Open Inference Protocol model name means: the endpoint, and the
+        deployment the request is pinned to (None: the endpoint's traffic picks).
+
+        `name` is an endpoint's name, or the name a deployment's model has (a Triton
+        model's); under `/endpoints/{within}/v2/` it is looked up in that endpoint only.
+        `version` names a deployment, or the version its model is served at."""
+        endpoint = self.endpoint(within) if within is not None else self._holder(name, version)
+        if name == endpoint.name:
+            if version is None or version in endpoint.deployments:
+                return endpoint, version
+            matching = [d for d in endpoint.deployments.values() if d.has_version(version)]
+        else:
+            serving = [d for d in endpoint.deployments.values() if name in d.names()]
+            if not serving:
+                raise unknown_model(name, version)
+            matching = [d for d in serving if version is None or d.has_version(version)]
+            if version is None and len(matching) > 1:
+                # Several deployments serve it (blue and green): the one with most traffic.
+                default = endpoint.default()
+                if default is not None and default in matching:
+                    return endpoint, default.name
+        if not matching:
+            if version is not None and version in endpoint.unavailable:
+                return endpoint, version  # `deployment()` says why it is unavailable
+            raise unknown_model(name, version)
+        return endpoint, matching[0].name
+
+    def _holder(self, name: str, version: str | None) -> EndpointRoute:
+        """The endpoint named `name`, else the one endpoint serving a model of that name."""
+        found = self.endpoints.get(name)
+        if found is not None:
+            return found
+        holders = self.models.get(name, ())
+        if not holders:
+            raise unknown_model(name, version)
+        if len(holders) > 1:
+            raise AmbiguousModel(
+                f"model '{name}' is served by the endpoints {', '.join(holders)}: ask one of "
+                f"them at /endpoints/<endpoint>/v2/models/{name}"
+            )
+        return self.endpoints[holders[0]]

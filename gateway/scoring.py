@@ -46,7 +46,10 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 Headers = dict[str, str]
 #: (status, body, extra response headers, outputs for mirror comparison)
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, np.ndarray] | None]
-Handler = Callable[[GatewayState, Headers, DeploymentRoute, bytes, Timing], Awaitable[Answer]]
+#: (state, headers, route, body, timing, the model name asked for (protocol paths))
+Handler = Callable[
+    [GatewayState, Headers, DeploymentRoute, bytes, Timing, str | None], Awaitable[Answer]
+]
 
 
 class ClientGone(Exception):
@@ -125,7 +128,12 @@ OFFLOAD_DECODE_BYTES = 1 << 20
 
 
 async def _score(
-    state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
+    state: GatewayState,
+    headers: Headers,
+    route: DeploymentRoute,
+    body: bytes,
+    timing: Timing,
+    asked: str | None = None,
 ) -> Answer:
     if route.kind.takes_raw_body:
         # Azure ML's run(raw_data): the script gets the body as it came.
@@ -141,7 +149,12 @@ async def _score(
 
 
 async def _v2_infer(
-    state: GatewayState, headers: Headers, route: DeploymentRoute, body: bytes, timing: Timing
+    state: GatewayState,
+    headers: Headers,
+    route: DeploymentRoute,
+    body: bytes,
+    timing: Timing,
+    asked: str | None = None,
 ) -> Answer:
     if route.kind.takes_raw_body:
         raise InvalidInput(
@@ -157,8 +170,11 @@ async def _v2_infer(
     # All outputs, the common case, need no selection in the runtime.
     names = None if parsed.outputs is None else [o.name for o in outputs]
     results = await _infer(route, parsed.inputs, names, parsed.parameters, timing, checked=True)
+    if any(o.classification for o in outputs):
+        results = protocol.classified(results, outputs, route.served, route.signature)
+    model_name, model_version = response_names(route, asked)
     payload, extra = protocol.encode_v2_response(
-        route.endpoint, route.name, parsed.id, results, outputs
+        model_name, model_version, parsed.id, results, outputs
     )
     accept_encoding = headers.get("accept-encoding")
     if accept_encoding:
@@ -167,6 +183,14 @@ async def _v2_infer(
             extra["content-encoding"] = encoding
     encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     return 200, payload, encoded, results
+
+
+def response_names(route: DeploymentRoute, asked: str | None) -> tuple[str, str]:
+    """`model_name` and `model_version` of an answer: a Triton model's name as asked and the
+    version served, else the endpoint and the deployment."""
+    if route.served is not None:
+        return asked or route.served.name, str(route.served.version)
+    return route.endpoint, route.name
 
 
 class ScoringEndpoint:
@@ -184,7 +208,10 @@ class ScoringEndpoint:
         state = self._state()
         started = time.perf_counter()
         params = scope["path_params"]
-        endpoint_name = params["endpoint"]
+        # /score names the endpoint; the protocol's paths a model (an endpoint's name, or
+        # a Triton model's), under an endpoint's prefix or the gateway's root.
+        asked = params.get("model")
+        endpoint_name = params.get("endpoint") or params.get("within") or asked
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = request_id_of(
             headers.get("x-request-id") or headers.get("x-ms-client-request-id")
@@ -203,26 +230,32 @@ class ScoringEndpoint:
         body = b""
         status = 499  # the client left before an answer (nginx's convention)
         try:
-            endpoint = state.hosts.snapshot.endpoint(endpoint_name)
+            if asked is None:
+                endpoint, pinned = state.hosts.snapshot.endpoint(endpoint_name), None
+            else:
+                endpoint, pinned = state.hosts.snapshot.model(
+                    asked, params.get("version"), params.get("within")
+                )
+                endpoint_name = endpoint.name
             if endpoint.rate_limit is None and endpoint.auth_mode != "aad_token":
                 authenticate(endpoint, headers.get("authorization"), state.credentials)
             else:
                 await state.admit(
                     endpoint, headers.get("authorization"), client_address(scope["client"])
                 )
-            target = params.get("deployment") or headers.get(DEPLOYMENT_HEADER)
+            target = pinned or headers.get(DEPLOYMENT_HEADER)
             route = self._pick(state, endpoint, target, headers)
             body = await read_body(receive, headers, state.settings.max_request_body_bytes)
             try:
                 status, payload, answer_headers, outputs = await self._handler(
-                    state, headers, route, body, timing
+                    state, headers, route, body, timing, asked
                 )
             except Retired:
                 # The deployment changed under this request: route it again, once.
                 endpoint = state.hosts.snapshot.endpoint(endpoint_name)
                 route = self._pick(state, endpoint, target, headers)
                 status, payload, answer_headers, outputs = await self._handler(
-                    state, headers, route, body, timing
+                    state, headers, route, body, timing, asked
                 )
             extra.append((DEPLOYMENT_HEADER.encode(), route.name.encode()))
             extra += answer_headers
@@ -283,7 +316,7 @@ class ScoringEndpoint:
                 candidate: DeploymentRoute, timing: Timing
             ) -> tuple[int, bytes, Any]:
                 code, answer, _, mirrored = await self._handler(
-                    state, headers, candidate, body, timing
+                    state, headers, candidate, body, timing, asked
                 )
                 return code, answer, mirrored
 
@@ -324,6 +357,7 @@ def record_request(
         metrics.inference_duration.observe(timing.inference_s)
     if status == 200:
         metrics.overhead_duration.observe(elapsed - timing.queue_s - timing.inference_s)
+        metrics.inferences += timing.rows or 1
     else:
         metrics.failed_seconds += elapsed
 
@@ -351,21 +385,28 @@ class FastScoring:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             parts = scope["path"].split("/")
-            # /endpoints/{e}/score, /v2/models/{e}/infer, /v2/models/{e}/versions/{d}/infer
+            # /endpoints/{e}/score
             if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "score" and parts[2]:
                 scope["path_params"] = {"endpoint": parts[2]}
                 return await self._score(scope, receive, send)
+            # [/endpoints/{e}]/v2/models/{m}[/versions/{v}]/infer
+            params: dict[str, str] = {}
+            if len(parts) > 3 and parts[1] == "endpoints" and parts[3] == "v2" and parts[2]:
+                params["within"] = parts[2]
+                parts = parts[2:]
+                parts[0] = ""
             if (
                 len(parts) in (5, 7)
                 and parts[1] == "v2"
                 and parts[2] == "models"
                 and parts[-1] == "infer"
+                and parts[3]
             ):
-                if len(parts) == 5 and parts[3]:
-                    scope["path_params"] = {"endpoint": parts[3]}
+                if len(parts) == 5:
+                    scope["path_params"] = {**params, "model": parts[3]}
                     return await self._infer(scope, receive, send)
-                if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
-                    scope["path_params"] = {"endpoint": parts[3], "deployment": parts[5]}
+                if parts[4] == "versions" and parts[5]:
+                    scope["path_params"] = {**params, "model": parts[3], "version": parts[5]}
                     return await self._infer(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -377,6 +418,14 @@ def endpoints(state: Callable[[], GatewayState]) -> tuple[ScoringEndpoint, Scori
 def routes(score: ScoringEndpoint, infer: ScoringEndpoint) -> list[Route]:
     return [
         Route("/endpoints/{endpoint}/score", score, methods=["POST"]),
-        Route("/v2/models/{endpoint}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{endpoint}/versions/{deployment}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+        # The protocol under an endpoint's URL (Azure ML's Triton deployments are asked
+        # there: `<scoring_uri without /score>/v2/models/<model>/infer`).
+        Route("/endpoints/{within}/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route(
+            "/endpoints/{within}/v2/models/{model}/versions/{version}/infer",
+            infer,
+            methods=["POST"],
+        ),
     ]

@@ -94,7 +94,13 @@ RUNTIME_KINDS: dict[str, RuntimeKind] = {
             "runtimes.triton_impl:TritonRuntime",
             "triton",
             "onnxruntime_onnx",
-            folder_markers=("config.pbtxt", "*/config.pbtxt"),
+            # config.pbtxt is optional, as Triton auto-completes it from the model file
+            folder_markers=(
+                "config.pbtxt",
+                "*/config.pbtxt",
+                "[0-9]*/model.onnx",
+                "*/[0-9]*/model.onnx",
+            ),
         ),
         RuntimeKind(
             "script",
@@ -169,6 +175,14 @@ def deployment_defaults(name: str, path: Path) -> dict[str, Any]:
     module, _ = _module_of(name)
     defaults = getattr(module, "deployment_defaults", None)
     return dict(defaults(path)) if defaults is not None else {}
+
+
+def describe(name: str, path: Path) -> dict[str, Any] | None:
+    """How the model's own format names it (a Triton model's name, version, configuration
+    and class labels); None for formats that do not."""
+    module, _ = _module_of(name)
+    found = getattr(module, "describe", None)
+    return dict(found(path)) if found is not None else None
 
 
 def model_warnings(name: str, path: Path) -> list[str]:

@@ -121,6 +121,8 @@ class Timing:
     arrived_at: float = 0.0
     batch_requests: int = 0
     batch_rows: int = 0
+    #: the request's own rows (its first input's first dimension)
+    rows: int = 0
 
 
 @dataclass(eq=False)
@@ -324,6 +326,7 @@ class Scheduler:
         timeout_name: str,
     ) -> Any:
         limit = timeout_name or f"{timeout_s * 1000:.0f} ms"
+        timing.rows = rows
         if self._retired:
             raise Retired(f"deployment '{self.name}' was replaced or deleted")
         if self._in_flight >= self._max_in_flight:

@@ -114,3 +114,46 @@ def torch_models(folder: Path) -> tuple[Path, Path]:
     exported = folder / "mlp.pt2"
     torch.export.save(program, str(exported))
     return script, exported
+
+
+def simple_add_sub(path: Path) -> Path:
+    """Triton's example model `simple`: INT32 `INPUT0`, `INPUT1` [-1, 16] -> `OUTPUT0` =
+    INPUT0 + INPUT1, `OUTPUT1` = INPUT0 - INPUT1."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "simple",
+        [
+            helper.make_tensor_value_info(name, TensorProto.INT32, [None, 16])
+            for name in ("INPUT0", "INPUT1")
+        ],
+        [
+            helper.make_tensor_value_info(name, TensorProto.INT32, [None, 16])
+            for name in ("OUTPUT0", "OUTPUT1")
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def image_classifier(path: Path, classes: int = 10, side: int = 4) -> Path:
+    """densenet's shape, small: `data_0` FP32 [1, 3, side, side] -> `fc6_1` FP32
+    [1, classes, 1, 1] (a fixed linear map, so each class's score is known)."""
+    weights = np.arange(3 * side * side * classes, dtype=np.float32).reshape(-1, classes)
+    weights = np.cos(weights)  # deterministic, varied
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["data_0"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "weights"], ["scores"]),
+            helper.make_node("Reshape", ["scores", "shape"], ["fc6_1"]),
+        ],
+        "image_classifier",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, classes, 1, 1])],
+        [
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.array([1, classes, 1, 1], dtype=np.int64), "shape"),
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
