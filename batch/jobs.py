@@ -121,7 +121,7 @@ class BatchJobs:
         counts = Counter(str(mb.state) for mb in batches)
         runner = self.runner_of(job_id)
         return {
-            **record.to_dict(),
+            **record.view(),
             "mini_batch_states": dict(counts),
             # What the workers spent on their mini-batches (read, score, write), without
             # the job's start and assembly.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,11 +93,21 @@ class RolloutRecord(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def iso(epoch: float | None) -> str | None:
+    """Seconds since the epoch as an answer shows a time: ISO-8601 UTC with milliseconds,
+    as every stored time is written."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
 class Record(BaseModel):
     """A stored record: frozen; fields it does not know (written by a newer version)
     are ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+    #: fields kept as seconds since the epoch, which answers show as ISO-8601 times
+    epoch_fields: ClassVar[tuple[str, ...]] = ()
 
     def changed(self, **changes: Any) -> Self:
         """This record with `changes`, validated (a state given as a string becomes
@@ -105,7 +115,15 @@ class Record(BaseModel):
         return type(self).model_validate({**self.model_dump(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
+        """As stored."""
         return self.model_dump(mode="json")
+
+    def view(self) -> dict[str, Any]:
+        """As answered: times as ISO-8601 strings."""
+        shown = self.to_dict()
+        for name in self.epoch_fields:
+            shown[name] = iso(shown.get(name))
+        return shown
 
 
 class JobSettings(BatchSettings):
@@ -144,6 +162,7 @@ class JobRecord(Record):
     #: the runner's process on its host (informational: the lease says who runs it)
     pid: int | None = None
     started_at: str | None = None
+    #: when the runner started, seconds since the epoch (answers: ISO-8601)
     runner_started: float | None = None
     done: int = 0
     failed: int = 0
@@ -151,6 +170,8 @@ class JobRecord(Record):
     retried_mini_batches: tuple[int, ...] = ()
     finished_at: str | None = None
     summary: dict[str, Any] | None = None
+
+    epoch_fields: ClassVar[tuple[str, ...]] = ("runner_started",)
 
     @property
     def final(self) -> bool:

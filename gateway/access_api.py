@@ -4,6 +4,7 @@ store keeps its hash), and secrets (set, list names, delete; never read back).""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deploy.errors import SpecError
+from deploy.records import AdminTokenRecord, iso
 from deploy.roles import Permission
 from gateway.access import principal
 from gateway.api import operation
@@ -85,7 +87,7 @@ async def create_token(request: Request, state: GatewayState) -> Response:
     )
     # Not through _json: its masking must not hide the one time the token is shown.
     return Response(
-        orjson.dumps({**record.model_dump(), "token": token}), 201, media_type="application/json"
+        orjson.dumps({**_token_view(record), "token": token}), 201, media_type="application/json"
     )
 
 
@@ -99,7 +101,7 @@ async def create_token(request: Request, state: GatewayState) -> Response:
 )
 async def list_tokens(request: Request, state: GatewayState) -> Response:
     tokens = await run_in_threadpool(state.control.store.list_admin_tokens)
-    return _json([t.model_dump() for t in tokens])
+    return _json([_token_view(t) for t in tokens])
 
 
 @operation(
@@ -174,3 +176,8 @@ async def delete_secret(request: Request, state: GatewayState) -> Response:
 async def rotate_secrets(request: Request, state: GatewayState) -> Response:
     rotated = await run_in_threadpool(state.control.rotate_secrets, principal(request).actor)
     return _json({"rotated": rotated})
+
+
+def _token_view(record: AdminTokenRecord) -> dict[str, Any]:
+    """A token as answered: its expiry as an ISO-8601 time."""
+    return {**record.model_dump(), "expires_at": iso(record.expires_at)}

@@ -71,6 +71,13 @@ class Deployment(Answer):
     instances_ready: int
 
 
+class DeploymentPatch(BaseModel):
+    """Fields of a deployment's spec to change (a JSON merge patch: objects merge, null
+    removes a field), e.g. `{"instance_count": 2}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class LogLine(BaseModel):
     """A line of a deployment's log."""
 
@@ -250,7 +257,8 @@ class AdminTokenView(BaseModel):
     name: str
     role: str
     endpoints: str
-    expires_at: float | None
+    #: ISO-8601 UTC; null: it does not expire
+    expires_at: str | None
     created_by: str
     created_at: str
 
@@ -275,8 +283,9 @@ class MonitorRunView(BaseModel):
     id: int
     monitor: str
     at: str
-    window_start: float
-    window_end: float
+    #: the window of logged rows it judged (ISO-8601 UTC)
+    window_start: str
+    window_end: str
     #: ok, breach, no_data, too_few_rows, no_baseline, failed
     state: str
     #: per feature and prediction: psi, js_distance, null_rate, out_of_range_rate, breaches

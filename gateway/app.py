@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,12 +125,20 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
 
             grpc_server = await grpc_service.start(state, settings.host, settings.grpc_port)
         state.ready = True
+        log.info(
+            "servegate is ready at %s; the studio: %s/studio/; the owner's admin token is in "
+            "%s (the CLI reads it from there)",
+            settings.url,
+            settings.url,
+            settings.admin_token_path,
+        )
         if settings.demo:
             keys = await run_in_threadpool(state.control.list_keys, demo.DEMO_ENDPOINT)
             print(
                 "servegate demo endpoint is ready. Score it with:\n\n  "
                 + demo.curl_command(settings.host, settings.port, keys["primaryKey"])
-                + "\n",
+                + f"\n\nThe studio: {settings.url}/studio/ (sign in with the admin token in "
+                f"{settings.admin_token_path})\n",
                 flush=True,
             )
         try:
@@ -181,9 +191,34 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
     return scoring.FastScoring(app, score, infer, settings.access_log, provider_origins)
 
 
+class PortInUse(Exception):
+    """The gateway's port is taken (another gateway runs there?)."""
+
+
+def check_port(host: str, port: int, option: str) -> None:
+    """Refuse at once a port another process listens on, before any deployment is loaded
+    (uvicorn binds only after the app has started)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise PortInUse(
+                f"port {port} on {host} is in use (a gateway already runs on {port}?): give "
+                f"another with {option}"
+            ) from None
+
+
 def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     """Run the gateway under uvicorn until SIGINT/SIGTERM, then drain in-flight requests.
-    Raises StoreUnavailable (before anything starts) when the store cannot be opened."""
+    Raises PortInUse or StoreUnavailable (before anything starts) when its port is taken
+    or the store cannot be opened."""
+    check_port(settings.host, settings.port, "--port")
+    if settings.grpc_port:
+        check_port(settings.host, settings.grpc_port, "--grpc-port")
     logs.configure(log_level, settings.log_format)
     tracing.configure()
     # A store that cannot be opened (corrupt, unreachable, no secret): one clear error

@@ -33,7 +33,7 @@ from gateway import tracing
 from gateway.access import authorize, principal_for
 from gateway.errors import status_of
 from gateway.metadata import SERVER_VERSION
-from gateway.protocol import RequestedOutput, classified
+from gateway.protocol import RequestedOutput, classified, tabular_input
 from gateway.rate_limit import peer_address
 from gateway.request_ids import current, request_id_of
 from gateway.routing import DeploymentRoute
@@ -119,7 +119,10 @@ def decode_inputs(
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         if datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
-        route.signature.check_input(name, datatype, shape)
+        cast = None
+        if route.kind.tabular:  # KServe's leniency, as over HTTP
+            name, cast = tabular_input(route.signature, name, datatype, len(request.inputs))
+        route.signature.check_input(name, cast or datatype, shape)
         count = math.prod(shape)
         if raw:
             if datatype == "BYTES":
@@ -143,7 +146,8 @@ def decode_inputs(
             )
         if array.size != count:
             raise InvalidInput(f"input '{name}': {array.size} values for shape {shape}")
-        inputs[name] = array.reshape(shape)
+        array = array.reshape(shape)
+        inputs[name] = array if cast is None else array.astype(DATATYPE_TO_NUMPY[cast])
     return inputs
 
 

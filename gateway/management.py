@@ -33,6 +33,7 @@ from gateway.api_models import (
     CodeUpload,
     DataUpload,
     Deployment,
+    DeploymentPatch,
     EndpointUpdate,
     EndpointView,
     KeyRegenerated,
@@ -56,8 +57,8 @@ def _document(doc: Any) -> Any:
     `to_dict()`, in lists too."""
     if isinstance(doc, list):
         return [_document(item) for item in doc]
-    to_dict = getattr(doc, "to_dict", None)
-    return to_dict() if callable(to_dict) else doc
+    shown = getattr(doc, "view", None) or getattr(doc, "to_dict", None)  # view: times as ISO
+    return shown() if callable(shown) else doc
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -545,6 +546,65 @@ async def create_deployment(request: Request, state: GatewayState) -> Response:
     resolved, warnings = await _put(state, spec, actor, all_traffic)
     shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
     return _json(_warned(shown, warnings), 201)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: `patch`'s fields replace `target`'s, objects merge
+    field by field, null removes a field."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+@operation(
+    "PATCH",
+    "/endpoints/{endpoint}/deployments/{deployment}",
+    "Change some fields of a deployment (a JSON merge patch of its spec, as "
+    "`az ml online-deployment update --set`); it is then updated as by create",
+    tag="deployments",
+    permission=Permission.OPERATE,
+    body=DeploymentPatch,
+    response=Deployment,
+    accepted_status=202,
+    errors=(404, 409, 424),
+    query=(
+        Query(
+            "no_wait",
+            {"type": "boolean"},
+            "answer 202 at once (provisioning_state Updating) and load in the background",
+        ),
+    ),
+)
+async def patch_deployment(request: Request, state: GatewayState) -> Response:
+    """PATCH /management/endpoints/{endpoint}/deployments/{deployment} {field: value, ...}
+
+    Applied to the stored spec (with its real secrets, which answers mask), so a change
+    of instance_count leaves environment variables and headers as they are."""
+    endpoint, name = request.path_params["endpoint"], request.path_params["deployment"]
+    patch = await _body(request)
+    for fixed in ("name", "endpoint_name"):
+        if fixed in patch and patch[fixed] != {"name": name, "endpoint_name": endpoint}[fixed]:
+            raise SpecError(f"field '{fixed}': a deployment's {fixed} cannot change")
+    stored = await run_in_threadpool(state.control.get_deployment, endpoint, name)
+    spec = parse_spec(
+        OnlineDeploymentSpec, merge_patch(stored.to_dict(), patch), "the patched deployment"
+    )
+    actor = _actor(request)
+    if _flag(request, "no_wait"):
+        intent = await run_in_threadpool(
+            state.control.record_intent, spec, "Updating", actor, False, state.identity.id
+        )
+        provisioning = state.hosts.provisioning(intent, _put(state, spec, actor, False))
+        return _json({**spec.to_dict(), **provisioning}, 202)
+    resolved, warnings = await _put(state, spec, actor, False)
+    shown = {**resolved.to_dict(), **state.hosts.health(endpoint, resolved.name)}
+    return _json(_warned(shown, warnings))
 
 
 #: How often a replica looks for no_wait creates and updates whose replica died.

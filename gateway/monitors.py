@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deploy.errors import SpecError
+from deploy.records import iso
 from deploy.roles import Permission
 from deploy.specs import MonitorSpec
 from gateway.access import authorize_endpoint, in_scope, principal
@@ -146,9 +147,14 @@ async def _in_scope(request: Request, state: GatewayState, name: str) -> Monitor
     return spec
 
 
+def _run_view(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as answered: its window as ISO-8601 times (stored as epoch seconds)."""
+    return {**run, "window_start": iso(run["window_start"]), "window_end": iso(run["window_end"])}
+
+
 async def _view(state: GatewayState, spec: MonitorSpec) -> dict[str, Any]:
     last = await run_in_threadpool(state.control.store.list_monitor_runs, spec.name, 1)
-    return {**spec.to_dict(), "last_run": last[0] if last else None}
+    return {**spec.to_dict(), "last_run": _run_view(last[0]) if last else None}
 
 
 @operation(
@@ -227,7 +233,7 @@ async def run_monitor(request: Request, state: GatewayState) -> Response:
     spec = await _in_scope(request, state, request.path_params["name"])
     record = await execute(state, spec)
     runs = await run_in_threadpool(state.control.store.list_monitor_runs, spec.name, 1)
-    return _json(runs[0] if runs and runs[0]["id"] == record["id"] else record, 201)
+    return _json(_run_view(runs[0] if runs and runs[0]["id"] == record["id"] else record), 201)
 
 
 @operation(
@@ -245,4 +251,4 @@ async def monitor_runs(request: Request, state: GatewayState) -> Response:
     if not 1 <= limit <= 1000:
         raise SpecError(f"query parameter 'limit': must be 1-1000, got {limit}")
     runs = await run_in_threadpool(state.control.store.list_monitor_runs, spec.name, limit)
-    return _json(runs)
+    return _json([_run_view(run) for run in runs])

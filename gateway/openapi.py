@@ -88,11 +88,14 @@ _DEPLOYMENT_HEADER = {
 }
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    ep, dep = _path("endpoint"), _path("deployment")
+def _protocol_paths(prefix: str) -> dict[str, Any]:
+    """The Open Inference Protocol's model routes at `prefix` (the gateway's root, or an
+    endpoint's URL: `/endpoints/{within}`)."""
+    model, version = _path("model"), _path("version")
+    base = [_path("within")] if prefix else []
     infer = _op(
-        "Run inference (Open Inference Protocol v2, JSON or binary tensor data)",
+        "Run inference (Open Inference Protocol v2, JSON or binary tensor data); the model "
+        "is an endpoint's name or a Triton model's",
         "v2",
         _responses(
             {"$ref": "#/components/schemas/InferenceResponse"},
@@ -106,28 +109,58 @@ def openapi_document() -> dict[str, Any]:
             503,
         ),
         _V2_BODY,
-        [ep, _DEPLOYMENT_HEADER],
+        [*base, model, _DEPLOYMENT_HEADER],
     )
-    infer_version = {**infer, "parameters": [ep, dep]}
     metadata = _op(
-        "Model metadata: the endpoint's signature",
+        "Model metadata: the model's signature",
         "v2",
-        _responses(_JSON_OBJECT, 401, 404),
-        params=[ep],
+        _responses(_JSON_OBJECT, 400, 401, 404),
+        params=[*base, model],
     )
-    ready = _op("Model readiness", "v2", _responses(_JSON_OBJECT, 401, 404, 503), params=[ep])
+    ready = _op(
+        "Model readiness", "v2", _responses(_JSON_OBJECT, 400, 401, 404, 503), params=[*base, model]
+    )
     config = _op(
-        "The deployment as Triton's model configuration",
+        "The model's Triton configuration (a Triton model's own, else the deployment's)",
         "v2",
-        _responses(_JSON_OBJECT, 401, 404, 503),
-        params=[ep],
+        _responses(_JSON_OBJECT, 400, 401, 404, 503),
+        params=[*base, model],
     )
     stats = _op(
         "Triton's statistics extension, from the gateway's counters",
         "v2",
-        _responses(_JSON_OBJECT, 401, 404, 503),
-        params=[ep],
+        _responses(_JSON_OBJECT, 400, 401, 404, 503),
+        params=[*base, model],
     )
+    pinned = [*base, model, version]
+    root = f"{prefix}/v2/models/{{model}}"
+    at = f"{root}/versions/{{version}}"
+    return {
+        f"{prefix}/v2": {
+            "get": _op("Server metadata", "v2", _responses(_JSON_OBJECT), params=base, secured=None)
+        },
+        f"{prefix}/v2/health/live": {
+            "get": _op("Liveness", "v2", _responses(None), params=base, secured=None)
+        },
+        f"{prefix}/v2/health/ready": {
+            "get": _op("Readiness", "v2", _responses(None, 503), params=base, secured=None)
+        },
+        root: {"get": metadata},
+        f"{root}/ready": {"get": ready},
+        f"{root}/infer": {"post": infer},
+        at: {"get": {**metadata, "parameters": pinned}},
+        f"{at}/ready": {"get": {**ready, "parameters": pinned}},
+        f"{at}/infer": {"post": {**infer, "parameters": pinned}},
+        f"{root}/config": {"get": config},
+        f"{at}/config": {"get": {**config, "parameters": pinned}},
+        f"{root}/stats": {"get": stats},
+        f"{at}/stats": {"get": {**stats, "parameters": pinned}},
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    ep = _path("endpoint")
     repository_change = _op(
         "Refused (400): deployments change through the management API",
         "v2",
@@ -155,27 +188,8 @@ def openapi_document() -> dict[str, Any]:
                 [ep, _DEPLOYMENT_HEADER],
             )
         },
-        "/v2": {"get": _op("Server metadata", "v2", _responses(_JSON_OBJECT), secured=None)},
-        "/v2/health/live": {"get": _op("Liveness", "v2", _responses(None), secured=None)},
-        "/v2/health/ready": {"get": _op("Readiness", "v2", _responses(None, 503), secured=None)},
-        "/v2/models/{endpoint}": {"get": metadata},
-        "/v2/models/{endpoint}/ready": {"get": ready},
-        "/v2/models/{endpoint}/infer": {"post": infer},
-        "/v2/models/{endpoint}/versions/{deployment}": {
-            "get": {**metadata, "parameters": [ep, dep]}
-        },
-        "/v2/models/{endpoint}/versions/{deployment}/ready": {
-            "get": {**ready, "parameters": [ep, dep]}
-        },
-        "/v2/models/{endpoint}/versions/{deployment}/infer": {"post": infer_version},
-        "/v2/models/{endpoint}/config": {"get": config},
-        "/v2/models/{endpoint}/versions/{deployment}/config": {
-            "get": {**config, "parameters": [ep, dep]}
-        },
-        "/v2/models/{endpoint}/stats": {"get": stats},
-        "/v2/models/{endpoint}/versions/{deployment}/stats": {
-            "get": {**stats, "parameters": [ep, dep]}
-        },
+        **_protocol_paths(""),
+        **_protocol_paths("/endpoints/{within}"),
         "/v2/models/stats": {
             "get": _op(
                 "Triton statistics of every deployment (admin token)",

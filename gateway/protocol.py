@@ -26,7 +26,7 @@ from runtimes.tensor_codec import (
     reshape,
     tensor_bytes,
 )
-from runtimes.types import Signature, datatype_of
+from runtimes.types import DATATYPE_TO_NUMPY, Signature, datatype_of
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -116,8 +116,29 @@ def _parameters(item: dict[str, Any], where: str, position: int) -> dict[str, An
 
 
 # -- Open Inference Protocol v2 requests --------------------------------------
-def parse_v2_request(body: bytes, header_length: str | None, signature: Signature) -> InferRequest:
-    """Decode a `/v2/.../infer` body: JSON, JSON + binary tensors, or raw binary."""
+def tabular_input(
+    signature: Signature, name: str, datatype: str, inputs: int
+) -> tuple[str, str | None]:
+    """KServe's sklearn and xgboost servers' leniency, for a table model: the model's one
+    input under another name (KServe's `input-0`), and numbers that cast without loss
+    (FP32 or INT32 data for an FP64 column). The input's name for the model, and the
+    datatype to cast to (None: none). Anything else is checked as usual."""
+    if signature.input(name) is None and inputs == 1 and len(signature.inputs) == 1:
+        name = signature.inputs[0].name
+    spec = signature.input(name)
+    if spec is None or spec.datatype == datatype or datatype not in DATATYPE_TO_NUMPY:
+        return name, None
+    source, target = DATATYPE_TO_NUMPY[datatype], DATATYPE_TO_NUMPY[spec.datatype]
+    if datatype != "BYTES" and spec.datatype != "BYTES" and np.can_cast(source, target, "safe"):
+        return name, spec.datatype
+    return name, None
+
+
+def parse_v2_request(
+    body: bytes, header_length: str | None, signature: Signature, tabular: bool = False
+) -> InferRequest:
+    """Decode a `/v2/.../infer` body: JSON, JSON + binary tensors, or raw binary.
+    `tabular`: a table model's leniency (tabular_input)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
@@ -155,15 +176,18 @@ def parse_v2_request(body: bytes, header_length: str | None, signature: Signatur
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise MalformedRequest(f"field 'inputs[{position}].name' must be a string")
         name = item["name"]
-        if name in request.inputs:
-            raise InvalidInput(f"input '{name}' is given twice")
         shape = _shape(name, item.get("shape"))
         datatype = item.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}': field 'datatype' must be a string such as FP32")
+        cast: str | None = None
+        if tabular:
+            name, cast = tabular_input(signature, name, datatype, len(inputs))
+        if name in request.inputs:
+            raise InvalidInput(f"input '{name}' is given twice")
         # Against the model before any data is decoded: a body that cannot fit costs nothing.
         numpy_dtype(name, datatype)  # a datatype the protocol does not know: say so first
-        signature.check_input(name, datatype, shape)
+        signature.check_input(name, cast or datatype, shape)
         size = _parameters(item, "inputs", position).get("binary_data_size")
         if size is not None:
             if (
@@ -182,7 +206,7 @@ def parse_v2_request(body: bytes, header_length: str | None, signature: Signatur
             array = reshape(name, array_from_json(name, item["data"], datatype), shape)
         else:
             raise InvalidInput(f"input '{name}': needs 'data' or parameters.binary_data_size")
-        request.inputs[name] = array
+        request.inputs[name] = array if cast is None else array.astype(DATATYPE_TO_NUMPY[cast])
     if offset != len(binary):
         raise MalformedRequest(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
@@ -269,18 +293,32 @@ def _raw_binary_request(body: bytes, signature: Signature) -> InferRequest:
 
 
 # -- Open Inference Protocol v2 responses -------------------------------------
-def select_outputs(request: InferRequest, signature: Signature) -> list[RequestedOutput]:
-    """The outputs to compute and return; raise InvalidInput for an unknown name."""
+def select_outputs(
+    request: InferRequest, signature: Signature, tabular: bool = False
+) -> list[RequestedOutput]:
+    """The outputs to compute and return; raise InvalidInput for an unknown name. For a
+    table model, `output-N` (KServe's names) is the model's N-th output, answered under
+    the name asked for (see rename_outputs)."""
     if request.outputs is None:
         return [RequestedOutput(name, request.binary_output) for name in signature.output_names]
     known = set(signature.output_names)
     for output in request.outputs:
-        if output.name not in known:
+        if output.name not in known and kserve_output(output.name, signature, tabular) is None:
             raise InvalidInput(
                 f"unknown output '{output.name}'; the model's outputs are: "
                 f"{', '.join(signature.output_names)}"
             )
     return request.outputs
+
+
+def kserve_output(name: str, signature: Signature, tabular: bool) -> str | None:
+    """The model's output that KServe's `output-N` means, for a table model."""
+    if not tabular or name in signature.output_names or not name.startswith("output-"):
+        return None
+    index = name.removeprefix("output-")
+    if index.isascii() and index.isdigit() and int(index) < len(signature.outputs):
+        return signature.outputs[int(index)].name
+    return None
 
 
 def encode_v2_response(

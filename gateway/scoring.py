@@ -161,15 +161,22 @@ async def _v2_infer(
             f"deployment '{route.name}' runs a scoring script, which takes raw requests: "
             f"use POST /endpoints/{route.endpoint}/score"
         )
-    args = (body, headers.get(protocol.HEADER_LENGTH), route.signature)
+    tabular = route.kind.tabular
+    args = (body, headers.get(protocol.HEADER_LENGTH), route.signature, tabular)
     if len(body) <= OFFLOAD_DECODE_BYTES:
         parsed = protocol.parse_v2_request(*args)
     else:
         parsed = await asyncio.to_thread(protocol.parse_v2_request, *args)
-    outputs = protocol.select_outputs(parsed, route.signature)
+    outputs = protocol.select_outputs(parsed, route.signature, tabular)
     # All outputs, the common case, need no selection in the runtime.
-    names = None if parsed.outputs is None else [o.name for o in outputs]
+    names = None
+    if parsed.outputs is not None:
+        names = [
+            protocol.kserve_output(o.name, route.signature, tabular) or o.name for o in outputs
+        ]
     results = await _infer(route, parsed.inputs, names, parsed.parameters, timing, checked=True)
+    if tabular and names is not None:  # answered under the names asked for (output-0)
+        results = {o.name: results[name] for o, name in zip(outputs, names, strict=True)}
     if any(o.classification for o in outputs):
         results = protocol.classified(results, outputs, route.served, route.signature)
     model_name, model_version = response_names(route, asked)

@@ -63,3 +63,10 @@ class GatewaySettings:
     @property
     def admin_token_path(self) -> Path:
         return self.home / "admin_token"
+
+    @property
+    def url(self) -> str:
+        """Where this gateway is reached from its own host (a wildcard host as loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{self.port}"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from deploy.records import iso
 from deploy.specs import CollectorDestination, MonitorSpec
 from monitoring.drift import FeatureDrift, compare
 from monitoring.windows import (
@@ -34,7 +35,7 @@ def run(
     """Judge the rows logged in (start, end]. States: ok, breach (`breached` names the
     features and predictions), no_data (nothing logged in the window), too_few_rows,
     no_baseline (first_rows not logged yet), failed (`error` says why)."""
-    outcome: dict[str, Any] = {"window": {"start": start, "end": end}, "rows": 0}
+    outcome: dict[str, Any] = {"window": {"start": iso(start), "end": iso(end)}, "rows": 0}
     try:
         # A baseline of the first rows logged needs the data from the start.
         since = start if spec.baseline.path is not None else None

@@ -43,6 +43,10 @@ class RuntimeKind:
     default_host: str = "thread"
     #: files (glob patterns) that make a model folder this kind's
     folder_markers: tuple[str, ...] = ()
+    #: a table model (KServe's sklearn and xgboost servers' leniency): a request's one
+    #: input may carry another name (`input-0`) for the model's one input, numbers that
+    #: cast safely (FP32 for FP64), and `output-N` may ask for the N-th output
+    tabular: bool = False
 
     @property
     def module(self) -> str:
@@ -69,6 +73,7 @@ RUNTIME_KINDS: dict[str, RuntimeKind] = {
             "sklearn",
             "sklearn",
             (".skops", ".joblib", ".pkl", ".pickle"),
+            tabular=True,
         ),
         RuntimeKind(
             "xgboost",
@@ -76,9 +81,15 @@ RUNTIME_KINDS: dict[str, RuntimeKind] = {
             "xgboost",
             "xgboost",
             (".json", ".ubj"),
+            tabular=True,
         ),
         RuntimeKind(
-            "lightgbm", "runtimes.lightgbm_impl:LightGBMRuntime", "lightgbm", "lightgbm", (".txt",)
+            "lightgbm",
+            "runtimes.lightgbm_impl:LightGBMRuntime",
+            "lightgbm",
+            "lightgbm",
+            (".txt",),
+            tabular=True,
         ),
         RuntimeKind(
             "mlflow",
@@ -88,6 +99,7 @@ RUNTIME_KINDS: dict[str, RuntimeKind] = {
             # python_function models run their own code: isolated by default
             default_host="process",
             folder_markers=("MLmodel",),
+            tabular=True,
         ),
         RuntimeKind(
             "triton",

@@ -48,10 +48,14 @@ def _setting(name: str) -> Any:
     return click.get_current_context().find_root().meta.get(f"servegate.{name}")
 
 
-def _print(doc: Any) -> None:
-    """An answer, picked by --query and rendered by -o (JSON by default)."""
+def _print(doc: Any, columns: tuple[str, ...] = ()) -> None:
+    """An answer, picked by --query and rendered by -o (JSON by default); `columns`: what
+    `-o table` shows of each item when --query picks nothing."""
     if doc is not None:
-        click.echo(render(select(doc, _setting("query")), _setting("output") or "json"))
+        query = _setting("query")
+        click.echo(
+            render(select(doc, query), _setting("output") or "json", () if query else columns)
+        )
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -500,6 +504,7 @@ def serve(
 ) -> None:
     """Run the gateway."""
     from batch.roots import ROOTS_ENV, parse_roots
+    from gateway.app import PortInUse
     from gateway.app import serve as run
     from gateway.settings import GatewaySettings
     from runtimes.resources import CPUS_ENV
@@ -511,36 +516,40 @@ def serve(
         # Through the environment, so batch runners check the files they list too.
         os.environ[ROOTS_ENV] = ",".join(parse_roots(batch_roots))
 
-    run(
-        GatewaySettings(
-            home=ctx.home,
-            host=host,
-            port=port,
-            demo=demo,
-            max_request_body_bytes=max_request_body_bytes,
-            graceful_shutdown_s=graceful_shutdown_s,
-            max_header_bytes=max_header_bytes,
-            header_timeout_s=header_timeout_s,
-            max_connections=max_connections,
-            grpc_port=grpc_port,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_ca_certs=ssl_ca_certs,
-            oidc=_oidc_settings(
-                oidc_issuer,
-                oidc_audience,
-                oidc_jwks,
-                oidc_roles_claim,
-                oidc_roles,
-                oidc_client_id,
-                oidc_scope,
+    try:
+        run(
+            GatewaySettings(
+                home=ctx.home,
+                host=host,
+                port=port,
+                demo=demo,
+                max_request_body_bytes=max_request_body_bytes,
+                graceful_shutdown_s=graceful_shutdown_s,
+                max_header_bytes=max_header_bytes,
+                header_timeout_s=header_timeout_s,
+                max_connections=max_connections,
+                grpc_port=grpc_port,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                ssl_ca_certs=ssl_ca_certs,
+                oidc=_oidc_settings(
+                    oidc_issuer,
+                    oidc_audience,
+                    oidc_jwks,
+                    oidc_roles_claim,
+                    oidc_roles,
+                    oidc_client_id,
+                    oidc_scope,
+                ),
+                management_rate_limit=_rate_limit(management_rate_limit),
+                log_format=log_format,
+                access_log=_access_log(access_log),
             ),
-            management_rate_limit=_rate_limit(management_rate_limit),
-            log_format=log_format,
-            access_log=_access_log(access_log),
-        ),
-        log_level,
-    )
+            log_level,
+        )
+    except PortInUse as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 def _access_log(raw: str) -> float:
@@ -735,7 +744,7 @@ def _set_option(help_text: str) -> Any:
     return click.option("--set", "assignments", multiple=True, metavar="PATH=VALUE", help=help_text)
 
 
-def _file_options(command: Any) -> Any:
+def _file_options(command: Any, required: bool = True) -> Any:
     """-f (the YAML file), --set path=value (repeatable) and --strict, as az takes them."""
     command = click.option(
         "--strict",
@@ -749,10 +758,15 @@ def _file_options(command: Any) -> Any:
         "--file",
         "-f",
         "file",
-        required=True,
+        required=required,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="The YAML file.",
     )(command)
+
+
+def _file_options_optional(command: Any) -> Any:
+    """_file_options for `update`, which also works without a file (-n, -e, --set)."""
+    return _file_options(command, required=False)
 
 
 def _assign(doc: dict[str, Any], assignment: str) -> None:
@@ -876,12 +890,14 @@ def endpoint_create(
 @click.option("--name", "-n", required=True)
 @pass_ctx
 def endpoint_show(ctx: Ctx, name: str) -> None:
+    """Show an endpoint: its traffic, mirror traffic, auth mode and scoring URI."""
     _print(ctx.client.show_endpoint(name))
 
 
 @endpoint.command("list")
 @pass_ctx
 def endpoint_list(ctx: Ctx) -> None:
+    """List online endpoints."""
     _print(ctx.client.list_endpoints())
 
 
@@ -1003,16 +1019,22 @@ def deployment_create(
 
 
 @deployment.command("update")
-@_file_options
-@click.option("--name", "-n", default=None, help="Override the file's name.")
+@_file_options_optional
 @click.option(
-    "--endpoint-name", "--endpoint", "-e", default=None, help="Override the file's endpoint_name."
+    "--name", "-n", default=None, help="Override the file's name (without -f: the deployment)."
+)
+@click.option(
+    "--endpoint-name",
+    "--endpoint",
+    "-e",
+    default=None,
+    help="Override the file's endpoint_name (without -f: the deployment's endpoint).",
 )
 @click.option("--no-wait", is_flag=True, help=_NO_WAIT_HELP)
 @pass_ctx
 def deployment_update(
     ctx: Ctx,
-    file: Path,
+    file: Path | None,
     assignments: tuple[str, ...],
     strict: bool,
     name: str | None,
@@ -1020,7 +1042,19 @@ def deployment_update(
     no_wait: bool,
 ) -> None:
     """Update a deployment in place (model version, instances, batching...): new instances
-    load and warm up, traffic switches, the old ones drain. No request fails."""
+    load and warm up, traffic switches, the old ones drain. No request fails. Without
+    -f, as az does: -n, -e and --set change the stored deployment's fields."""
+    if file is None:
+        if not (name and endpoint_name and assignments):
+            raise click.UsageError(
+                "give -f FILE, or -n NAME -e ENDPOINT with --set PATH=VALUE (e.g. "
+                "--set instance_count=2)"
+            )
+        patch: dict[str, Any] = {}
+        for assignment in assignments:
+            _assign(patch, assignment)
+        _print_warned(ctx.client.patch_deployment(endpoint_name, name, patch, no_wait))
+        return
     overrides = {"name": name, "endpoint_name": endpoint_name}
     _, body = _prepared(ctx, OnlineDeploymentSpec, file, assignments, overrides, strict)
     _print_warned(
@@ -1034,6 +1068,7 @@ def deployment_update(
 @click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def deployment_list(ctx: Ctx, endpoint_name: str) -> None:
+    """List an endpoint's deployments with their state on this replica."""
     _print(ctx.client.list_deployments(endpoint_name))
 
 
@@ -1042,6 +1077,7 @@ def deployment_list(ctx: Ctx, endpoint_name: str) -> None:
 @click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
+    """Show a deployment: its spec, provisioning_state and instances ready."""
     _print(ctx.client.show_deployment(endpoint_name, name))
 
 
@@ -1190,12 +1226,14 @@ def batch_endpoint_create(
 @click.option("--name", "-n", required=True)
 @pass_ctx
 def batch_endpoint_show(ctx: Ctx, name: str) -> None:
+    """Show a batch endpoint and its default deployment."""
     _print(ctx.client.show_batch_endpoint(name))
 
 
 @batch_endpoint.command("list")
 @pass_ctx
 def batch_endpoint_list(ctx: Ctx) -> None:
+    """List batch endpoints."""
     _print(ctx.client.list_batch_endpoints())
 
 
@@ -1298,6 +1336,7 @@ def batch_deployment_update(
 @click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def batch_deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
+    """Show a batch deployment."""
     _print(ctx.client.show_batch_deployment(endpoint_name, name))
 
 
@@ -1305,6 +1344,7 @@ def batch_deployment_show(ctx: Ctx, name: str, endpoint_name: str) -> None:
 @click.option("--endpoint-name", "--endpoint", "-e", required=True)
 @pass_ctx
 def batch_deployment_list(ctx: Ctx, endpoint_name: str) -> None:
+    """List a batch endpoint's deployments."""
     _print(ctx.client.list_batch_deployments(endpoint_name))
 
 
@@ -1417,6 +1457,10 @@ def _finish_waiting(ctx: Ctx, job_id: str) -> None:
         raise SystemExit(EXIT_COMPLETED_WITH_FAILURES)
 
 
+#: what `batch list -o table` shows of a job
+JOB_COLUMNS = ("id", "endpoint", "deployment", "state", "done", "failed", "created_at")
+
+
 @batch.command("invoke")
 @click.option(
     "--endpoint",
@@ -1504,13 +1548,15 @@ def batch_show(ctx: Ctx, job_id: str) -> None:
 @click.option("--endpoint", "--endpoint-name", "-e", default=None)
 @pass_ctx
 def batch_list(ctx: Ctx, endpoint: str | None) -> None:
-    _print(ctx.client.jobs(endpoint))
+    """Jobs, newest first (-o table: what fits a line)."""
+    _print(ctx.client.jobs(endpoint), JOB_COLUMNS)
 
 
 @batch.command("cancel")
 @click.argument("job_id")
 @pass_ctx
 def batch_cancel(ctx: Ctx, job_id: str) -> None:
+    """Cancel a job: its workers stop; done mini-batches stay done."""
     _print(ctx.client.job_action(job_id, "cancel"))
 
 
@@ -1693,8 +1739,13 @@ def _seconds(text: str) -> float:
     "--report", type=click.Path(path_type=Path), default=Path("loadtest.json"), show_default=True
 )
 @click.option(
-    "--plot", type=click.Path(path_type=Path), default=Path("loadtest.png"), show_default=True
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=Path("loadtest.png"),
+    show_default=True,
+    help="The PNG plot of latency and throughput over time (needs matplotlib).",
 )
+@click.option("--no-plot", is_flag=True, help="Write no plot (no matplotlib needed).")
 def loadtest(
     target_url: str,
     rate: float | None,
@@ -1704,6 +1755,7 @@ def loadtest(
     headers: tuple[str, ...],
     report: Path,
     plot: Path,
+    no_plot: bool,
 ) -> None:
     """Load-test an endpoint; print throughput and p50/p90/p99/p99.9 latency, write a
     JSON report and a PNG plot."""
@@ -1714,6 +1766,14 @@ def loadtest(
         raise click.UsageError(
             "give exactly one of --rate (open loop) or --concurrency (closed loop)"
         )
+    if not no_plot:
+        try:  # before the test runs, not after it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "the PNG plot (--plot) needs matplotlib: pip install 'servegate[loadtest]', "
+                "or give --no-plot"
+            ) from None
     header_map = {"Content-Type": "application/json"} if payload.suffix == ".json" else {}
     for header in headers:
         name, sep, value = header.partition(":")
@@ -1739,6 +1799,9 @@ def loadtest(
         "payload": str(payload),
     }
     reports.write_json(report, summary, settings)
+    if no_plot:
+        click.echo(f"wrote {report}")
+        return
     reports.plot(plot, results, f"{target_url} — {mode}")
     click.echo(f"wrote {report} and {plot}")
 
@@ -1791,6 +1854,7 @@ def monitor_update(ctx: Ctx, file: Path, assignments: tuple[str, ...], strict: b
 @monitor.command("list")
 @pass_ctx
 def monitor_list(ctx: Ctx) -> None:
+    """List model monitors with their last run."""
     _print(ctx.client.list_monitors())
 
 
@@ -1823,6 +1887,7 @@ def monitor_runs(ctx: Ctx, name: str, limit: int) -> None:
 @click.option("--name", "-n", required=True)
 @pass_ctx
 def monitor_delete(ctx: Ctx, name: str) -> None:
+    """Delete a model monitor and its runs."""
     ctx.client.delete_monitor(name)
     click.echo(f"deleted monitor '{name}'", err=True)
 
@@ -1921,6 +1986,8 @@ def secret_list(ctx: Ctx) -> None:
 @_name_option
 @pass_ctx
 def secret_delete(ctx: Ctx, name: str | None, positional: str | None) -> None:
+    """Delete a secret (a deployment that refers to it keeps its loaded instances, but
+    cannot load again until the secret is set)."""
     name = _one_name(name, positional)
     ctx.client.delete_secret(name)
     click.echo(f"secret '{name}' deleted", err=True)

@@ -297,6 +297,18 @@ class AdminClient:
             "GET", f"/management/endpoints/{endpoint}/deployments", list[Deployment]
         )
 
+    def patch_deployment(
+        self, endpoint: str, name: str, patch: dict[str, Any], no_wait: bool = False
+    ) -> Any:
+        """Change some fields of a deployment (a merge patch of its stored spec)."""
+        return self.request(
+            "PATCH",
+            f"/management/endpoints/{endpoint}/deployments/{name}",
+            Deployment,
+            params={"no_wait": str(no_wait).lower()},
+            json=patch,
+        )
+
     def show_deployment(self, endpoint: str, name: str) -> Any:
         return self.request(
             "GET", f"/management/endpoints/{endpoint}/deployments/{name}", Deployment

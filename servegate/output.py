@@ -6,6 +6,8 @@ tab-separated values for shell scripts (`-o tsv --query primaryKey` prints the b
 from __future__ import annotations
 
 import io
+import shutil
+import sys
 from typing import Any
 
 import click
@@ -28,13 +30,19 @@ def select(doc: Any, query: str | None) -> Any:
         ) from None
 
 
-def render(doc: Any, fmt: str) -> str:
+#: A table's width when the output is not a terminal (a pipe, a file, a CI log)
+TABLE_WIDTH = 100
+
+
+def render(doc: Any, fmt: str, columns: tuple[str, ...] = ()) -> str:
+    """`columns`: the fields a table shows (a command's own pick of what fits a line);
+    empty: every scalar field."""
     if fmt == "yaml":
         return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip("\n")
     if fmt == "tsv":
         return "\n".join(_tsv_lines(doc))
     if fmt == "table":
-        return _table(doc)
+        return _table(doc, columns)
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
@@ -64,22 +72,31 @@ def _tsv_lines(doc: Any) -> list[str]:
     return [_cell(doc)]
 
 
-def _table(doc: Any) -> str:
-    """A table of the scalar fields: one row per item of a list, one row for a mapping."""
+def table_width() -> int:
+    """The terminal's width, else TABLE_WIDTH."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
+    return TABLE_WIDTH
+
+
+def _table(doc: Any, picked: tuple[str, ...] = ()) -> str:
+    """A table of the scalar fields (or the `picked` ones): one row per item of a list,
+    one row for a mapping, as wide as the terminal (long cells wrap)."""
     from rich.console import Console
     from rich.table import Table
 
     rows = doc if isinstance(doc, list) else [doc]
     if not all(isinstance(row, dict) for row in rows):
         return "\n".join(_cell(row) for row in rows)
-    columns: list[str] = []
-    for row in rows:
-        for key, value in row.items():
-            if key not in columns and not isinstance(value, (dict, list)):
-                columns.append(key)
+    columns: list[str] = [c for c in picked if any(c in row for row in rows)]
+    if not columns:
+        for row in rows:
+            for key, value in row.items():
+                if key not in columns and not isinstance(value, (dict, list)):
+                    columns.append(key)
     table = Table(*columns, box=None, header_style="bold", pad_edge=False)
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     sink = io.StringIO()
-    Console(file=sink, width=200, color_system=None).print(table)
-    return sink.getvalue().rstrip("\n")
+    Console(file=sink, width=table_width(), color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in sink.getvalue().rstrip("\n").splitlines())

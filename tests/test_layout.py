@@ -120,3 +120,31 @@ def test_the_declared_python_is_the_one_checked_and_documented() -> None:
     assert project["tool"]["ruff"]["target-version"] == f"py3{minor}"
     assert f"Python >= 3.{minor}" in (ROOT / "README.md").read_text()
     assert sys.version_info >= (3, minor)
+
+
+def test_every_store_pass_runs_and_reports_when_an_earlier_one_fails(tmp_path: Path) -> None:
+    """scripts/test's loop over the stores, with a pytest that fails on the first store:
+    the second still runs, both are reported, and the script fails."""
+    import subprocess
+
+    script = (ROOT / "scripts" / "test").read_text()
+    loop = script[script.index("first=1\n") :]
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        '#!/usr/bin/env bash\necho "ran $SERVEGATE_TEST_STORE: $*" >> calls.txt\n'
+        '[ "$SERVEGATE_TEST_STORE" != sqlite ]\n'
+    )
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\nstores='sqlite postgresql'\n{loop}", "bash", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert [c.split(":")[0] for c in calls] == ["ran sqlite", "ran postgresql"], calls
+    assert "not store_independent" in calls[1] and "-q" in calls[0]
+    assert done.returncode == 1
+    assert "the test suite failed on: sqlite" in done.stdout, done.stdout

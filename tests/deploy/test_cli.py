@@ -237,3 +237,50 @@ def test_openapi_documents_every_status_real_requests_get(gateway: Gateway) -> N
                     if str(response.status_code) not in operation["responses"]:
                         undocumented.append(f"{method.upper()} {template}: {response.status_code}")
     assert not undocumented, undocumented
+
+
+def test_every_command_says_what_it_does() -> None:
+    """`servegate <group> <command> --help` has a line for each command and group."""
+    import click
+
+    from servegate.cli import main
+
+    silent = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if not (command.help or command.short_help):
+            silent.append(path)
+        if isinstance(command, click.Group):
+            for name, child in command.commands.items():
+                walk(child, f"{path} {name}")
+
+    walk(main, "servegate")
+    assert not silent, silent
+
+
+def test_a_job_list_as_a_table_fits_a_line(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """-o table on a pipe fits 100 columns, with the columns that say which job is where;
+    times in answers are ISO-8601 strings."""
+    from datetime import datetime
+
+    from tests.batch.test_jobs import batch_endpoint, features, invoke, write_input
+
+    batch_endpoint(gateway, tmp_path, model_dir, unique_name)
+    write_input(tmp_path / "in", "parquet", features(1, rows=10))
+    invoke(gateway, unique_name, str(tmp_path / "in"), str(tmp_path / "out"), "--wait")
+    _, out = gateway.cli("batch", "list", "-e", unique_name, "-o", "table")
+    lines = out.splitlines()
+    assert lines and all(len(line) <= 100 for line in lines), out
+    assert lines[0].split()[:4] == ["id", "endpoint", "deployment", "state"], out
+    assert "completed" in out
+    job = json.loads(gateway.cli("batch", "list", "-e", unique_name)[1])[0]
+    shown = json.loads(gateway.cli("batch", "show", job["id"])[1])
+    datetime.fromisoformat(shown["runner_started"])
+    _, out = gateway.cli(
+        "access", "token", "create", "-n", f"{unique_name}-t", "--role", "reader", "--expires", "1d"
+    )
+    expires = json.loads(out)["expires_at"]
+    assert datetime.fromisoformat(expires).tzinfo is not None, expires
+    gateway.cli("access", "token", "revoke", "-n", f"{unique_name}-t")

@@ -359,7 +359,7 @@ def test_a_scoring_script_over_a_folder_gets_file_paths_as_in_azure(
         endpoint,
         "--set-default",
     )
-    _, out = gateway.cli(
+    gateway.cli(
         "batch",
         "invoke",
         "-n",

@@ -67,6 +67,50 @@ def test_output_formats_and_query(
     assert code != 0 and "JMESPath" in out
 
 
+def test_update_without_a_file_sets_fields_of_the_stored_deployment(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """`az ml online-deployment update -n blue -e E --set instance_count=2`: no file; the
+    rest of the deployment, its secrets included (answers mask them), stays as it was."""
+    gateway.create_endpoint(tmp_path, unique_name)
+    spec = deployment_yaml(tmp_path, unique_name, model_dir / "classifier.onnx")
+    gateway.cli(
+        "deployment", "create", "-f", str(spec), "--set", "environment_variables.API_KEY=s3cret"
+    )
+    gateway.cli(
+        "deployment", "update", "-n", "blue", "-e", unique_name, "--set", "instance_count=2"
+    )
+    shown = json.loads(gateway.cli("deployment", "show", "-n", "blue", "-e", unique_name)[1])
+    assert shown["instance_count"] == 2 and shown["instances_ready"] == 2
+    assert shown["model"]["version"] == 1  # the same model: no new version
+    from deploy.home import ControlPlaneSettings, open_control_plane
+
+    control = open_control_plane(ControlPlaneSettings.resolve(gateway.home, gateway.store))
+    try:
+        stored = control.get_deployment(unique_name, "blue")
+    finally:
+        control.store.close()
+    assert stored.environment_variables == {"API_KEY": "s3cret"} and stored.instance_count == 2
+    code, out = gateway.cli("deployment", "update", "-n", "blue", "-e", unique_name, ok=False)
+    assert code != 0 and "--set PATH=VALUE" in out
+    code, out = gateway.cli(
+        "deployment", "update", "-n", "nosuch", "-e", unique_name, "--set", "x=1", ok=False
+    )
+    assert code != 0 and "does not exist" in out
+    code, out = gateway.cli(
+        "deployment",
+        "update",
+        "-n",
+        "blue",
+        "-e",
+        unique_name,
+        "--set",
+        "instance_count=0",
+        ok=False,
+    )
+    assert code != 0 and "instance_count" in out
+
+
 def test_set_create_update_semantics_and_verbose(
     gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
 ) -> None:

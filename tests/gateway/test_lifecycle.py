@@ -149,3 +149,60 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, model_dir: Path)
     # After shutdown nothing listens any more.
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{gw.url}/v2/health/live", timeout=2)
+
+
+def test_first_run_home_port_and_where_things_are(tmp_path: Path) -> None:
+    """`servegate serve --home DIR` (the option after the command, as the README and the
+    CLI's own errors say it); the log says where the studio and the admin token are; a
+    second gateway on the same port is refused at once, before loading anything."""
+    import os
+    import sys
+
+    from tests.conftest import free_port
+
+    home, port = tmp_path / "first", free_port()
+    log = tmp_path / "first.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SERVEGATE_HOME", None)
+    with log.open("wb") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "servegate", "serve", "--home", str(home), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "servegate is ready" not in log.read_text():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert (home / "admin_token").is_file()
+        ready = next(line for line in log.read_text().splitlines() if "servegate is ready" in line)
+        assert f"http://127.0.0.1:{port}/studio/" in ready
+        assert str(home / "admin_token") in ready
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "servegate",
+                "serve",
+                "--home",
+                str(tmp_path / "second"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"port {port} on 127.0.0.1 is in use (a gateway already runs on {port}?)" in (
+            second.stderr
+        ), second.stderr
+        assert "--port" in second.stderr and "Traceback" not in second.stderr
+        assert "application startup" not in second.stderr  # refused before starting
+        assert not (tmp_path / "second" / "store.db").exists()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)

@@ -10,7 +10,9 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -121,6 +123,30 @@ def test_bytes_bodies_never_stall_other_requests(
     gateway.deploy(tmp_path, unique_name, "blue", model_dir / "classifier.onnx")
     gateway.deploy(tmp_path, unique_name, "words", model_dir / "text.onnx", all_traffic=False)
     auth = gateway.auth(unique_name)
+    score_url = f"{gateway.url}/endpoints/{unique_name}/score"
+
+    def small_requests_while(work: Callable[[], Any]) -> tuple[list, Any, float]:
+        """Small requests from a thread while `work` runs: their (status, seconds), what
+        `work` returned, and how long it took."""
+        busy = threading.Event()
+        busy.set()
+        results: list = []
+        probe = threading.Thread(
+            target=lambda: results.extend(_latencies_while(gateway, score_url, auth, busy))
+        )
+        probe.start()
+        time.sleep(0.2)
+        started = time.perf_counter()
+        done = work()
+        took = time.perf_counter() - started
+        busy.clear()
+        probe.join()
+        return results, done, took
+
+    # This machine's small requests now, with nothing large going on: the baseline that
+    # the limits below are judged against (a loaded CI machine slows both alike).
+    baseline, _, _ = small_requests_while(lambda: time.sleep(1.0))
+    usual = max(seconds for _, seconds in baseline)
     # 8M BYTES elements to an FP32 model: refused from the header, before any decoding.
     body, split = _bytes_body("input", 8_000_000)
     started = time.perf_counter()
@@ -131,31 +157,29 @@ def test_bytes_bodies_never_stall_other_requests(
         timeout=60,
     )
     expect(r, 400, "expected datatype FP32, received BYTES")
-    assert time.perf_counter() - started < 2
+    refused_s = time.perf_counter() - started
+    # Refused from the header: as quick as sending the body (decoding 8M elements took
+    # tens of seconds).
+    assert refused_s < max(5.0, 50 * usual), (refused_s, usual)
     # 2M elements to a BYTES model: decoded off the event loop; small requests go on.
     body, split = _bytes_body("text", 2_000_000)
-    busy = threading.Event()
-    busy.set()
-    results: list = []
-    probe = threading.Thread(
-        target=lambda: results.extend(
-            _latencies_while(gateway, f"{gateway.url}/endpoints/{unique_name}/score", auth, busy)
+    results, r, large_s = small_requests_while(
+        lambda: httpx.post(
+            f"{gateway.url}/v2/models/{unique_name}/versions/words/infer",
+            content=body,
+            headers={**auth, "Inference-Header-Content-Length": str(split)},
+            timeout=120,
         )
     )
-    probe.start()
-    time.sleep(0.2)
-    r = httpx.post(
-        f"{gateway.url}/v2/models/{unique_name}/versions/words/infer",
-        content=body,
-        headers={**auth, "Inference-Header-Content-Length": str(split)},
-        timeout=120,
-    )
-    busy.clear()
-    probe.join()
     assert r.status_code == 200, r.text[:300]
     assert all(status == 200 for status, _ in results)
     worst = max(seconds for _, seconds in results)
-    assert worst < 1.0, f"a small request waited {worst:.2f} s behind the large body"
+    # A small request behind the large one on the event loop would wait for most of it.
+    limit = max(0.5 * large_s, 5 * usual)
+    assert worst < limit, (
+        f"a small request waited {worst:.2f} s while the large body took {large_s:.2f} s "
+        f"(small requests took at most {usual:.3f} s before)"
+    )
 
 
 def test_large_tensor_to_a_process_host_in_a_64_mib_shm(

@@ -166,7 +166,16 @@ alert: {{webhook: '{url}'}}
         _, out = gateway.cli("monitor", "run", "-n", name)
         assert json.loads(out)["state"] == "no_data"
         _, out = gateway.cli("monitor", "runs", "-n", name)
-        assert [r["state"] for r in json.loads(out)] == ["no_data", "breach", "ok"]
+        runs = json.loads(out)
+        assert [r["state"] for r in runs] == ["no_data", "breach", "ok"]
+        # Each run's window, as every time in an answer: ISO-8601.
+        from datetime import datetime
+
+        assert runs[0]["window_start"] == runs[1]["window_end"]
+        assert datetime.fromisoformat(runs[0]["window_start"]) < datetime.fromisoformat(
+            runs[0]["window_end"]
+        )
+        assert runs[1]["result"]["window"]["end"] == runs[1]["window_end"]
         _, out = gateway.cli("monitor", "show", "-n", name)
         assert json.loads(out)["last_run"]["state"] == "no_data"
     finally:

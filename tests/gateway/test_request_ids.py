@@ -51,6 +51,12 @@ def test_every_answer_carries_a_request_id(
     assert others[-1].headers["x-request-id"] == "mgmt-1"
 
 
+def complete_lines(log: Path) -> list[str]:
+    """The log's whole lines (a line being written has no newline yet)."""
+    text = log.read_text()
+    return text.splitlines()[: text.count("\n")]
+
+
 def test_json_logs_and_the_access_log_name_the_request(tmp_path: Path, model_dir: Path) -> None:
     gw = start_gateway(tmp_path / "home", "--log-format", "json", "--access-log", "full")
     try:
@@ -70,12 +76,15 @@ def test_json_logs_and_the_access_log_name_the_request(tmp_path: Path, model_dir
         )
         assert r.status_code == 200
         httpx.get(f"{gw.url}/management/endpoints", headers={"x-request-id": "no-token"})
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            records = [json.loads(line) for line in gw.log.read_text().splitlines() if line]
+        # The access log is buffered (flushed every 0.5 s): wait for both lines, reading
+        # only whole lines (the last one may be under way).
+        deadline = time.monotonic() + 30
+        while True:
+            records = [json.loads(line) for line in complete_lines(gw.log) if line]
             access = [r for r in records if r["logger"] == "servegate.access"]
-            if len(access) >= 2:
+            if {"trace-me", "no-token"} <= {r["request_id"] for r in access}:
                 break
+            assert time.monotonic() < deadline, access
             time.sleep(0.2)
         # Every line is one JSON object with the fields a log pipeline indexes.
         assert all({"time", "level", "logger", "request_id", "message"} <= set(r) for r in records)
@@ -120,10 +129,12 @@ def test_text_logs_and_script_lines_carry_the_request_id(tmp_path: Path) -> None
         assert r.status_code == 424
         _, out = gw.cli("deployment", "get-logs", "-e", "failing", "-n", "blue")
         assert "worker 0 (request bad-1): scoring x" in out, out
-        deadline = time.monotonic() + 10
-        while "[bad-1]" not in gw.log.read_text() and time.monotonic() < deadline:
+        # Other lines of the request (its error) come before the buffered access line.
+        deadline = time.monotonic() + 30
+        while not any("servegate.access [bad-1]" in x for x in complete_lines(gw.log)):
+            assert time.monotonic() < deadline, gw.log.read_text()[-2000:]
             time.sleep(0.2)
-        line = next(x for x in gw.log.read_text().splitlines() if "[bad-1]" in x)
+        line = next(x for x in complete_lines(gw.log) if "servegate.access [bad-1]" in x)
         assert "servegate.access [bad-1]: POST /endpoints/failing/score 424" in line, line
     finally:
         gw.stop()

@@ -323,3 +323,52 @@ def test_convert_onnx_is_refused_with_the_difference_when_it_disagrees(
     assert code != 0
     assert "the converted model's 'prediction' differs from the native model's by up to" in out
     assert "convert_tolerance 0.0001" in out
+
+
+#: KServe's v2 sample request for its sklearn and xgboost servers (iris, as published)
+KSERVE_IRIS = {
+    "inputs": [
+        {
+            "name": "input-0",
+            "shape": [2, 4],
+            "datatype": "FP32",
+            "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]],
+        }
+    ]
+}
+
+
+@pytest.mark.parametrize("name", ["regressor.ubj", "ridge.pkl"])
+def test_kserves_v2_sample_requests_score_unchanged(
+    gateway: Gateway, tmp_path: Path, tabular: TabularModels, unique_name: str, name: str
+) -> None:
+    """A one-input table model takes KServe's `input-0` with FP32 data (the model's input
+    is `input`, FP64) and answers `output-0` when asked for it; other mismatches stay 400s
+    naming what is wrong."""
+    deploy(gateway, tmp_path, tabular, name, unique_name)
+    url = f"{gateway.url}/v2/models/{unique_name}/infer"
+    rows = np.array(KSERVE_IRIS["inputs"][0]["data"], dtype=np.float32)
+    expected = tabular.fitted[name].predict(rows.astype(np.float64))
+    r = httpx.post(url, json=KSERVE_IRIS)
+    assert r.status_code == 200, r.text
+    (output,) = r.json()["outputs"]
+    np.testing.assert_allclose(output["data"], expected, rtol=1e-5)
+    # iris_input_v2_binary.json: output-0, as binary.
+    client = triton.InferenceServerClient(gateway.host_port)
+    item = triton.InferInput("input-0", [2, 4], "FP32")
+    item.set_data_from_numpy(rows)
+    answer = client.infer(
+        unique_name, [item], outputs=[triton.InferRequestedOutput("output-0", binary_data=True)]
+    )
+    np.testing.assert_allclose(answer.as_numpy("output-0"), expected, rtol=1e-5)
+    # What cannot be taken safely stays a precise 400.
+    for change, message in (
+        ({"datatype": "BYTES", "data": ["a"] * 8}, "expected datatype FP64, received BYTES"),
+        ({"shape": [2, 3], "data": [[1, 2, 3], [4, 5, 6]]}, "expected shape [-1, 4]"),
+    ):
+        body = {"inputs": [{**KSERVE_IRIS["inputs"][0], **change}]}
+        r = httpx.post(url, json=body)
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+    two = {"inputs": [KSERVE_IRIS["inputs"][0], {**KSERVE_IRIS["inputs"][0], "name": "input-1"}]}
+    r = httpx.post(url, json=two)
+    assert r.status_code == 400 and "unknown input 'input-0'" in r.json()["error"], r.text

@@ -124,3 +124,39 @@ def test_loadtest_refuses_bad_options(gateway: Gateway, tmp_path: Path) -> None:
         ok=False,
     )
     assert code != 0 and "--url" in out
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_test_runs(tmp_path: Path) -> None:
+    """Without matplotlib the run would end, after its whole duration, in an error: it is
+    refused at once instead (and --no-plot writes the report alone)."""
+    import subprocess
+    import sys
+    import time
+
+    payload = tmp_path / "x.json"
+    payload.write_text("{}")
+    without = "import sys; sys.modules['matplotlib'] = None\nfrom servegate.cli import main\nmain()"
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            without,
+            "loadtest",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--concurrency",
+            "1",
+            "--duration",
+            "30s",
+            "--payload",
+            str(payload),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "needs matplotlib" in done.stderr, done.stderr
+    assert "--no-plot" in done.stderr and time.monotonic() - started < 20
+    assert not (tmp_path / "loadtest.json").exists()
