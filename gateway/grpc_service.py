@@ -32,7 +32,7 @@ from gateway import model_documents as documents
 from gateway import tracing
 from gateway.access import authorize, principal_for
 from gateway.errors import status_of
-from gateway.metadata import SERVER_VERSION
+from gateway.metadata import EXTENSIONS, SERVER_VERSION
 from gateway.protocol import RequestedOutput, classified, tabular_input
 from gateway.rate_limit import peer_address
 from gateway.request_ids import current, request_id_of
@@ -238,7 +238,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerMetadataResponse(
-            name="servegate", version=SERVER_VERSION, extensions=["parameters"]
+            name=self._state.settings.server_name, version=SERVER_VERSION, extensions=EXTENSIONS
         )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:

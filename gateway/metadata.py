@@ -34,15 +34,14 @@ def _json(doc: object, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status, media_type="application/json")
 
 
+#: the protocol's extensions servegate speaks, as Triton names them
+EXTENSIONS = ["binary_tensor_data", "classification", "parameters", "statistics"]
+
+
 async def server_metadata(request: Request) -> Response:
     """GET /v2"""
-    return _json(
-        {
-            "name": "servegate",
-            "version": SERVER_VERSION,
-            "extensions": ["binary_tensor_data", "parameters"],
-        }
-    )
+    name = _state(request).settings.server_name
+    return _json({"name": name, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 async def live(request: Request) -> Response:

@@ -68,10 +68,12 @@ class DeploymentRoute:
         return self.served is not None and version == str(self.served.version)
 
 
-def unknown_model(name: str, version: str | None = None) -> EndpointNotFound:
-    """Triton's wording, which clients look for ("Request for unknown model")."""
+def unknown_model(name: str, version: str | None = None, detail: str = "") -> EndpointNotFound:
+    """Triton's wording, which clients look for ("Request for unknown model"), and ours."""
     at = f" version {version}" if version else ""
-    return EndpointNotFound(f"Request for unknown model: '{name}'{at} is not found")
+    return EndpointNotFound(
+        f"Request for unknown model: '{name}'{at} is not found" + (f": {detail}" if detail else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,13 @@ class RoutingSnapshot:
         if not matching:
             if version is not None and version in endpoint.unavailable:
                 return endpoint, version  # `deployment()` says why it is unavailable
-            raise unknown_model(name, version)
+            known = ", ".join(sorted(endpoint.deployments)) or "none"
+            raise unknown_model(
+                name,
+                version,
+                f"deployment '{version}' does not exist in endpoint '{endpoint.name}' (its "
+                f"deployments: {known})",
+            )
         return endpoint, matching[0].name
 
     def _holder(self, name: str, version: str | None) -> EndpointRoute:
@@ -240,7 +248,11 @@ class RoutingSnapshot:
             return found
         holders = self.models.get(name, ())
         if not holders:
-            raise unknown_model(name, version)
+            raise unknown_model(
+                name,
+                version,
+                f"no endpoint '{name}', and no deployment serves a model of that name",
+            )
         if len(holders) > 1:
             raise AmbiguousModel(
                 f"model '{name}' is served by the endpoints {', '.join(holders)}: ask one of "

@@ -38,6 +38,8 @@ class GatewaySettings:
     max_connections: int = 0
     #: The Open Inference Protocol over gRPC on this port (on `host`); 0 = off.
     grpc_port: int = 0
+    #: the name server metadata answers (`GET /v2`, gRPC ServerMetadata)
+    server_name: str = "servegate"
     #: TLS for HTTP and gRPC: the server's certificate chain and key (PEM)
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None

@@ -4,6 +4,7 @@ management API (`--url` / SERVEGATE_URL, `--token` / SERVEGATE_TOKEN), except
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -352,6 +353,14 @@ def schema(kind: str, folder: Path | None) -> None:
     "grpc extra].",
 )
 @click.option(
+    "--server-name",
+    envvar="SERVEGATE_SERVER_NAME",
+    default="servegate",
+    show_default=True,
+    help="The name server metadata answers (GET /v2, gRPC ServerMetadata); Triton's own "
+    "example clients check for 'triton'.",
+)
+@click.option(
     "--ssl-certfile",
     envvar="SERVEGATE_SSL_CERTFILE",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -485,6 +494,7 @@ def serve(
     header_timeout_s: float,
     max_connections: int,
     grpc_port: int,
+    server_name: str,
     ssl_certfile: Path | None,
     ssl_keyfile: Path | None,
     ssl_ca_certs: Path | None,
@@ -529,6 +539,7 @@ def serve(
                 header_timeout_s=header_timeout_s,
                 max_connections=max_connections,
                 grpc_port=grpc_port,
+                server_name=server_name,
                 ssl_certfile=ssl_certfile,
                 ssl_keyfile=ssl_keyfile,
                 ssl_ca_certs=ssl_ca_certs,
@@ -618,39 +629,55 @@ def model() -> None:
     """Register and inspect models."""
 
 
+def _model_options(command: Any) -> Any:
+    """What `model register` and `model create` share."""
+    for option in reversed(
+        [
+            click.option("--name", "-n", required=True),
+            click.option(
+                "--version",
+                "-v",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Default: the next version.",
+            ),
+            click.option(
+                "--path",
+                "-p",
+                required=True,
+                type=click.Path(exists=True, path_type=Path),
+                help="A model file, or a folder (an MLflow model, a Triton repository).",
+            ),
+            click.option("--description", "-d", default=""),
+            click.option(
+                "--strict",
+                is_flag=True,
+                help="Refuse a model saved by another version of its framework (default: "
+                "register it with a warning, as Azure ML loads it).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @model.command("register")
-@click.option("--name", "-n", required=True)
-@click.option(
-    "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the next version."
-)
-@click.option(
-    "--path",
-    "-p",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="A model file, or a folder (an MLflow model, a Triton repository).",
-)
+@_model_options
 @click.option("--runtime", default=None, help="Default: from the file suffix or the folder.")
-@click.option("--description", default="")
-@click.option(
-    "--strict",
-    is_flag=True,
-    help="Refuse a model saved by another version of its framework (default: register it "
-    "with a warning, as Azure ML loads it).",
-)
 @pass_ctx
 def model_register(
     ctx: Ctx,
     name: str,
     version: int | None,
     path: Path,
-    runtime: str | None,
     description: str,
     strict: bool,
+    runtime: str | None,
 ) -> None:
     """Register a model file or folder; its signature is read from it."""
-    registered = ctx.client.register_model(name, path, version, runtime, description, strict=strict)
-    _print_warned(registered)
+    _print_warned(
+        ctx.client.register_model(name, path, version, runtime, description, strict=strict)
+    )
 
 
 #: Azure ML's model asset types -> the runtime that serves them (None: from the files)
@@ -658,17 +685,7 @@ _MODEL_TYPES = {"custom_model": None, "mlflow_model": "mlflow", "triton_model": 
 
 
 @model.command("create")
-@click.option("--name", "-n", required=True)
-@click.option(
-    "--version", "-v", type=click.IntRange(min=1), default=None, help="Default: the next version."
-)
-@click.option(
-    "--path",
-    "-p",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="A model file, or a folder (an MLflow model, a Triton repository).",
-)
+@_model_options
 @click.option(
     "--type",
     "-t",
@@ -679,26 +696,21 @@ _MODEL_TYPES = {"custom_model": None, "mlflow_model": "mlflow", "triton_model": 
     help="Azure ML's asset type: mlflow_model and triton_model pick their runtime; "
     "custom_model, the file's.",
 )
-@click.option("--description", "-d", default="")
-@click.option(
-    "--strict",
-    is_flag=True,
-    help="Refuse a model saved by another version of its framework.",
-)
 @pass_ctx
 def model_create(
     ctx: Ctx,
     name: str,
     version: int | None,
     path: Path,
-    model_type: str,
     description: str,
     strict: bool,
+    model_type: str,
 ) -> None:
     """Register a model, as `az ml model create` does (model register, by Azure's name)."""
     runtime = _MODEL_TYPES[model_type]
-    registered = ctx.client.register_model(name, path, version, runtime, description, strict=strict)
-    _print_warned(registered)
+    _print_warned(
+        ctx.client.register_model(name, path, version, runtime, description, strict=strict)
+    )
 
 
 @model.command("list")
@@ -2007,6 +2019,19 @@ def status(ctx: Ctx) -> None:
     """The gateway replicas that are alive (heartbeat), their versions, the last change
     each applied, and who holds which lease (rollouts, batch jobs)."""
     _print(ctx.client.status())
+
+
+# -- az ml's group names ------------------------------------------------------------------
+# `az ml online-endpoint create ...` is `servegate online-endpoint create ...` too: the same
+# groups under Azure's names (hidden from the listing, which shows each group once).
+main.add_command(endpoint, "online-endpoint")
+main.add_command(deployment, "online-deployment")
+main.add_command(batch_endpoint, "batch-endpoint")
+main.add_command(batch_deployment, "batch-deployment")
+batch_endpoint.add_command(batch_invoke, "invoke")  # az ml batch-endpoint invoke
+for _alias in ("online-endpoint", "online-deployment", "batch-endpoint", "batch-deployment"):
+    main.commands[_alias] = copy.copy(main.commands[_alias])
+    main.commands[_alias].hidden = True
 
 
 if __name__ == "__main__":

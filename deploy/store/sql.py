@@ -621,16 +621,8 @@ class SqlStore(ABC):
     def list_deployment_intents(self) -> list[DeploymentIntent]:
         rows = self._run("SELECT * FROM deployment_intents ORDER BY endpoint, name")
         return [
-            DeploymentIntent(
-                endpoint=r["endpoint"],
-                name=r["name"],
-                state=r["state"],
-                spec=_loads(r["spec"]),
-                actor=r["actor"],
-                all_traffic=bool(r["all_traffic"]),
-                error=r["error"],
-                replica=r["replica"],
-                updated_at=r["updated_at"],
+            DeploymentIntent.model_validate(
+                {**r, "spec": _loads(r["spec"]), "all_traffic": bool(r["all_traffic"])}
             )
             for r in rows
         ]

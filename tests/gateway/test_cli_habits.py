@@ -480,3 +480,23 @@ def test_no_wait_answers_at_once_and_show_tells_the_outcome(
         "deployment", "list", "-e", unique_name, "-o", "tsv", "--query", "[].name"
     )
     assert listed.split() == ["blue"]
+
+
+def test_az_mls_group_names_work_as_they_are(
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+) -> None:
+    """`az ml online-endpoint ...`, `online-deployment`, `batch-endpoint invoke`: the
+    same commands under Azure's group names."""
+    endpoint = write_yaml(tmp_path / "endpoint.yml", "auth_mode: key\n")
+    gateway.cli("online-endpoint", "create", "-n", unique_name, "-f", str(endpoint))
+    spec = deployment_yaml(tmp_path, unique_name, model_dir / "classifier.onnx")
+    gateway.cli("online-deployment", "create", "-f", str(spec), "--all-traffic")
+    _, out = gateway.cli(
+        "online-endpoint", "show", "-n", unique_name, "-o", "tsv", "--query", "traffic.blue"
+    )
+    assert out.strip() == "100"
+    _, out = gateway.cli(
+        "online-endpoint", "get-credentials", "-n", unique_name, "--query", "primaryKey"
+    )
+    assert len(json.loads(out)) > 20
+    delete_endpoints(gateway, unique_name)
