@@ -90,6 +90,7 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = GatewayState.open(settings)
         app.state.gateway = state
+        opened[:] = [state]
         if settings.demo:
             await run_in_threadpool(demo.ensure_demo, state.control)
         await state.hosts.sync()
@@ -158,9 +159,12 @@ def create_app(settings: GatewaySettings) -> scoring.FastScoring:
             await state.hosts.close()
             state.control.store.close()
 
+    # The scoring path's reference to the state: starlette's `app.state.gateway` is a
+    # Python-level __getattr__, measurable on every request.
+    opened: list[GatewayState] = []
+
     def state() -> GatewayState:
-        gateway: GatewayState = app.state.gateway
-        return gateway
+        return opened[0]
 
     score, infer = scoring.endpoints(state)
     app = Starlette(

@@ -67,7 +67,7 @@ async def admit(
             limit(f"address:{address}")
         raise
     if limit is not None:
-        limit(caller or f"address:{address}")
+        limit(f"caller:{caller}" if caller else f"address:{address}")
 
 
 def _caller(kind: str, secret: str) -> str:
@@ -96,8 +96,8 @@ def authenticate(
     route: EndpointRoute, authorization: str | None, credentials: Credentials
 ) -> str | None:
     """Check a scoring request's credential against the endpoint's auth_mode (all but
-    aad_token, which `authenticate_with_provider` checks). The caller it proved (a hash
-    of the key or token), None for `auth_mode: none`."""
+    aad_token, which `authenticate_with_provider` checks). The caller it proved (the
+    key's hash, a token's), None for `auth_mode: none`."""
     if route.auth_mode == "none":
         return None
     if route.auth_mode == "token":
@@ -119,4 +119,4 @@ def authenticate(
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
         _verified[key] = digest
-    return f"key:{digest[:32]}"
+    return digest  # the key's hash: who the caller is (no allocation on the hot path)

@@ -49,6 +49,8 @@ class InferRequest:
     #: None = every output of the model, each binary iff `binary_output`.
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
+    #: an output asks for the classification extension
+    classified: bool = False
 
 
 # -- bodies ------------------------------------------------------------------
@@ -212,6 +214,8 @@ def parse_v2_request(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
         )
     request.outputs = _requested_outputs(doc.get("outputs"), request.binary_output)
+    if request.outputs:
+        request.classified = any(o.classification for o in request.outputs)
     return request
 
 

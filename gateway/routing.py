@@ -214,7 +214,13 @@ class RoutingSnapshot:
         `name` is an endpoint's name, or the name a deployment's model has (a Triton
         model's); under `/endpoints/{within}/v2/` it is looked up in that endpoint only.
         `version` names a deployment, or the version its model is served at."""
-        endpoint = self.endpoint(within) if within is not None else self._holder(name, version)
+        if within is None:
+            found = self.endpoints.get(name)
+            if found is not None and version is None:
+                return found, None  # the common case, first: an endpoint by its name
+            endpoint = found if found is not None else self._holder(name, version)
+        else:
+            endpoint = self.endpoint(within)
         if name == endpoint.name:
             if version is None or version in endpoint.deployments:
                 return endpoint, version

@@ -40,8 +40,6 @@ _SPAN_NAMES = {
 #: The `endpoint` metric label of requests to endpoints that do not exist.
 UNKNOWN_ENDPOINT = "(unknown)"
 _JSON = (b"content-type", b"application/json")
-#: browsers must not read an answer as anything but its content type
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 Headers = dict[str, str]
 #: (status, body, extra response headers, outputs for mirror comparison)
@@ -177,9 +175,12 @@ async def _v2_infer(
     results = await _infer(route, parsed.inputs, names, parsed.parameters, timing, checked=True)
     if tabular and names is not None:  # answered under the names asked for (output-0)
         results = {o.name: results[name] for o, name in zip(outputs, names, strict=True)}
-    if any(o.classification for o in outputs):
+    if parsed.classified:
         results = protocol.classified(results, outputs, route.served, route.signature)
-    model_name, model_version = response_names(route, asked)
+    if route.served is None:
+        model_name, model_version = route.endpoint, route.name
+    else:
+        model_name, model_version = response_names(route, asked)
     payload, extra = protocol.encode_v2_response(
         model_name, model_version, parsed.id, results, outputs
     )
@@ -218,7 +219,7 @@ class ScoringEndpoint:
         # /score names the endpoint; the protocol's paths a model (an endpoint's name, or
         # a Triton model's), under an endpoint's prefix or the gateway's root.
         asked = params.get("model")
-        endpoint_name = params.get("endpoint") or params.get("within") or asked
+        endpoint_name = params["endpoint"] if asked is None else params.get("within") or asked
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = request_id_of(
             headers.get("x-request-id") or headers.get("x-ms-client-request-id")
@@ -305,7 +306,6 @@ class ScoringEndpoint:
                     route.name if route is not None else None,
                 )
         extra.append((b"content-length", str(len(payload)).encode()))
-        extra.append(_NOSNIFF)
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
         if route is not None and route.collector is not None:
@@ -392,30 +392,44 @@ class FastScoring:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             parts = scope["path"].split("/")
-            # /endpoints/{e}/score
-            if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "score" and parts[2]:
-                scope["path_params"] = {"endpoint": parts[2]}
-                return await self._score(scope, receive, send)
-            # [/endpoints/{e}]/v2/models/{m}[/versions/{v}]/infer
-            params: dict[str, str] = {}
-            if len(parts) > 3 and parts[1] == "endpoints" and parts[3] == "v2" and parts[2]:
-                params["within"] = parts[2]
-                parts = parts[2:]
-                parts[0] = ""
-            if (
-                len(parts) in (5, 7)
+            count = len(parts)
+            if parts[1] == "endpoints":
+                # /endpoints/{e}/score
+                if count == 4 and parts[3] == "score" and parts[2]:
+                    scope["path_params"] = {"endpoint": parts[2]}
+                    return await self._score(scope, receive, send)
+                # /endpoints/{e}/v2/models/{m}[/versions/{v}]/infer
+                if count in (7, 9) and parts[3] == "v2" and parts[2]:
+                    params = _v2_params_within(parts)
+                    if params is not None:
+                        scope["path_params"] = params
+                        return await self._infer(scope, receive, send)
+            # /v2/models/{m}[/versions/{v}]/infer, the common case: inline
+            elif (
+                count in (5, 7)
                 and parts[1] == "v2"
                 and parts[2] == "models"
                 and parts[-1] == "infer"
                 and parts[3]
             ):
-                if len(parts) == 5:
-                    scope["path_params"] = {**params, "model": parts[3]}
+                if count == 5:
+                    scope["path_params"] = {"model": parts[3]}
                     return await self._infer(scope, receive, send)
                 if parts[4] == "versions" and parts[5]:
-                    scope["path_params"] = {**params, "model": parts[3], "version": parts[5]}
+                    scope["path_params"] = {"model": parts[3], "version": parts[5]}
                     return await self._infer(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def _v2_params_within(parts: list[str]) -> dict[str, str] | None:
+    """The path parameters of `/endpoints/{e}/v2/models/{m}[/versions/{v}]/infer`."""
+    if parts[4] != "models" or parts[-1] != "infer" or not parts[5]:
+        return None
+    if len(parts) == 7:
+        return {"model": parts[5], "within": parts[2]}
+    if parts[6] == "versions" and parts[7]:
+        return {"model": parts[5], "version": parts[7], "within": parts[2]}
+    return None
 
 
 def endpoints(state: Callable[[], GatewayState]) -> tuple[ScoringEndpoint, ScoringEndpoint]:

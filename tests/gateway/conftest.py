@@ -19,7 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, free_port, start_gateway
 
 #: the client id the studio signs in with at the test's identity provider
 STUDIO_CLIENT = "servegate-studio"
@@ -53,6 +53,16 @@ class IdentityProvider:
     user: dict[str, Any] = field(default_factory=dict)
     #: authorization codes issued and not redeemed yet: code -> what was asked
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def grpc_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+    """A gateway of the module's own that also speaks the protocol over gRPC: the gateway
+    and the gRPC address."""
+    port = free_port()
+    gw = start_gateway(tmp_path_factory.mktemp("grpc") / "home", "--grpc-port", str(port))
+    yield gw, f"127.0.0.1:{port}"
+    gw.stop()
 
 
 @pytest.fixture(scope="module")

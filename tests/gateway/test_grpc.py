@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,8 @@ import pytest
 import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.conftest import Gateway, free_port, start_gateway
+from tests.conftest import Gateway
 from tests.gateway.test_server import in_process
-
-
-@pytest.fixture(scope="module")
-def grpc_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
-    port = free_port()
-    gw = start_gateway(tmp_path_factory.mktemp("grpc") / "home", "--grpc-port", str(port))
-    yield gw, f"127.0.0.1:{port}"
-    gw.stop()
 
 
 def key_of(gw: Gateway, endpoint: str) -> dict[str, str]:

@@ -125,6 +125,18 @@ def test_the_studio_as_an_owner(
     page.close()
 
 
+def test_the_sign_in_form_says_where_the_admin_token_is(
+    studio_gateway: tuple[Gateway, Path], browser: Any
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{studio_gateway[0].url}/studio/")
+    page.wait_for_selector("#signin", state="visible")
+    hint = page.inner_text("#token-hint")
+    assert "admin_token" in hint and "servegate serve --home" in hint, hint
+    assert page.is_visible("#token-hint")
+    page.close()
+
+
 def test_names_from_the_address_stay_one_path_segment(
     studio_gateway: tuple[Gateway, Path], browser: Any
 ) -> None:

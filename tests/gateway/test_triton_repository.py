@@ -5,7 +5,6 @@ names and shapes, with its dynamic batching."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import Gateway, delete_endpoints, free_port, start_gateway, write_yaml
+from tests.conftest import Gateway, delete_endpoints, write_yaml
 from tests.gateway.test_server import in_process
 
 CONFIG = """
@@ -127,14 +126,6 @@ output [ { name: "fc6_1" data_type: TYPE_FP32 dims: [ 10 ]
 LABELS = [f"CLASS-{i}" for i in range(10)]
 
 
-@pytest.fixture(scope="module")
-def triton_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
-    port = free_port()
-    gw = start_gateway(tmp_path_factory.mktemp("triton") / "home", "--grpc-port", str(port))
-    yield gw, f"127.0.0.1:{port}"
-    gw.stop()
-
-
 def _simple_repository(root: Path) -> Path:
     (root / "simple" / "1").mkdir(parents=True)
     models.simple_add_sub(root / "simple" / "1" / "model.onnx")
@@ -143,12 +134,12 @@ def _simple_repository(root: Path) -> Path:
 
 
 def test_triton_simple_example_runs_unchanged(
-    triton_gateway: tuple[Gateway, str], tmp_path: Path
+    grpc_gateway: tuple[Gateway, str], tmp_path: Path
 ) -> None:
     """simple_http_infer_client's and simple_grpc_health_metadata's calls: infer with and
     without requested outputs, statistics, the config from the file, and the wording
     clients look for when a model is unknown."""
-    gw, grpc_url = triton_gateway
+    gw, grpc_url = grpc_gateway
     folder = _simple_repository(tmp_path / "repo")
     gw.create_endpoint(tmp_path, "simple", "auth_mode: none\n")
     create(gw, tmp_path, "simple", f"{{type: triton_model, path: {folder}}}")
@@ -208,11 +199,11 @@ def test_triton_simple_example_runs_unchanged(
 
 
 def test_a_reshaped_model_with_labels_answers_in_triton_shapes_and_classes(
-    triton_gateway: tuple[Gateway, str], tmp_path: Path
+    grpc_gateway: tuple[Gateway, str], tmp_path: Path
 ) -> None:
     """image_client's model: served under its own name (`densenet_onnx`, which no endpoint
     can be called), reshape on the wire, and the classification extension."""
-    gw, grpc_url = triton_gateway
+    gw, grpc_url = grpc_gateway
     folder = tmp_path / "repo" / "densenet_onnx"
     (folder / "1").mkdir(parents=True)
     models.image_classifier(folder / "1" / "model.onnx")
@@ -252,12 +243,12 @@ def test_a_reshaped_model_with_labels_answers_in_triton_shapes_and_classes(
 
 
 def test_azure_mls_triton_layout_without_a_config_at_the_endpoint_url(
-    triton_gateway: tuple[Gateway, str], tmp_path: Path
+    grpc_gateway: tuple[Gateway, str], tmp_path: Path
 ) -> None:
     """Azure ML's Triton sample: `models/model_1/1/model.onnx` and no config.pbtxt (Triton
     completes it from the model), a token endpoint, and tritonclient given the scoring URI
     without `/score`, asking for `model_1` version 1."""
-    gw, _ = triton_gateway
+    gw, _ = grpc_gateway
     (tmp_path / "models" / "model_1" / "1").mkdir(parents=True)
     model = tmp_path / "models" / "model_1" / "1" / "model.onnx"
     models.image_classifier(model)
@@ -302,3 +293,41 @@ def test_repository_errors_name_the_folder_the_user_gave(
         gateway, tmp_path, unique_name, "{type: triton_model, path: my-repo}", ok=False
     )
     assert code != 0 and "'my-repo' holds no Triton model" in out, out
+
+
+def test_version_folders_serve_the_version_the_policy_picks(
+    grpc_gateway: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """`mv/1` and `mv/2` without a config: Triton's default policy serves the highest
+    (2), and asking for 1 is an unknown model; `version_policy: {specific: ...}` in
+    config.pbtxt picks 1 instead."""
+    gw, _ = grpc_gateway
+    folder = tmp_path / "repo" / "mv"
+    for version, classes in ((1, 3), (2, 5)):
+        (folder / str(version)).mkdir(parents=True)
+        models.image_classifier(folder / str(version) / "model.onnx", classes=classes)
+    gw.create_endpoint(tmp_path, "versions-ep")
+    create(gw, tmp_path, "versions-ep", f"{{type: triton_model, path: {folder}}}")
+    key = json.loads(gw.cli("endpoint", "get-credentials", "-n", "versions-ep")[1])["primaryKey"]
+    headers = {"Authorization": f"Bearer {key}"}
+    client = triton.InferenceServerClient(url=gw.url.split("://", 1)[1])
+    image = np.ones((1, 3, 4, 4), dtype=np.float32)
+
+    def scores(version: str = "") -> np.ndarray:
+        item = triton.InferInput("data_0", list(image.shape), "FP32")
+        item.set_data_from_numpy(image)
+        return client.infer("mv", [item], model_version=version, headers=headers).as_numpy("fc6_1")
+
+    assert scores().shape == (1, 5, 1, 1) and scores("2").shape == (1, 5, 1, 1)
+    assert client.get_model_metadata("mv", headers=headers)["versions"] == ["2"]
+    with pytest.raises(InferenceServerException) as caught:
+        scores("1")
+    assert "Request for unknown model: 'mv' version 1" in caught.value.message()
+    assert caught.value.status() == "404"
+
+    (folder / "config.pbtxt").write_text("version_policy: { specific: { versions: [ 1 ] } }\n")
+    create(gw, tmp_path, "versions-ep", f"{{type: triton_model, path: {folder}}}", verb="update")
+    assert scores("1").shape == (1, 3, 1, 1) and scores().shape == (1, 3, 1, 1)
+    with pytest.raises(InferenceServerException):
+        scores("2")
+    delete_endpoints(gw, "versions-ep")
