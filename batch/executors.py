@@ -89,8 +89,11 @@ class LocalProcesses:
             initargs=(self.runtime_name, self.config, self.input_uri, os.getpid()),
         )
         with self.fork_guard:
-            for _ in range(self.workers):
-                self._pool.submit(int)
+            try:
+                for _ in range(self.workers):
+                    self._pool.submit(int)
+            except BrokenProcessPool:
+                pass  # a worker died starting: the next submit says so, as the runner expects
 
     def submit(self, job_dir: str, index: int, format_name: str) -> Future[tuple[int, float]]:
         assert self._pool is not None

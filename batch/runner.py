@@ -246,6 +246,9 @@ class JobRunner:
                         # A worker died since the last look: the futures it broke say
                         # which mini-batch it held; this one waits for the new workers.
                         broken = True
+                        if not running:  # it died starting: no future reports it
+                            deaths += 1
+                            last_death = _death(executor)
                         break
                     pending.pop(0)
                     self._set(batches[index].changed(state=MiniBatchState.RUNNING), batches)
@@ -264,10 +267,7 @@ class JobRunner:
                     except executor.worker_died:
                         broken = True
                         deaths += 1
-                        cause = executor.death_cause()
-                        last_death = (
-                            f"a worker process died ({cause})" if cause else "a worker process died"
-                        )
+                        last_death = _death(executor)
                         self._failed_attempt(batches, index, last_death, retries, pending)
                         continue
                     except BatchInputError as exc:
@@ -453,6 +453,11 @@ class JobRunner:
                 log.error("cannot write summary.json: %s", exc)
         log.info("job %s %s %s", self.job_id, state, reason)
         self.ledger.finish(self.job_id, state, reason, summary)
+
+
+def _death(executor: Executor) -> str:
+    cause = executor.death_cause()
+    return f"a worker process died ({cause})" if cause else "a worker process died"
 
 
 def main() -> None:

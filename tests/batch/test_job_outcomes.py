@@ -178,17 +178,20 @@ def test_a_script_that_cannot_start_fails_the_job_early_with_its_cause(
     assert cause in log, log
 
 
+@pytest.mark.parametrize("files", [20, 5000])
 def test_workers_that_die_at_start_fail_the_job_with_how_they_died(
-    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str
+    gateway: Gateway, tmp_path: Path, model_dir: Path, unique_name: str, files: int
 ) -> None:
+    """20 files: the workers die as the first mini-batch reaches them; 5,000: while the
+    runner still plans, so the pool is broken before anything is sent to it."""
     script = (
         "import os\ndef init():\n    os._exit(3)\ndef run(mini_batch):\n    return mini_batch\n"
     )
     batch_endpoint(gateway, tmp_path, model_dir, unique_name, code=script)
     folder = tmp_path / "docs"
     folder.mkdir()
-    for i in range(20):
-        (folder / f"doc{i:02d}.txt").write_text("x")
+    for i in range(files):
+        (folder / f"doc{i:04d}.txt").write_text("x")
     code, out = invoke(gateway, unique_name, str(folder), str(tmp_path / "out"), ok=False)
     assert code == 1, out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
